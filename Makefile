@@ -1,0 +1,31 @@
+# trading-monitor: every command a newcomer needs. Each target installs what it needs first.
+#   make demo    run a whole simulated trading day on the embedded database and paper exchange
+#   make test    run the test suite with coverage (what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-requirements
+
+.PHONY: install demo test lint bench db-stop exchange-stop stop clean
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the pinned packages
+
+test: $(STAMP)     ## the test suite, with coverage of the core modules
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+db-stop: $(STAMP)  ## stop the embedded PostgreSQL (data stays in var/postgres)
+	$(BIN)/python -m trading.embedded_postgres stop
+
+stop: db-stop      ## stop every embedded service
+
+clean:             ## remove the virtual environment and caches (keeps var/, the embedded data)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .coverage htmlcov

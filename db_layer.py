@@ -1,0 +1,409 @@
+"""The database layer: the only module that imports psycopg2.
+
+``TradingDB`` wraps one PostgreSQL connection. Outside a ``transaction()`` block every
+statement commits on its own; inside one, everything commits together or not at all (nested
+blocks become savepoints). Values always travel as query parameters; table and column names
+are checked against the live catalog and composed with ``psycopg2.sql``, so an unknown
+identifier is a clear ``ValueError``, never SQL injection.
+
+Rows come back as plain dicts; ``NUMERIC`` arrives as ``Decimal`` and ``TIMESTAMPTZ`` as a
+timezone-aware UTC ``datetime`` (the session time zone is UTC). JSON values are written with
+Decimals as exact strings and read with numbers as ``Decimal``.
+
+Example::
+
+    with TradingDB() as db:
+        db.create_schema()
+        trade_id = db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+        with db.transaction():
+            db.update("trade_journal", trade_id, {"status": "POSITION"})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import decimal
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+from config import PostgresConfig, get_postgres_config
+from trading import schema
+from trading.errors import ConfigurationError, DatabaseUnavailableError
+
+logger = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+Params = Mapping[str, Any] | Sequence[Any] | None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if hasattr(value, "value"):  # enums
+        return value.value
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+def to_json(value: Any) -> str:
+    """JSON text with Decimals as exact strings and datetimes in ISO form."""
+    return json.dumps(value, default=_json_default, sort_keys=True)
+
+
+class _Json(psycopg2.extras.Json):
+    def dumps(self, obj: Any) -> str:
+        return to_json(obj)
+
+
+psycopg2.extensions.register_adapter(dict, _Json)
+# Numbers inside JSON/JSONB come back as Decimal, never float (decision plans carry prices).
+_json_loads = partial(json.loads, parse_float=decimal.Decimal)
+psycopg2.extras.register_default_json(globally=True, loads=_json_loads)
+psycopg2.extras.register_default_jsonb(globally=True, loads=_json_loads)
+
+#: SQLSTATE classes that mean "the connection or server is in trouble; try again later".
+_TRANSIENT_SQLSTATES = ("08", "53", "57", "40")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return True
+    code = getattr(exc, "pgcode", None) or ""
+    return code[:2] in _TRANSIENT_SQLSTATES
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``name``."""
+    digest = hashlib.sha256(f"trading-monitor:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class TradingDB:
+    """One connection to the trading database.
+
+    ``test_mode`` selects the test database (``TEST_DATABASE_URL`` or the embedded test
+    database); ``config`` overrides the environment entirely.
+    """
+
+    def __init__(self, test_mode: bool = False, config: PostgresConfig | None = None, *,
+                 application_name: str = "trading-monitor", connect_timeout: int = 5) -> None:
+        self.test_mode = test_mode
+        self.config = config or get_postgres_config(test_mode=test_mode)
+        self.application_name = application_name
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg2.extensions.connection | None = None
+        self._depth = 0
+        self._columns: dict[str, set[str]] | None = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ connection
+
+    def _open(self) -> psycopg2.extensions.connection:
+        if self.config.embedded:
+            from trading.embedded_postgres import ensure_embedded_database
+
+            ensure_embedded_database(self.config.dbname, self.config.port)
+        try:
+            conn = psycopg2.connect(**self.config.connect_kwargs(), connect_timeout=self.connect_timeout,
+                                    application_name=self.application_name, options="-c timezone=UTC")
+        except psycopg2.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if self.config.password and self.config.password.reveal() in reason:
+                reason = reason.replace(self.config.password.reveal(), "***")
+            raise DatabaseUnavailableError(
+                f"cannot connect to PostgreSQL at {self.config.host}:{self.config.port}, database "
+                f"{self.config.dbname!r} as {self.config.user!r}: {reason}") from None
+        conn.autocommit = True
+        return conn
+
+    def connect(self) -> TradingDB:
+        """Open the connection (idempotent); raises ``DatabaseUnavailableError`` naming host, port, database."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self._open()
+            self._depth = 0
+            self._columns = None
+        return self
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+        self._depth = 0
+
+    def __enter__(self) -> TradingDB:
+        return self.connect()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            if self._depth:
+                raise DatabaseUnavailableError("the database connection was lost inside a transaction")
+            self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    # ------------------------------------------------------------------ transactions
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[TradingDB]:
+        """Everything inside commits together, or rolls back if the block raises.
+
+        Nested blocks are savepoints: an inner failure that the outer block catches undoes only
+        the inner part.
+        """
+        with self._lock:
+            conn = self._connection()
+            savepoint = f"sp_{self._depth}" if self._depth else None
+            with conn.cursor() as cur:
+                cur.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN")
+            self._depth += 1
+            try:
+                yield self
+            except BaseException:
+                self._depth -= 1
+                if not conn.closed:
+                    with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+                        cur.execute(f"ROLLBACK TO SAVEPOINT {savepoint}" if savepoint else "ROLLBACK")
+                raise
+            else:
+                self._depth -= 1
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(f"RELEASE SAVEPOINT {savepoint}" if savepoint else "COMMIT")
+                except psycopg2.Error as exc:
+                    raise self._translate(exc) from exc
+
+    # ------------------------------------------------------------------ raw SQL
+
+    def _translate(self, exc: psycopg2.Error) -> Exception:
+        if _is_transient(exc):
+            if self._conn is not None and self._conn.closed:
+                self._conn = None
+            return DatabaseUnavailableError(f"database error ({getattr(exc, 'pgcode', None) or 'connection'}): "
+                                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")
+        return exc
+
+    def _execute(self, query: str | sql.Composable, params: Params) -> psycopg2.extensions.cursor:
+        conn = self._connection()
+        cur = conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        try:
+            cur.execute(query, params)
+        except psycopg2.Error as exc:
+            cur.close()
+            raise self._translate(exc) from exc
+        return cur
+
+    def execute_query(self, query: str | sql.Composable, params: Params = None) -> list[Row]:
+        """Run a statement that returns rows; the rows as dicts."""
+        with self._lock:
+            cur = self._execute(query, params)
+            try:
+                return [dict(row) for row in cur.fetchall()] if cur.description else []
+            finally:
+                cur.close()
+
+    def execute_one(self, query: str | sql.Composable, params: Params = None) -> Row | None:
+        """The first row of a query, or None."""
+        rows = self.execute_query(query, params)
+        return rows[0] if rows else None
+
+    def execute_update(self, query: str | sql.Composable, params: Params = None) -> int:
+        """Run a statement that changes rows; the number of rows it touched."""
+        with self._lock:
+            cur = self._execute(query, params)
+            try:
+                return cur.rowcount
+            finally:
+                cur.close()
+
+    # ------------------------------------------------------------------ identifiers
+
+    def columns(self, table: str) -> set[str]:
+        """The columns of ``table`` from the live catalog; ``ValueError`` for an unknown table."""
+        if self._columns is None or table not in self._columns:
+            rows = self.execute_query(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()")
+            catalog: dict[str, set[str]] = {}
+            for row in rows:
+                catalog.setdefault(row["table_name"], set()).add(row["column_name"])
+            self._columns = catalog
+        if table not in self._columns:
+            raise ValueError(f"unknown table {table!r}")
+        return self._columns[table]
+
+    def _check_columns(self, table: str, names: Sequence[str]) -> None:
+        known = self.columns(table)
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"unknown column(s) {', '.join(map(repr, unknown))} in table {table!r}")
+
+    # ------------------------------------------------------------------ row helpers
+
+    def insert(self, table: str, values: Mapping[str, Any]) -> int:
+        """Insert one row; returns its new ``id``."""
+        self._check_columns(table, list(values))
+        names = list(values)
+        query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
+            sql.Identifier(table),
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.SQL(", ").join(sql.Placeholder(name) for name in names),
+        ) if names else sql.SQL("INSERT INTO {} DEFAULT VALUES RETURNING id").format(sql.Identifier(table))
+        row = self.execute_one(query, dict(values))
+        assert row is not None
+        return int(row["id"])
+
+    def update(self, table: str, row_id: int, values: Mapping[str, Any]) -> int:
+        """Set ``values`` on the row with ``id = row_id``; returns 1, or 0 if there is no such row.
+
+        ``updated_at`` is stamped automatically on tables that have it.
+        """
+        values = dict(values)
+        self._check_columns(table, list(values))
+        if "updated_at" in self.columns(table) and "updated_at" not in values:
+            values["updated_at"] = dt.datetime.now(dt.UTC)
+        if not values:
+            return 0
+        query = sql.SQL("UPDATE {} SET {} WHERE id = %(__id)s").format(
+            sql.Identifier(table),
+            sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in values),
+        )
+        return self.execute_update(query, {**values, "__id": row_id})
+
+    def delete(self, table: str, row_id: int) -> int:
+        """Delete the row with ``id = row_id``; returns the number of rows deleted."""
+        self.columns(table)
+        return self.execute_update(sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(table)), (row_id,))
+
+    def get_by_id(self, table: str, row_id: int, *, for_update: bool = False) -> Row | None:
+        """The row with ``id = row_id`` or None; ``for_update`` locks it until the transaction ends."""
+        self.columns(table)
+        query = sql.SQL("SELECT * FROM {} WHERE id = %s{}").format(
+            sql.Identifier(table), sql.SQL(" FOR UPDATE") if for_update else sql.SQL(""))
+        return self.execute_one(query, (row_id,))
+
+    def query(self, table: str, where: Mapping[str, Any] | None = None,
+              order_by: str | Sequence[str] | None = None, limit: int | None = None) -> list[Row]:
+        """Rows of ``table`` matching every ``where`` item.
+
+        A value of None matches NULL, a list/tuple/set matches any of its items, anything else
+        matches equal. ``order_by`` names columns, a leading ``-`` sorts descending.
+        """
+        where = dict(where or {})
+        self._check_columns(table, list(where))
+        conditions: list[sql.Composable] = []
+        params: dict[str, Any] = {}
+        for index, (column, value) in enumerate(where.items()):
+            ident = sql.Identifier(column)
+            if value is None:
+                conditions.append(sql.SQL("{} IS NULL").format(ident))
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                params[f"w{index}"] = list(value)
+                conditions.append(sql.SQL("{} = ANY({})").format(ident, sql.Placeholder(f"w{index}")))
+            else:
+                params[f"w{index}"] = value
+                conditions.append(sql.SQL("{} = {}").format(ident, sql.Placeholder(f"w{index}")))
+        query: sql.Composable = sql.SQL("SELECT * FROM {}").format(sql.Identifier(table))
+        if conditions:
+            query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(conditions))
+        if order_by:
+            items = [order_by] if isinstance(order_by, str) else list(order_by)
+            names = [item.lstrip("-") for item in items]
+            self._check_columns(table, names)
+            query = sql.SQL("{} ORDER BY {}").format(query, sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(item.lstrip("-")),
+                                        sql.SQL("DESC" if item.startswith("-") else "ASC")) for item in items))
+        if limit is not None:
+            if int(limit) < 0:
+                raise ValueError("limit must not be negative")
+            query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(int(limit)))
+        return self.execute_query(query, params)
+
+    # ------------------------------------------------------------------ locks
+
+    @contextlib.contextmanager
+    def advisory_lock(self, name: str) -> Iterator[bool]:
+        """Try to take the session advisory lock ``name`` without waiting; yields whether it was taken.
+
+        The lock lives on its own connection, so it is independent of this connection's
+        transactions; it is released when the block ends, and by PostgreSQL if the process dies
+        (the connection goes with it).
+        """
+        holder = TradingDB(self.test_mode, self.config, application_name=f"{self.application_name}:lock:{name}",
+                           connect_timeout=self.connect_timeout)
+        holder.connect()
+        try:
+            row = holder.execute_one("SELECT pg_try_advisory_lock(%s) AS taken", (lock_key(name),))
+            taken = bool(row and row["taken"])
+            try:
+                yield taken
+            finally:
+                if taken and holder.connected:
+                    with contextlib.suppress(Exception):
+                        holder.execute_query("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
+        finally:
+            holder.close()
+
+    # ------------------------------------------------------------------ schema
+
+    def create_schema(self) -> None:
+        """Create every table, column, constraint and index of the contract; safe to run again."""
+        with self.transaction():
+            self.execute_update("SELECT pg_advisory_xact_lock(%s)", (schema.SCHEMA_LOCK_KEY,))
+            for statement in schema.schema_statements():
+                self.execute_update(statement)
+        self._columns = None
+
+    def missing_schema(self) -> list[str]:
+        """What the contract needs and this database lacks (``table`` or ``table.column``)."""
+        self._columns = None
+        missing: list[str] = []
+        for table in schema.TABLES:
+            try:
+                present = self.columns(table.name)
+            except ValueError:
+                missing.append(table.name)
+                continue
+            missing.extend(f"{table.name}.{name}" for name in table.column_names() if name not in present)
+        return missing
+
+    def ensure_schema(self) -> None:
+        """Make the schema usable: created in full on the embedded and test databases; on a
+        configured production database only checked (the programs' role may not run DDL):
+        anything missing stops the program with the command that fixes it."""
+        if self.config.embedded or self.test_mode:
+            self.create_schema()
+            return
+        missing = self.missing_schema()
+        if missing:
+            raise ConfigurationError(
+                f"the database {self.config.dbname!r} lacks {', '.join(missing[:8])}"
+                f"{' and more' if len(missing) > 8 else ''}: run python scripts/create_production_tables.py")
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a unique-constraint violation (another writer got there first)."""
+    return isinstance(exc, psycopg2.errors.UniqueViolation)

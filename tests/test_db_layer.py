@@ -1,0 +1,269 @@
+"""db_layer.TradingDB against a real PostgreSQL: methods, schema contract, safety."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from decimal import Decimal
+
+import pytest
+
+from config import PostgresConfig, Secret
+from db_layer import TradingDB, is_unique_violation, lock_key
+from trading import schema
+from trading.errors import ConfigurationError, DatabaseUnavailableError
+
+# The contract of design.md section 4: table -> columns that must exist.
+CONTRACT = {
+    "analysis_decision": ["id", "created_at", "ticker", "primary_action", "decision", "Approve", "executed",
+                          "execution_time", "existing_order_id", "existing_trade_journal_id"],
+    "trade_journal": ["id", "initial_analysis_id", "symbol", "trade_style", "status", "planned_entry", "planned_sl",
+                      "planned_tp", "planned_qty", "actual_entry", "actual_qty", "entry_date", "exit_date",
+                      "exit_price", "actual_pnl", "exit_reason", "days_open", "created_at", "updated_at"],
+    "order_execution": ["id", "trade_journal_id", "symbol", "order_type", "side", "alpaca_order_id", "client_order_id",
+                        "order_status", "qty", "limit_price", "stop_price", "filled_qty", "filled_avg_price",
+                        "submitted_at", "filled_at", "canceled_at", "error_message", "created_at", "updated_at"],
+    "position_tracking": ["id", "trade_journal_id", "symbol", "qty", "avg_entry_price", "cost_basis", "current_price",
+                          "market_value", "unrealized_pnl", "unrealized_pnl_pct", "stop_loss_order_id",
+                          "take_profit_order_id", "last_updated", "created_at"],
+}
+
+
+def columns_of(db: TradingDB, table: str) -> dict[str, str]:
+    rows = db.execute_query(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s", (table,))
+    return {row["column_name"]: row["data_type"] for row in rows}
+
+
+def test_contract_tables_and_columns_exist_with_case_sensitive_approve(db):
+    for table, names in CONTRACT.items():
+        present = columns_of(db, table)
+        assert set(names) <= set(present), f"{table} lacks {set(names) - set(present)}"
+    decision_columns = columns_of(db, "analysis_decision")
+    assert "Approve" in decision_columns and "approve" not in decision_columns
+    assert decision_columns["decision"] == "jsonb"
+
+
+def test_money_is_numeric_and_time_is_timestamptz(db):
+    for table in ("trade_journal", "order_execution", "position_tracking"):
+        cols = columns_of(db, table)
+        for name, kind in cols.items():
+            if any(word in name for word in ("price", "pnl", "entry", "cost", "value", "_sl", "_tp", "qty")) \
+                    and name not in ("entry_date",):
+                assert kind == "numeric", f"{table}.{name} is {kind}"
+            if name.endswith("_at") or name.endswith("_date") or name in ("execution_time", "last_updated"):
+                assert kind == "timestamp with time zone", f"{table}.{name} is {kind}"
+
+
+def test_audit_and_run_tables_exist(db):
+    assert {"occurred_at", "program", "entity_type", "entity_id", "event", "reason", "details"} <= set(
+        columns_of(db, "audit_event"))
+    assert {"program", "started_at", "finished_at", "outcome", "counts", "error"} <= set(columns_of(db, "program_run"))
+
+
+def test_schema_has_no_foreign_keys(db):
+    rows = db.execute_query(
+        "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+        "WHERE c.contype = 'f' AND n.nspname = current_schema()")
+    assert rows == []
+
+
+def test_contract_indexes_exist(db):
+    rows = db.execute_query("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = current_schema()")
+    defs = {(row["tablename"], row["indexdef"].split("USING btree ")[-1]) for row in rows}
+    assert ("analysis_decision", "(executed, ticker)") in defs
+    assert ("trade_journal", "(status, symbol, initial_analysis_id)") in defs
+    assert ("order_execution", "(order_status, trade_journal_id)") in defs
+    assert ("position_tracking", "(symbol, trade_journal_id)") in defs
+
+
+def test_create_schema_twice_changes_nothing(db):
+    before = db.execute_query("SELECT table_name, column_name FROM information_schema.columns "
+                              "WHERE table_schema = current_schema() ORDER BY 1, 2")
+    db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+    db.create_schema()
+    db.create_schema()
+    after = db.execute_query("SELECT table_name, column_name FROM information_schema.columns "
+                             "WHERE table_schema = current_schema() ORDER BY 1, 2")
+    assert before == after
+    assert len(db.query("trade_journal")) == 1
+
+
+def test_status_check_constraints_refuse_unknown_words(db):
+    with pytest.raises(Exception, match="trade_journal_status_check"):
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING", "status": "OPEN"})
+    with pytest.raises(Exception, match="order_execution_status_check"):
+        db.insert("order_execution", {"symbol": "AAPL", "order_type": "ENTRY", "side": "buy", "order_status": "open"})
+    with pytest.raises(Exception, match="trade_journal_style_check"):
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SCALP"})
+
+
+def test_insert_get_update_query_delete_round_trip(db):
+    trade_id = db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING", "planned_entry": Decimal("150.25"),
+                                           "planned_qty": Decimal("10")})
+    row = db.get_by_id("trade_journal", trade_id)
+    assert row is not None
+    assert row["planned_entry"] == Decimal("150.25") and isinstance(row["planned_entry"], Decimal)
+    assert row["created_at"].tzinfo is not None and row["created_at"].utcoffset() == dt.timedelta(0)
+    before = row["updated_at"]
+
+    assert db.update("trade_journal", trade_id, {"status": "POSITION", "actual_entry": Decimal("150.30")}) == 1
+    row = db.get_by_id("trade_journal", trade_id)
+    assert row["status"] == "POSITION" and row["actual_entry"] == Decimal("150.30")
+    assert row["updated_at"] >= before
+    assert db.update("trade_journal", 999, {"status": "CLOSED"}) == 0
+
+    second = db.insert("trade_journal", {"symbol": "MSFT", "trade_style": "DAYTRADE"})
+    assert [r["id"] for r in db.query("trade_journal", order_by="-id")] == [second, trade_id]
+    assert [r["id"] for r in db.query("trade_journal", {"symbol": "MSFT"})] == [second]
+    assert [r["id"] for r in db.query("trade_journal", {"symbol": ["MSFT", "AAPL"]}, order_by="id", limit=1)] \
+        == [trade_id]
+    assert db.query("trade_journal", {"exit_reason": None, "symbol": "AAPL"})[0]["id"] == trade_id
+    assert db.delete("trade_journal", second) == 1
+    assert db.get_by_id("trade_journal", second) is None
+
+
+def test_execute_query_and_execute_update_use_parameters(db):
+    db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+    hostile = "AAPL'; DROP TABLE trade_journal; --"
+    assert db.execute_query("SELECT id FROM trade_journal WHERE symbol = %s", (hostile,)) == []
+    assert db.execute_update("UPDATE trade_journal SET days_open = days_open + 1 WHERE symbol = %(s)s",
+                             {"s": "AAPL"}) == 1
+    assert db.execute_query("SELECT days_open FROM trade_journal") == [{"days_open": 1}]
+
+
+def test_unknown_table_or_column_is_a_clear_error_not_injection(db):
+    with pytest.raises(ValueError, match="unknown table 'trade_journal; DROP TABLE x'"):
+        db.insert("trade_journal; DROP TABLE x", {"symbol": "A"})
+    with pytest.raises(ValueError, match="unknown column"):
+        db.insert("trade_journal", {"symbol": "A", 'trade_style" = 1; --': "SWING"})
+    with pytest.raises(ValueError, match="unknown column"):
+        db.query("trade_journal", order_by="symbol; DROP TABLE trade_journal")
+    with pytest.raises(ValueError, match="unknown table"):
+        db.get_by_id("nope", 1)
+    with pytest.raises(ValueError, match="unknown column"):
+        db.update("trade_journal", 1, {"no_such_column": 1})
+    assert "trade_journal" in {r["table_name"] for r in db.execute_query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
+
+
+def test_json_round_trip_keeps_decimals_exact(db):
+    # Decimals are written as exact strings; numbers written upstream come back as Decimal, not float.
+    decision_id = db.insert("analysis_decision", {"ticker": "AAPL", "primary_action": "NEW_TRADE", "Approve": True,
+                                                  "decision": {"planned_entry": Decimal("150.10"), "planned_qty": 3}})
+    db.execute_update("UPDATE analysis_decision SET decision = decision || '{\"planned_tp\": 155.1}'::jsonb")
+    row = db.get_by_id("analysis_decision", decision_id)
+    assert row["decision"]["planned_entry"] == "150.10"
+    assert row["decision"]["planned_tp"] == Decimal("155.1") and isinstance(row["decision"]["planned_tp"], Decimal)
+    assert row["Approve"] is True and row["executed"] is False
+
+
+def test_failed_statement_inside_transaction_rolls_back_everything(db):
+    with pytest.raises(Exception), db.transaction():
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "NOT_A_STYLE"})
+    assert db.query("trade_journal") == []
+    # the connection is usable afterwards
+    db.insert("trade_journal", {"symbol": "MSFT", "trade_style": "SWING"})
+    assert len(db.query("trade_journal")) == 1
+
+
+def test_nested_transaction_failure_undoes_only_the_inner_block(db):
+    with db.transaction():
+        db.insert("trade_journal", {"symbol": "OUTER", "trade_style": "SWING"})
+        with pytest.raises(ValueError), db.transaction():
+            db.insert("trade_journal", {"symbol": "INNER", "trade_style": "SWING"})
+            raise ValueError("inner fails")
+    assert [r["symbol"] for r in db.query("trade_journal")] == ["OUTER"]
+
+
+def test_transaction_is_invisible_to_others_until_commit(db, make_db):
+    other = make_db()
+    with db.transaction():
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+        assert other.query("trade_journal") == []
+    assert len(other.query("trade_journal")) == 1
+
+
+def test_unique_violation_is_recognised(db):
+    db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy", "client_order_id": "x-1"})
+    with pytest.raises(Exception) as caught:
+        db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy", "client_order_id": "x-1"})
+    assert is_unique_violation(caught.value)
+
+
+def test_audit_table_is_append_only(db):
+    event_id = db.insert("audit_event", {"program": "test", "entity_type": "trade", "event": "X"})
+    with pytest.raises(Exception, match="append-only"):
+        db.update("audit_event", event_id, {"reason": "rewrite history"})
+    with pytest.raises(Exception, match="append-only"):
+        db.delete("audit_event", event_id)
+
+
+def test_advisory_lock_is_exclusive_and_released_after_the_block(db, make_db):
+    other = make_db()
+    with db.advisory_lock("order_monitor") as first:
+        assert first is True
+        with other.advisory_lock("order_monitor") as second:
+            assert second is False
+        with other.advisory_lock("position_monitor") as different:
+            assert different is True
+    with other.advisory_lock("order_monitor") as again:
+        assert again is True
+
+
+def test_advisory_lock_is_released_when_its_connection_dies(db, make_db):
+    holder = make_db()
+    taken = holder.execute_one("SELECT pg_try_advisory_lock(%s) AS t", (lock_key("executor"),))
+    assert taken["t"] is True
+    with db.advisory_lock("executor") as got:
+        assert got is False
+    holder.close()  # what a killed process does to its connection
+    with db.advisory_lock("executor") as got:
+        assert got is True
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_error_names_host_port_database_but_not_password():
+    port = _closed_port()
+    cfg = PostgresConfig(host="127.0.0.1", port=port, dbname="tradingdb", user="trader",
+                         password=Secret("hunter2-secret"), source="DATABASE_URL")
+    db = TradingDB(config=cfg, connect_timeout=2)
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        db.connect()
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message and "'tradingdb'" in message
+    assert "hunter2-secret" not in message and "hunter2-secret" not in repr(cfg)
+
+
+def test_context_manager_connects_and_closes(pg_config):
+    with TradingDB(test_mode=True, config=pg_config) as database:
+        assert database.connected
+        assert database.execute_query("SELECT 1 AS value") == [{"value": 1}]
+    assert not database.connected
+    database.close()  # twice is fine
+
+
+def test_ensure_schema_on_a_production_database_reports_what_is_missing(pg_config):
+    with TradingDB(test_mode=True, config=pg_config) as database:
+        database.execute_update("CREATE SCHEMA IF NOT EXISTS bare")
+        database.execute_update("SET search_path TO bare")
+        try:
+            database.test_mode = False  # behave as a configured production database
+            with pytest.raises(ConfigurationError, match=r"create_production_tables\.py"):
+                database.ensure_schema()
+            assert "trade_journal" in database.missing_schema()
+        finally:
+            database.execute_update("SET search_path TO public")
+            database.execute_update("DROP SCHEMA bare CASCADE")
+
+
+def test_schema_statements_quote_only_the_case_sensitive_column():
+    text = "\n".join(schema.schema_statements())
+    assert '"Approve" BOOLEAN' in text
+    assert '"executed"' not in text

@@ -1,0 +1,1 @@
+"""Shared domain code of trading-monitor: statuses, errors, schema, broker types, pricing and risk."""
