@@ -1,0 +1,1437 @@
+"""The exchange engine: account, orders, positions, matching and the passage of time.
+
+``PaperExchange`` holds all state behind one lock and exposes two faces:
+
+* the Trading/Market-data API (``submit_order``, ``list_orders``, ``get_account``, ...)
+  taking request-shaped input and returning Alpaca-shaped JSON dicts, or raising
+  :class:`~paper_exchange.errors.ExchangeError` with Alpaca's status and body; the HTTP
+  server is a thin router over these methods;
+* the control API (``set_quote``, ``advance``, ``set_time``, ``add_symbols``,
+  ``set_cash``, ``reset``, ``state``) that the admin endpoints and the demo use.
+
+Time: with ``simulated_clock=True`` the clock only moves through :meth:`advance` /
+:meth:`set_time`; otherwise it follows the wall clock and catches up lazily on every call.
+Passing time steps the price simulation minute by minute, matches resting orders after
+each step, opens and closes sessions, and expires day orders at the close.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from . import fills
+from .bars import TimeFrame, aggregate, iter_symbols
+from .calendar import NyseCalendar
+from .errors import (
+    CODE_CONFLICT,
+    CODE_UNPROCESSABLE_INPUT,
+    ExchangeError,
+    bad_request,
+    forbidden,
+    not_found,
+    unprocessable,
+)
+from .market import Market, Quote, check_symbol, parse_quote_side, seeded_rng
+from .money import ZERO, cents, check_price, fmt, fmt_money, to_decimal
+from .orders import (
+    ACCEPTED,
+    CANCELED,
+    EXPIRED,
+    FILLED,
+    HELD,
+    NEW,
+    OPEN_LISTED_STATUSES,
+    PARTIALLY_FILLED,
+    REPLACEABLE_STATUSES,
+    REPLACED,
+    SUPPORTED_TIF,
+    WORKING_STATUSES,
+    LegSpec,
+    Order,
+    OrderSpec,
+    check_exit_prices,
+    new_order_id,
+    parse_client_order_id,
+    parse_order_request,
+    parse_qty,
+)
+from .positions import Position
+from .timeutil import (
+    UTC,
+    eastern_datetime,
+    floor_minute,
+    iso_eastern,
+    iso_utc,
+    parse_timestamp,
+    to_eastern,
+    utc_now,
+)
+from .universe import tape_for
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+DEFAULT_STARTING_CASH = Decimal("100000")
+GTC_LIFETIME = timedelta(days=90)
+# Stepping the random walk minute by minute over a very long clock jump would take
+# minutes of CPU; only the last 31 days of a jump are simulated step by step.
+MAX_STEPPED_SPAN = timedelta(days=31)
+# How often a partially filled order's remainder is re-evaluated without a new quote.
+REEVALUATE_EVERY = timedelta(seconds=1)
+MAX_ORDER_LIMIT = 500
+CALENDAR_FIRST = date(1970, 1, 1)
+CALENDAR_LAST = date(2029, 12, 31)
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+class PaperExchange:
+    """An Alpaca-compatible paper exchange engine (no HTTP; see :mod:`paper_exchange.server`).
+
+    Args:
+        seed: seeds the price simulation (one RNG per symbol) and the partial-fill RNG.
+        simulated_clock: when True, time moves only through :meth:`advance`/:meth:`set_time`.
+        start_time: the simulated clock's starting moment (aware datetime or ISO string);
+            defaults to the current wall time. Ignored with the wall clock.
+        starting_cash: cash after construction and after :meth:`reset` ($100,000).
+        symbols: extra symbols for the universe, as a list or ``{"SYM": price}``.
+        include_default_universe: include the ~40 built-in liquid tickers.
+        price_simulation: run the seeded random walk; when False only manual quotes exist.
+        partial_fill_probability: chance that an eligible fill is partial (0 = never).
+        always_open: ignore NYSE hours (the market never closes and day orders never
+            expire). Defaults to True with the wall clock, False with the simulated clock.
+        annual_volatility: volatility of the random walk.
+        history_days: trading days of synthesized minute-bar history before the start.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        simulated_clock: bool = False,
+        start_time: datetime | str | None = None,
+        starting_cash: Decimal | int | str = DEFAULT_STARTING_CASH,
+        symbols: Mapping[str, Any] | Iterable[str] | None = None,
+        include_default_universe: bool = True,
+        price_simulation: bool = True,
+        partial_fill_probability: float = 0.0,
+        always_open: bool | None = None,
+        annual_volatility: float = 0.30,
+        history_days: int = 30,
+    ) -> None:
+        self._lock = threading.RLock()
+        self.seed = seed
+        self.simulated_clock = simulated_clock
+        self.always_open = (not simulated_clock) if always_open is None else always_open
+        self.starting_cash = to_decimal(starting_cash, "starting_cash")
+        self.partial_fill_probability = _probability(partial_fill_probability)
+        self.calendar = NyseCalendar()
+        if isinstance(start_time, str):
+            start_time = parse_timestamp(start_time, "start_time")
+        if start_time is not None and start_time.tzinfo is None:
+            start_time = start_time.replace(tzinfo=UTC)
+        now = start_time.astimezone(UTC) if (simulated_clock and start_time) else utc_now()
+        self._now: datetime = now
+        self.account_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"paper-exchange-account:{seed}"))
+        self.account_number = "PA" + str(uuid.UUID(self.account_id).int)[:10]
+        self.account_created_at = now
+        self.market = Market(
+            self.calendar,
+            now,
+            seed=seed,
+            simulate=price_simulation,
+            include_default_universe=include_default_universe,
+            symbols=symbols,
+            annual_volatility=annual_volatility,
+            history_days=history_days,
+        )
+        self._calendar_cache: list[dict[str, str]] | None = None
+        self._init_book()
+        self.revision = 0
+
+    # ================================================================== state basics
+    def _init_book(self) -> None:
+        self._orders: dict[str, Order] = {}
+        self._order_list: list[Order] = []  # ascending (submitted_at, seq)
+        self._stamps: list[datetime] = []
+        self._by_client_id: dict[str, str] = {}
+        self._open_by_symbol: dict[str, dict[str, Order]] = {}
+        self._positions: dict[str, Position] = {}
+        self.cash: Decimal = self.starting_cash
+        self.last_equity: Decimal = self.starting_cash
+        self._seq = 0
+        self._last_stamp: datetime | None = None
+        self._fill_rng = seeded_rng(f"{self.seed}:fills")
+        self._last_reevaluation = self._now
+
+    def _touch(self) -> None:
+        self.revision += 1
+
+    def now(self) -> datetime:
+        """The exchange's current time (UTC)."""
+        with self._lock:
+            self._sync()
+            return self._now
+
+    def is_open(self) -> bool:
+        """True when orders can fill now."""
+        with self._lock:
+            self._sync()
+            return self._market_open()
+
+    def _market_open(self) -> bool:
+        return self.always_open or self.calendar.is_open(self._now)
+
+    def _stamp(self) -> datetime:
+        """A submission time strictly later than every earlier one (bumped by 1 µs)."""
+        stamp = self._now
+        if self._last_stamp is not None and stamp <= self._last_stamp:
+            stamp = self._last_stamp + ONE_MICROSECOND
+        self._last_stamp = stamp
+        return stamp
+
+    # ================================================================== time
+    def _sync(self) -> None:
+        """Catch up with the wall clock (no-op with the simulated clock)."""
+        if not self.simulated_clock:
+            target = utc_now()
+            if target > self._now:
+                self._advance_to(target)
+
+    def advance(self, seconds: float) -> dict[str, Any]:
+        """Move the simulated clock forward by ``seconds``; return the clock."""
+        if seconds < 0:
+            raise bad_request("advance_seconds must be >= 0")
+        with self._lock:
+            self._require_simulated()
+            self._advance_to(self._now + timedelta(seconds=seconds), reevaluate=True)
+            self._touch()
+            return self._clock_json()
+
+    def set_time(self, moment: datetime | str) -> dict[str, Any]:
+        """Move the simulated clock to ``moment`` (not backwards); return the clock."""
+        if isinstance(moment, str):
+            moment = parse_timestamp(moment, "now")
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        with self._lock:
+            self._require_simulated()
+            if moment < self._now:
+                raise bad_request(
+                    f"cannot move the simulated clock backwards (now {iso_utc(self._now)})"
+                )
+            self._advance_to(moment.astimezone(UTC), reevaluate=True)
+            self._touch()
+            return self._clock_json()
+
+    def _require_simulated(self) -> None:
+        if not self.simulated_clock:
+            raise ExchangeError(
+                409,
+                CODE_CONFLICT,
+                "the exchange runs on the wall clock; start it with simulated_clock=True "
+                "(--simulated-clock) to control time",
+            )
+
+    def _advance_to(self, target: datetime, reevaluate: bool = False) -> None:
+        cursor = self._now
+        if target > cursor:
+            step_from = max(cursor, target - MAX_STEPPED_SPAN)
+            for moment, kind in self.calendar.boundaries(cursor, target):
+                self._run_minutes(cursor, moment, step_from)
+                self._now = moment
+                if kind == "open":
+                    self._on_open(moment)
+                else:
+                    self._on_close(moment)
+                cursor = moment
+            self._run_minutes(cursor, target, step_from)
+            self._now = target
+            self._touch()
+        if reevaluate or self._now - self._last_reevaluation >= REEVALUATE_EVERY:
+            self._last_reevaluation = self._now
+            self._match_all()
+
+    def _run_minutes(self, start: datetime, end: datetime, step_from: datetime) -> None:
+        """Step the random walk at each whole minute in (start, end] while trading."""
+        if not self.market.simulate or end <= start:
+            return
+        if not self.always_open and not self.calendar.is_open(start):
+            return  # the segment between two boundaries is entirely outside a session
+        minute = floor_minute(max(start, step_from)) + timedelta(minutes=1)
+        while minute <= end:
+            self._now = minute
+            for symbol in self.market.step(minute):
+                if self._open_by_symbol.get(symbol):
+                    self._match_symbol(symbol)
+            minute += timedelta(minutes=1)
+
+    def _on_open(self, moment: datetime) -> None:
+        if self.always_open:
+            return
+        for order in self._open_orders():
+            if order.status == ACCEPTED:
+                order.status = NEW
+                order.updated_at = moment
+        self._match_all()
+
+    def _on_close(self, moment: datetime) -> None:
+        """Session close: day orders end (``expired``), GTC orders past 90 days are
+        canceled, and today's prices and equity become ``lastday_price``/``last_equity``."""
+        if not self.always_open:
+            closing_day = self.calendar.current_or_next_session(moment - ONE_MICROSECOND).day
+            for order in self._open_orders():
+                if (
+                    order.time_in_force == "day"
+                    and order.session_day is not None
+                    and date.fromisoformat(order.session_day) <= closing_day
+                ):
+                    self._finish(order, EXPIRED, moment)
+        for order in self._open_orders():
+            if order.time_in_force == "gtc" and order.expires_at and order.expires_at <= moment:
+                self._finish(order, CANCELED, moment)
+        # Legs whose entry ended without a complete fill can never activate.
+        for order in self._open_orders():
+            if order.parent_id and not order.activated:
+                parent = self._orders.get(order.parent_id)
+                if parent is not None and parent.is_final and parent.status != FILLED:
+                    self._finish(order, CANCELED, moment)
+        self.market.mark_close()
+        self.last_equity = self._equity()
+
+    # ================================================================== order index
+    def _open_orders(self) -> list[Order]:
+        return [o for book in self._open_by_symbol.values() for o in list(book.values())]
+
+    def _add_order(self, order: Order) -> None:
+        self._orders[order.id] = order
+        self._order_list.append(order)
+        self._stamps.append(order.submitted_at)
+        self._by_client_id[order.client_order_id] = order.id
+        self._open_by_symbol.setdefault(order.symbol, {})[order.id] = order
+
+    def _finish(self, order: Order, status: str, moment: datetime) -> None:
+        """Move an order to a final status and drop it from the working book."""
+        if order.is_final:
+            return
+        order.status = status
+        order.updated_at = moment
+        if status == CANCELED:
+            order.canceled_at = moment
+        elif status == EXPIRED:
+            order.expired_at = moment
+        elif status == REPLACED:
+            order.replaced_at = moment
+        book = self._open_by_symbol.get(order.symbol)
+        if book is not None:
+            book.pop(order.id, None)
+
+    def _legs(self, order: Order) -> list[Order]:
+        return [self._orders[i] for i in order.leg_ids if i in self._orders]
+
+    def _root(self, order: Order) -> Order:
+        if order.parent_id and order.parent_id in self._orders:
+            return self._orders[order.parent_id]
+        return order
+
+    def _group(self, order: Order) -> list[Order]:
+        root = self._root(order)
+        return [root, *self._legs(root)]
+
+    def _exits(self, order: Order) -> list[Order]:
+        """The exit orders of ``order``'s group (bracket legs, or both sides of an OCO)."""
+        root = self._root(order)
+        if root.order_class == "oco":
+            return [root, *self._legs(root)]
+        if root.order_class == "bracket":
+            return self._legs(root)
+        return []
+
+    def _get(self, order_id: str) -> Order:
+        order = self._orders.get(str(order_id).lower())
+        if order is None:
+            raise not_found("order not found")
+        return order
+
+    # ================================================================== money views
+    def _reserved_shares(self, symbol: str, exclude: Order | None = None) -> Decimal:
+        """Shares held for open sell orders (held legs do not hold shares)."""
+        total = ZERO
+        for order in self._open_by_symbol.get(symbol, {}).values():
+            if order.side == "sell" and order.status != HELD and order is not exclude:
+                total += order.remaining
+        return total
+
+    def _qty_available(self, symbol: str, exclude: Order | None = None) -> Decimal:
+        position = self._positions.get(symbol)
+        held = position.qty if position else ZERO
+        return held - self._reserved_shares(symbol, exclude)
+
+    def _reserved_cash(self, exclude: Order | None = None) -> Decimal:
+        """Notional held for open buy orders: remaining qty times the reservation price."""
+        total = ZERO
+        for book in self._open_by_symbol.values():
+            for order in book.values():
+                if order.side != "buy" or order.status == HELD or order is exclude:
+                    continue
+                price = fills.reservation_price(
+                    order, self.market.quote(order.symbol), self._last_price(order.symbol)
+                )
+                total += order.remaining * price
+        return total
+
+    def _buying_power(self, exclude: Order | None = None) -> Decimal:
+        return max(ZERO, self.cash - self._reserved_cash(exclude))
+
+    def _last_price(self, symbol: str) -> Decimal | None:
+        state = self.market.state(symbol)
+        if state is None:
+            return None
+        if state.last_trade is not None:
+            return state.last_trade.price
+        return self.market.current_price(symbol)
+
+    def _long_market_value(self) -> Decimal:
+        total = ZERO
+        for symbol, position in self._positions.items():
+            price = self.market.current_price(symbol)
+            total += position.qty * (price if price is not None else position.avg_entry_price)
+        return total
+
+    def _equity(self) -> Decimal:
+        return self.cash + self._long_market_value()
+
+    # ================================================================== submit
+    def submit_order(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v2/orders``: validate, accept and match an order; return it (nested legs)."""
+        spec = parse_order_request(body)
+        with self._lock:
+            self._sync()
+            order, legs = self._submit(spec)
+            self._touch()
+            return order.to_json(legs=legs if order.leg_ids else None)
+
+    def _check_asset(self, symbol: str) -> str:
+        asset = self.market.find_asset(symbol)
+        if asset is None or asset.symbol != symbol:
+            raise unprocessable(f'asset "{symbol}" not found', code=CODE_UNPROCESSABLE_INPUT)
+        if not asset.tradable or asset.status != "active":
+            raise unprocessable(f"asset {symbol} is not tradable")
+        return asset.id
+
+    def _check_client_order_id(self, client_order_id: str | None) -> str:
+        if client_order_id is None:
+            return str(uuid.uuid4())
+        if client_order_id in self._by_client_id:
+            raise unprocessable("client_order_id must be unique", code=CODE_UNPROCESSABLE_INPUT)
+        return client_order_id
+
+    def _check_sell(self, symbol: str, qty: Decimal, exclude: Order | None = None) -> None:
+        available = self._qty_available(symbol, exclude)
+        if qty > available:
+            position = self._positions.get(symbol)
+            existing = position.qty if position else ZERO
+            raise forbidden(
+                f"insufficient qty available for order (requested: {fmt(qty)}, "
+                f"available: {fmt(max(available, ZERO))})",
+                available=fmt(max(available, ZERO)),
+                existing_qty=fmt(existing),
+                held_for_orders=fmt(self._reserved_shares(symbol, exclude)),
+                symbol=symbol,
+            )
+
+    def _check_buying_power(self, cost: Decimal, exclude: Order | None = None) -> None:
+        buying_power = self._buying_power(exclude)
+        if cost > buying_power:
+            raise forbidden(
+                "insufficient buying power",
+                buying_power=fmt_money(buying_power),
+                cost_basis=fmt_money(cost),
+            )
+
+    def _base_price(self, spec: OrderSpec) -> Decimal | None:
+        """Alpaca's base price for bracket/OTO exits: the entry limit, else the quote side."""
+        if spec.type == "limit":
+            return spec.limit_price
+        quote = self.market.quote(spec.symbol)
+        if quote is not None:
+            side_price = quote.ask if spec.side == "buy" else quote.bid
+            if side_price > 0:
+                return side_price
+        return self._last_price(spec.symbol)
+
+    def _session_fields(self, tif: str, submitted: datetime) -> tuple[str | None, datetime | None]:
+        """(session_day, expires_at) for a new order."""
+        if self.always_open:
+            return None, (submitted + GTC_LIFETIME if tif == "gtc" else None)
+        session = self.calendar.current_or_next_session(submitted)
+        if tif == "day":
+            return session.day.isoformat(), session.close
+        later = self.calendar.current_or_next_session(submitted + GTC_LIFETIME)
+        return None, later.close
+
+    def _submit(self, spec: OrderSpec, replaces: Order | None = None) -> tuple[Order, list[Order]]:
+        asset_id = self._check_asset(spec.symbol)
+        client_order_id = self._check_client_order_id(spec.client_order_id)
+        if spec.order_class in ("bracket", "oto"):
+            check_exit_prices(
+                spec.side,
+                spec.take_profit.limit_price if spec.take_profit else None,
+                spec.stop_loss.stop_price if spec.stop_loss else None,
+                base_price=self._base_price(spec),
+            )
+        quote = self.market.quote(spec.symbol)
+        probe = Order(  # only for pricing the reservation
+            id="", client_order_id="", symbol=spec.symbol, asset_id=asset_id, side=spec.side,
+            type=spec.type, time_in_force=spec.time_in_force, order_class=spec.order_class,
+            qty=spec.qty, created_at=self._now, submitted_at=self._now, updated_at=self._now,
+            status=NEW, seq=0, limit_price=spec.limit_price, stop_price=spec.stop_price,
+        )
+        if spec.side == "sell":
+            self._check_sell(spec.symbol, spec.qty, exclude=replaces)
+        else:
+            price = fills.reservation_price(probe, quote, self._last_price(spec.symbol))
+            self._check_buying_power(spec.qty * price, exclude=replaces)
+
+        now = self._now
+        stamp = self._stamp()
+        session_day, expires_at = self._session_fields(spec.time_in_force, stamp)
+        status = NEW if self._market_open() else ACCEPTED
+        self._seq += 1
+        parent = Order(
+            id=new_order_id(),
+            client_order_id=client_order_id,
+            symbol=spec.symbol,
+            asset_id=asset_id,
+            side=spec.side,
+            type=spec.type,
+            time_in_force=spec.time_in_force,
+            order_class=spec.order_class,
+            qty=spec.qty,
+            created_at=now,
+            submitted_at=stamp,
+            updated_at=now,
+            status=status,
+            seq=self._seq,
+            limit_price=spec.limit_price,
+            stop_price=spec.stop_price,
+            trail_price=spec.trail_price,
+            trail_percent=spec.trail_percent,
+            session_day=session_day,
+            expires_at=expires_at,
+        )
+        if spec.type == "trailing_stop" and quote is not None:
+            fills.update_trailing_stop(parent, quote)
+        legs: list[Order] = []
+        exit_side = "sell" if spec.side == "buy" else "buy"
+        if spec.order_class == "oco":
+            parent.leg_role = "take_profit"
+            assert spec.stop_loss is not None
+            legs.append(self._new_leg(parent, spec.stop_loss, spec.side, activated=True))
+        else:
+            for leg_spec in (spec.take_profit, spec.stop_loss):
+                if leg_spec is not None:
+                    legs.append(self._new_leg(parent, leg_spec, exit_side, activated=False))
+        self._add_order(parent)
+        for leg in legs:
+            self._add_order(leg)
+        if self._market_open():
+            self._match_symbol(spec.symbol)
+        return parent, legs
+
+    def _new_leg(self, parent: Order, spec: LegSpec, side: str, activated: bool) -> Order:
+        self._seq += 1
+        leg = Order(
+            id=new_order_id(),
+            client_order_id=str(uuid.uuid4()),
+            symbol=parent.symbol,
+            asset_id=parent.asset_id,
+            side=side,
+            type=spec.type,
+            time_in_force=parent.time_in_force,
+            order_class=parent.order_class,
+            qty=parent.qty,
+            created_at=parent.created_at,
+            # Legs share the parent's submission moment (as in Alpaca's examples).
+            submitted_at=parent.submitted_at,
+            updated_at=parent.updated_at,
+            status=HELD,
+            seq=self._seq,
+            limit_price=spec.limit_price,
+            stop_price=spec.stop_price,
+            session_day=parent.session_day,
+            expires_at=parent.expires_at,
+            parent_id=parent.id,
+            leg_role=spec.role,
+            activated=activated,
+        )
+        parent.leg_ids.append(leg.id)
+        return leg
+
+    # ================================================================== matching
+    def _match_all(self) -> None:
+        if not self._market_open():
+            return
+        for symbol in [s for s, book in self._open_by_symbol.items() if book]:
+            self._match_symbol(symbol)
+
+    def _match_symbol(self, symbol: str) -> None:
+        """Evaluate every working order of ``symbol`` once against the current quote.
+
+        Orders that become workable during the pass (legs activated by an entry fill)
+        are evaluated too; an order already evaluated waits for the next pass, which is
+        how the remainder of a partial fill is "re-evaluated" later as in Alpaca paper.
+        """
+        if not self._market_open():
+            return
+        quote = self.market.quote(symbol)
+        if quote is None:
+            return
+        evaluated: set[str] = set()
+        while True:
+            book = self._open_by_symbol.get(symbol, {})
+            pending = sorted(
+                (o for o in book.values() if o.id not in evaluated), key=lambda o: o.seq
+            )
+            if not pending:
+                return
+            progressed = False
+            for order in pending:
+                evaluated.add(order.id)
+                if self._evaluate(order, quote):
+                    progressed = True
+            if not progressed:
+                return
+
+    def _evaluate(self, order: Order, quote: Quote) -> bool:
+        if order.is_final:
+            return False
+        if order.status == HELD:
+            # A bracket/OCO stop-loss waits in `held` but is still watched: the broker
+            # elects it when the quote reaches the stop, then the take-profit goes away.
+            if not (order.activated and order.leg_role == "stop_loss"):
+                return False
+            if not fills.stop_reached(order, quote):
+                return False
+            self._elect_stop(order)
+        elif order.status not in WORKING_STATUSES:
+            return False
+        price = fills.execution_price(order, quote)
+        if price is None:
+            return False
+        qty = self._fill_quantity(order)
+        if qty <= 0:
+            return False
+        self._execute(order, qty, price)
+        return True
+
+    def _elect_stop(self, stop: Order) -> None:
+        for sibling in self._exits(stop):
+            if sibling is not stop:
+                self._finish(sibling, CANCELED, self._now)
+        stop.status = NEW
+        stop.triggered = True
+        stop.updated_at = self._now
+
+    def _fill_quantity(self, order: Order) -> Decimal:
+        remaining = order.remaining
+        if order.side == "sell":
+            position = self._positions.get(order.symbol)
+            remaining = min(remaining, position.qty if position else ZERO)
+        probability = self.partial_fill_probability
+        if probability <= 0 or remaining < 2 or self._fill_rng.random() >= probability:
+            return remaining
+        whole = int(remaining.to_integral_value(rounding=ROUND_FLOOR))
+        return Decimal(self._fill_rng.randint(1, whole - 1))
+
+    def _execute(self, order: Order, qty: Decimal, price: Decimal) -> None:
+        now = self._now
+        notional = qty * price
+        if order.side == "buy":
+            position = self._positions.get(order.symbol)
+            if position is None:
+                position = Position(order.symbol, ZERO, ZERO, now)
+                self._positions[order.symbol] = position
+            position.buy(qty, price)
+            self.cash -= cents(notional)
+        else:
+            position = self._positions[order.symbol]
+            position.sell(qty)
+            if position.qty == 0:
+                del self._positions[order.symbol]
+            self.cash += cents(notional)
+        order.filled_qty += qty
+        order.filled_notional += notional
+        order.updated_at = now
+        order.last_fill_at = now
+        self.market.record_fill(order.symbol, price, qty, now)
+        log.debug("fill %s %s %s %s @ %s", order.id, order.side, fmt(qty), order.symbol, price)
+        if order.filled_qty >= order.qty:
+            order.status = FILLED
+            order.filled_at = now
+            book = self._open_by_symbol.get(order.symbol)
+            if book is not None:
+                book.pop(order.id, None)
+        else:
+            order.status = PARTIALLY_FILLED
+        self._after_fill(order)
+
+    def _after_fill(self, order: Order) -> None:
+        if order.leg_ids and order.order_class in ("bracket", "oto"):
+            if order.status == FILLED:
+                self._activate_legs(order)
+            return
+        exits = self._exits(order)
+        if not exits:
+            return
+        for sibling in exits:
+            if sibling is order or sibling.is_final:
+                continue
+            if order.status == FILLED:
+                self._finish(sibling, CANCELED, self._now)
+            elif order.leg_role == "take_profit":
+                # The stop protects only what the take-profit has not sold yet.
+                sibling.qty = order.remaining
+                sibling.updated_at = self._now
+
+    def _activate_legs(self, entry: Order) -> None:
+        """The entry is completely filled: the legs start working (take-profit `new`,
+        a bracket's stop-loss stays `held` but watched; an OTO's single leg is `new`)."""
+        legs = self._legs(entry)
+        for leg in legs:
+            if leg.is_final:
+                continue
+            leg.activated = True
+            leg.updated_at = self._now
+            if entry.order_class == "bracket" and leg.leg_role == "stop_loss":
+                continue
+            leg.status = NEW
+
+    # ================================================================== cancel / replace
+    def cancel_order(self, order_id: str) -> None:
+        """``DELETE /v2/orders/{id}``: cancel the order and the rest of its group."""
+        with self._lock:
+            self._sync()
+            order = self._get(order_id)
+            if order.is_final:
+                raise unprocessable("order is not cancelable")
+            for member in self._group(order):
+                self._finish(member, CANCELED, self._now)
+            self._touch()
+
+    def cancel_all_orders(self) -> list[dict[str, Any]]:
+        """``DELETE /v2/orders``: cancel every open order; 207 items ``{id, status, body}``."""
+        with self._lock:
+            self._sync()
+            result = []
+            for order in list(self._order_list):
+                if order.is_final:
+                    continue
+                self._finish(order, CANCELED, self._now)
+                result.append({"id": order.id, "status": 200, "body": order.to_json()})
+            self._touch()
+            return result
+
+    def replace_order(self, order_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``PATCH /v2/orders/{id}``: a new order replaces the old one (``replaced``)."""
+        if not isinstance(body, Mapping):
+            raise unprocessable("request body must be a JSON object")
+        with self._lock:
+            self._sync()
+            old = self._get(order_id)
+            if old.status not in REPLACEABLE_STATUSES:
+                raise unprocessable(f"order is not replaceable (status {old.status})")
+            root = self._root(old)
+            if old.parent_id and root.order_class == "oto":
+                raise unprocessable("legs of oto orders cannot be replaced")
+            fields = {k: v for k, v in body.items() if v is not None}
+            if not fields:
+                raise unprocessable("at least one of qty, limit_price, stop_price, trail, "
+                                    "time_in_force or client_order_id is required")
+            new = self._replacement(old, fields)
+            self._touch()
+            return new.to_json(legs=self._legs(new) if new.leg_ids else None)
+
+    def _replacement(self, old: Order, fields: Mapping[str, Any]) -> Order:
+        qty = old.remaining
+        if "qty" in fields:
+            qty = parse_qty(fields["qty"], allow_fraction=old.qty != old.qty.to_integral_value())
+        limit_price, stop_price = old.limit_price, old.stop_price
+        trail_price, trail_percent = old.trail_price, old.trail_percent
+        if "limit_price" in fields:
+            if old.type not in ("limit", "stop_limit"):
+                raise unprocessable(f"limit_price is not allowed for {old.type} orders")
+            limit_price = check_price(fields["limit_price"], "limit_price")
+        if "stop_price" in fields:
+            if old.type not in ("stop", "stop_limit"):
+                raise unprocessable(f"stop_price is not allowed for {old.type} orders")
+            stop_price = check_price(fields["stop_price"], "stop_price")
+        if "trail" in fields:
+            if old.type != "trailing_stop":
+                raise unprocessable(f"trail is not allowed for {old.type} orders")
+            if old.trail_price is not None:
+                trail_price = check_price(fields["trail"], "trail")
+            else:
+                trail_percent = to_decimal(fields["trail"], "trail")
+                if not ZERO < trail_percent < 100:
+                    raise unprocessable("trail must be > 0 and < 100 for trail_percent orders")
+        tif = old.time_in_force
+        if "time_in_force" in fields:
+            tif = str(fields["time_in_force"]).lower()
+            if tif not in SUPPORTED_TIF:
+                raise unprocessable(f"invalid time_in_force: {fields['time_in_force']!r}")
+        client_order_id = self._check_client_order_id(
+            parse_client_order_id(fields.get("client_order_id"))
+        )
+        # A replaced exit must keep its relation to the other exit.
+        exits = [o for o in self._exits(old) if o is not old]
+        for other in exits:
+            tp = limit_price if old.leg_role == "take_profit" else other.limit_price
+            stop = stop_price if old.leg_role == "stop_loss" else other.stop_price
+            if tp is not None and stop is not None:
+                check_exit_prices(old.side, tp, stop, base_is_take_profit=True)
+        probe = Order(
+            id="", client_order_id="", symbol=old.symbol, asset_id=old.asset_id, side=old.side,
+            type=old.type, time_in_force=tif, order_class=old.order_class, qty=qty,
+            created_at=self._now, submitted_at=self._now, updated_at=self._now, status=NEW,
+            seq=0, limit_price=limit_price, stop_price=stop_price,
+        )
+        if old.status != HELD:
+            if old.side == "sell":
+                self._check_sell(old.symbol, qty, exclude=old)
+            else:
+                price = fills.reservation_price(
+                    probe, self.market.quote(old.symbol), self._last_price(old.symbol)
+                )
+                self._check_buying_power(qty * price, exclude=old)
+        now = self._now
+        stamp = self._stamp()
+        self._seq += 1
+        session_day, expires_at = old.session_day, old.expires_at
+        if tif != old.time_in_force:
+            session_day, expires_at = self._session_fields(tif, stamp)
+        new = Order(
+            id=new_order_id(),
+            client_order_id=client_order_id,
+            symbol=old.symbol,
+            asset_id=old.asset_id,
+            side=old.side,
+            type=old.type,
+            time_in_force=tif,
+            order_class=old.order_class,
+            qty=qty,
+            created_at=now,
+            submitted_at=stamp,
+            updated_at=now,
+            status=old.status if old.status == HELD else (NEW if self._market_open() else ACCEPTED),
+            seq=self._seq,
+            limit_price=limit_price,
+            stop_price=stop_price,
+            trail_price=trail_price,
+            trail_percent=trail_percent,
+            hwm=old.hwm,
+            replaces=old.id,
+            session_day=session_day,
+            expires_at=expires_at,
+            parent_id=old.parent_id,
+            leg_ids=list(old.leg_ids),
+            leg_role=old.leg_role,
+            activated=old.activated,
+            triggered=old.triggered,
+        )
+        if new.type == "trailing_stop":
+            new.hwm = None
+            quote = self.market.quote(new.symbol)
+            if quote is not None:
+                fills.update_trailing_stop(new, quote)
+        self._finish(old, REPLACED, now)
+        old.replaced_by = new.id
+        self._add_order(new)
+        if old.parent_id:
+            parent = self._orders[old.parent_id]
+            parent.leg_ids = [new.id if i == old.id else i for i in parent.leg_ids]
+        for leg in self._legs(new):
+            leg.parent_id = new.id
+            if not leg.activated and leg.qty != new.qty:
+                leg.qty = new.qty
+        if self._market_open():
+            self._match_symbol(new.symbol)
+        return new
+
+    # ================================================================== queries
+    def get_order(self, order_id: str, nested: bool = False) -> dict[str, Any]:
+        """``GET /v2/orders/{id}`` (``nested`` puts the legs under the parent)."""
+        with self._lock:
+            self._sync()
+            order = self._get(order_id)
+            return order.to_json(legs=self._legs(order) if nested and order.leg_ids else None)
+
+    def get_order_by_client_id(self, client_order_id: str, nested: bool = False) -> dict[str, Any]:
+        """``GET /v2/orders:by_client_order_id``."""
+        with self._lock:
+            self._sync()
+            order_id = self._by_client_id.get(client_order_id)
+            if order_id is None:
+                raise not_found("order not found")
+            order = self._orders[order_id]
+            return order.to_json(legs=self._legs(order) if nested and order.leg_ids else None)
+
+    def list_orders(
+        self,
+        *,
+        status: str = "open",
+        limit: int = 50,
+        after: datetime | None = None,
+        until: datetime | None = None,
+        direction: str = "desc",
+        nested: bool = False,
+        symbols: Iterable[str] | None = None,
+        side: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """``GET /v2/orders``: filtered by status, paged by ``after``/``until`` (exclusive,
+        on ``submitted_at``), sorted by submission time in ``direction``."""
+        if status not in ("open", "closed", "all"):
+            raise unprocessable(f"invalid status: {status!r}")
+        if direction not in ("asc", "desc"):
+            raise unprocessable(f"invalid direction: {direction!r}")
+        if not 1 <= limit <= MAX_ORDER_LIMIT:
+            raise unprocessable(f"invalid limit {limit}: must be between 1 and {MAX_ORDER_LIMIT}")
+        if side is not None and side not in ("buy", "sell"):
+            raise unprocessable(f"invalid side: {side!r}")
+        wanted = {s.upper() for s in symbols} if symbols else None
+        with self._lock:
+            self._sync()
+            lo = bisect.bisect_right(self._stamps, after) if after is not None else 0
+            hi = bisect.bisect_left(self._stamps, until) if until is not None else len(self._stamps)
+            indices = range(lo, hi) if direction == "asc" else range(hi - 1, lo - 1, -1)
+            result: list[dict[str, Any]] = []
+            for index in indices:
+                order = self._order_list[index]
+                if nested and order.parent_id:
+                    continue
+                if wanted is not None and order.symbol not in wanted:
+                    continue
+                if side is not None and order.side != side:
+                    continue
+                legs = self._legs(order) if nested and order.leg_ids else None
+                if not _status_matches(order, legs, status):
+                    continue
+                result.append(order.to_json(legs=legs))
+                if len(result) >= limit:
+                    break
+            return result
+
+    # ================================================================== positions
+    def _position_json(self, position: Position) -> dict[str, Any]:
+        state = self.market.state(position.symbol)
+        exchange = state.asset.exchange if state else "NASDAQ"
+        lastday = state.lastday_price if state else position.avg_entry_price
+        previous_close = self.calendar.previous_session(self._now)
+        opened_today = previous_close is None or position.opened_at >= previous_close.close
+        return position.to_json(
+            exchange=exchange,
+            current_price=self.market.current_price(position.symbol),
+            lastday_price=lastday,
+            qty_available=self._qty_available(position.symbol),
+            opened_today=opened_today,
+        )
+
+    def _find_position(self, symbol_or_id: str) -> Position:
+        asset = self.market.find_asset(symbol_or_id)
+        symbol = asset.symbol if asset else symbol_or_id.upper()
+        position = self._positions.get(symbol)
+        if position is None:
+            raise not_found("position does not exist")
+        return position
+
+    def list_positions(self) -> list[dict[str, Any]]:
+        """``GET /v2/positions`` sorted by symbol."""
+        with self._lock:
+            self._sync()
+            return [self._position_json(self._positions[s]) for s in sorted(self._positions)]
+
+    def get_position(self, symbol_or_id: str) -> dict[str, Any]:
+        """``GET /v2/positions/{symbol_or_asset_id}``."""
+        with self._lock:
+            self._sync()
+            return self._position_json(self._find_position(symbol_or_id))
+
+    def close_position(
+        self, symbol_or_id: str, qty: Any = None, percentage: Any = None
+    ) -> dict[str, Any]:
+        """``DELETE /v2/positions/{symbol}``: a market sell for all, ``qty`` or ``percentage``."""
+        with self._lock:
+            self._sync()
+            order = self._close(self._find_position(symbol_or_id), qty, percentage)
+            self._touch()
+            return order.to_json()
+
+    def _close(self, position: Position, qty: Any, percentage: Any) -> Order:
+        if qty is not None and percentage is not None:
+            raise unprocessable("only one of qty or percentage may be given")
+        amount = position.qty
+        if qty is not None:
+            amount = to_decimal(qty, "qty")
+            if amount <= 0:
+                raise unprocessable("qty must be > 0")
+            if amount > position.qty:
+                raise forbidden(
+                    f"insufficient qty available for order (requested: {fmt(amount)}, "
+                    f"available: {fmt(position.qty)})"
+                )
+        elif percentage is not None:
+            pct = to_decimal(percentage, "percentage")
+            if not ZERO < pct <= 100:
+                raise unprocessable("percentage must be > 0 and <= 100")
+            amount = position.qty * pct / 100
+            if position.qty == position.qty.to_integral_value():
+                # Fractions are only sold when the position itself is fractional.
+                amount = amount.to_integral_value(rounding=ROUND_FLOOR)
+            if amount <= 0:
+                raise unprocessable("percentage is too small to sell a whole share")
+        spec = OrderSpec(
+            symbol=position.symbol,
+            qty=amount,
+            side="sell",
+            type="market",
+            time_in_force="day",
+            order_class="simple",
+            client_order_id=None,
+        )
+        order, _ = self._submit(spec)
+        return order
+
+    def close_all_positions(self, cancel_orders: bool = False) -> list[dict[str, Any]]:
+        """``DELETE /v2/positions``: 207 items ``{symbol, status, body}``."""
+        with self._lock:
+            self._sync()
+            if cancel_orders:
+                for order in list(self._order_list):
+                    self._finish(order, CANCELED, self._now)
+            result = []
+            for symbol in sorted(self._positions):
+                position = self._positions.get(symbol)
+                if position is None:
+                    continue
+                try:
+                    order = self._close(position, None, None)
+                    result.append({"symbol": symbol, "status": 200, "body": order.to_json()})
+                except ExchangeError as error:
+                    result.append({"symbol": symbol, "status": error.status, "body": error.body()})
+            self._touch()
+            return result
+
+    # ================================================================== account, clock, calendar
+    def get_account(self) -> dict[str, Any]:
+        """``GET /v2/account``: a cash account (multiplier 1, no shorting).
+
+        ``buying_power`` is cash minus the notional reserved by open buy orders.
+        """
+        with self._lock:
+            self._sync()
+            long_value = self._long_market_value()
+            equity = self.cash + long_value
+            buying_power = self._buying_power()
+            previous = self.calendar.previous_session(self._now)
+            return {
+                "id": self.account_id,
+                "account_number": self.account_number,
+                "status": "ACTIVE",
+                "crypto_status": "INACTIVE",
+                "currency": "USD",
+                "buying_power": fmt_money(buying_power),
+                "regt_buying_power": fmt_money(buying_power),
+                "non_marginable_buying_power": fmt_money(buying_power),
+                "options_buying_power": fmt_money(buying_power),
+                "cash": fmt_money(self.cash),
+                "accrued_fees": "0",
+                "pending_transfer_in": "0",
+                "pending_transfer_out": "0",
+                "portfolio_value": fmt_money(equity),
+                "equity": fmt_money(equity),
+                "last_equity": fmt_money(self.last_equity),
+                "long_market_value": fmt_money(long_value),
+                "short_market_value": "0",
+                "position_market_value": fmt_money(long_value),
+                "initial_margin": fmt_money(long_value),
+                "maintenance_margin": fmt_money(long_value),
+                "last_maintenance_margin": "0",
+                "sma": "0",
+                "multiplier": "1",
+                "shorting_enabled": False,
+                "trading_blocked": False,
+                "transfers_blocked": False,
+                "account_blocked": False,
+                "trade_suspended_by_user": False,
+                "created_at": iso_utc(self.account_created_at),
+                "balance_asof": (previous.day if previous else self._now.date()).isoformat(),
+                "intraday_adjustments": "0",
+                "pending_reg_taf_fees": "0",
+                "options_approved_level": 0,
+                "options_trading_level": 0,
+            }
+
+    def _clock_json(self) -> dict[str, Any]:
+        now = self._now
+        return {
+            "timestamp": iso_eastern(now),
+            "is_open": self._market_open(),
+            "next_open": iso_eastern(self.calendar.next_open(now)),
+            "next_close": iso_eastern(self.calendar.next_close(now)),
+        }
+
+    def get_clock(self) -> dict[str, Any]:
+        """``GET /v2/clock`` (times in ET offsets; agrees with the simulated session)."""
+        with self._lock:
+            self._sync()
+            return self._clock_json()
+
+    def get_calendar(self, start: date | None = None, end: date | None = None) -> list[dict[str, str]]:
+        """``GET /v2/calendar``: trading days in [start, end] (default 1970..2029, like Alpaca)."""
+        if start is None and end is None:
+            if self._calendar_cache is None:
+                self._calendar_cache = self._calendar_days(CALENDAR_FIRST, CALENDAR_LAST)
+            return list(self._calendar_cache)
+        return self._calendar_days(start or CALENDAR_FIRST, end or CALENDAR_LAST)
+
+    def _calendar_days(self, start: date, end: date) -> list[dict[str, str]]:
+        if end < start:
+            return []
+        return [
+            {
+                "date": s.day.isoformat(),
+                "open": "09:30",
+                "close": "13:00" if s.early_close else "16:00",
+                "session_open": "0400",
+                "session_close": "1700" if s.early_close else "2000",
+                "settlement_date": self.calendar.settlement_date(s.day).isoformat(),
+            }
+            for s in self.calendar.sessions(start, end)
+        ]
+
+    # ================================================================== assets & market data
+    def list_assets(self, status: str | None = None, asset_class: str | None = None) -> list[dict[str, Any]]:
+        """``GET /v2/assets`` (only ``us_equity`` exists here)."""
+        with self._lock:
+            if asset_class and asset_class != "us_equity":
+                return []
+            return [a.to_json() for a in self.market.assets() if status in (None, "", a.status)]
+
+    def get_asset(self, symbol_or_id: str) -> dict[str, Any]:
+        """``GET /v2/assets/{symbol_or_asset_id}``."""
+        with self._lock:
+            asset = self.market.find_asset(symbol_or_id)
+            if asset is None:
+                raise not_found("asset not found")
+            return asset.to_json()
+
+    def latest_quotes(self, symbols: str | Iterable[str]) -> dict[str, Any]:
+        """``GET /v2/stocks/quotes/latest``: ``{"quotes": {SYM: {...}}}`` for known symbols."""
+        wanted = _symbol_list(symbols)
+        with self._lock:
+            self._sync()
+            quotes = {}
+            for symbol in wanted:
+                state = self.market.state(symbol)
+                if state is None or state.quote is None:
+                    continue
+                q = state.quote
+                quotes[symbol] = {
+                    "t": iso_utc(q.time),
+                    "ax": "V",
+                    "ap": float(q.ask),
+                    "as": q.ask_size,
+                    "bx": "V",
+                    "bp": float(q.bid),
+                    "bs": q.bid_size,
+                    "c": ["R"],
+                    "z": tape_for(state.asset.exchange),
+                }
+            return {"quotes": quotes}
+
+    def latest_trades(self, symbols: str | Iterable[str]) -> dict[str, Any]:
+        """``GET /v2/stocks/trades/latest``: the last print (simulated or one of our fills)."""
+        wanted = _symbol_list(symbols)
+        with self._lock:
+            self._sync()
+            trades = {}
+            for symbol in wanted:
+                state = self.market.state(symbol)
+                if state is None or state.last_trade is None:
+                    continue
+                t = state.last_trade
+                trades[symbol] = {
+                    "t": iso_utc(t.time),
+                    "x": "V",
+                    "p": float(t.price),
+                    "s": t.size,
+                    "c": ["@"],
+                    "i": t.id,
+                    "z": tape_for(state.asset.exchange),
+                }
+            return {"trades": trades}
+
+    def bars(
+        self,
+        symbols: str | Iterable[str],
+        timeframe: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int | None = None,
+        page_token: str | None = None,
+        sort: str = "asc",
+    ) -> dict[str, Any]:
+        """``GET /v2/stocks/bars``: aggregated bars with page tokens (limit across symbols)."""
+        frame = TimeFrame.parse(timeframe)
+        wanted = sorted(_symbol_list(symbols))
+        limit = 1000 if limit is None else limit
+        if not 1 <= limit <= 10000:
+            raise bad_request("invalid limit: must be between 1 and 10000")
+        if sort not in ("asc", "desc"):
+            raise bad_request(f"invalid sort: {sort!r}")
+        offset = _decode_page_token(page_token)
+        with self._lock:
+            self._sync()
+            now = self._now
+            if start is None:
+                # Alpaca's default: the beginning of the current (New York) day.
+                start = eastern_datetime(to_eastern(now).date(), 0, 0)
+            end = min(end or now, now)
+            rows: list[tuple[str, dict[str, Any]]] = []
+            for symbol in wanted:
+                series = self.market.bar_series(symbol, now)
+                if series is None:
+                    continue
+                symbol_bars = aggregate(series, frame, start, end)
+                if sort == "desc":
+                    symbol_bars.reverse()
+                rows.extend((symbol, bar) for bar in symbol_bars)
+        page = rows[offset : offset + limit]
+        result: dict[str, list[dict[str, Any]]] = {}
+        for symbol, bar in page:
+            result.setdefault(symbol, []).append(bar)
+        more = offset + limit < len(rows)
+        return {"bars": result, "next_page_token": _encode_page_token(offset + limit) if more else None}
+
+    # ================================================================== control API
+    def set_quote(
+        self,
+        symbol: str,
+        bid: Any,
+        ask: Any,
+        bid_size: int = 100,
+        ask_size: int = 100,
+    ) -> dict[str, Any]:
+        """Set one symbol's quote (it becomes manual) and match its resting orders."""
+        return self.set_quotes({symbol: {"bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size}})
+
+    def set_quotes(self, quotes: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /admin/quotes``: ``{"AAPL": {"bid": 150.2, "ask": 150.3}, ...}``.
+
+        Each symbol becomes manual (the simulator stops moving it until reset); unknown
+        symbols join the universe. Resting orders are matched at once.
+        """
+        if not isinstance(quotes, Mapping) or not quotes:
+            raise bad_request('expected {"SYMBOL": {"bid": ..., "ask": ...}, ...}')
+        parsed = []
+        for raw_symbol, spec in quotes.items():
+            symbol = check_symbol(raw_symbol)
+            if not isinstance(spec, Mapping) or "bid" not in spec or "ask" not in spec:
+                raise bad_request(f"{symbol}: expected an object with bid and ask")
+            bid = parse_quote_side(spec["bid"], f"{symbol}.bid")
+            ask = parse_quote_side(spec["ask"], f"{symbol}.ask")
+            if bid > 0 and ask > 0 and bid > ask:
+                raise bad_request(f"{symbol}: bid {fmt(bid)} is above ask {fmt(ask)}")
+            sizes = [int(spec.get(k, 100) or 0) for k in ("bid_size", "ask_size")]
+            parsed.append((symbol, bid, ask, sizes))
+        with self._lock:
+            self._sync()
+            result = {}
+            for symbol, bid, ask, sizes in parsed:
+                quote = self.market.set_quote(symbol, bid, ask, self._now, bid_size=sizes[0], ask_size=sizes[1])
+                result[symbol] = {"bid": fmt(quote.bid), "ask": fmt(quote.ask), "manual": True}
+            for symbol, *_ in parsed:
+                self._match_symbol(symbol)
+            self._touch()
+            return {"quotes": result}
+
+    def add_symbols(self, specs: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """``POST /admin/symbols``: ``{"ZZZZ": {"price": 12.5, "tradable": false}}``."""
+        if not isinstance(specs, Mapping) or not specs:
+            raise bad_request('expected {"SYMBOL": {"price": ...}, ...}')
+        with self._lock:
+            self._sync()
+            assets = self.market.add_symbols(specs, self._now)
+            self._touch()
+            return [a.to_json() for a in assets]
+
+    def set_cash(self, cash: Any) -> dict[str, Any]:
+        """``POST /admin/account``: set the cash balance."""
+        amount = to_decimal(cash, "cash")
+        with self._lock:
+            self.cash = amount
+            self._touch()
+            return {"cash": fmt_money(self.cash)}
+
+    def configure(self, partial_fill_probability: float | None = None) -> dict[str, Any]:
+        """``POST /admin/config``: runtime settings (the partial-fill probability)."""
+        with self._lock:
+            if partial_fill_probability is not None:
+                self.partial_fill_probability = _probability(partial_fill_probability)
+            self._touch()
+            return {"partial_fill_probability": self.partial_fill_probability}
+
+    def reset(self, starting_cash: Any = None) -> None:
+        """``POST /admin/reset``: no orders, no positions, starting cash, market back to
+        its starting prices and seeds (manual quotes forgotten). The clock keeps its time."""
+        with self._lock:
+            self._sync()
+            if starting_cash is not None:
+                self.starting_cash = to_decimal(starting_cash, "cash")
+            self.market.reset(self._now)
+            self._init_book()
+            self._touch()
+
+    def state(self) -> dict[str, Any]:
+        """``GET /admin/state``: orders (all, flat), positions, cash and clock, for tests."""
+        with self._lock:
+            self._sync()
+            return {
+                "now": iso_utc(self._now),
+                "clock": self._clock_json(),
+                "simulated_clock": self.simulated_clock,
+                "always_open": self.always_open,
+                "cash": fmt_money(self.cash),
+                "equity": fmt_money(self._equity()),
+                "buying_power": fmt_money(self._buying_power()),
+                "partial_fill_probability": self.partial_fill_probability,
+                "positions": [self._position_json(self._positions[s]) for s in sorted(self._positions)],
+                "orders": [o.to_json() for o in self._order_list],
+                "quotes": {
+                    s: {"bid": fmt(q.bid), "ask": fmt(q.ask), "manual": st.manual}
+                    for s in self.market.symbols()
+                    if (st := self.market.state(s)) is not None and (q := st.quote) is not None
+                },
+            }
+
+    # ================================================================== persistence
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to resume: orders, positions, cash, clock, quotes, RNGs."""
+        with self._lock:
+            version, internal, gauss_next = self._fill_rng.getstate()
+            return {
+                "version": STATE_VERSION,
+                "seed": self.seed,
+                "simulated_clock": self.simulated_clock,
+                "now": iso_utc(self._now),
+                "last_stamp": iso_utc(self._last_stamp) if self._last_stamp else None,
+                "seq": self._seq,
+                "starting_cash": str(self.starting_cash),
+                "cash": str(self.cash),
+                "last_equity": str(self.last_equity),
+                "account_created_at": iso_utc(self.account_created_at),
+                "partial_fill_probability": self.partial_fill_probability,
+                "orders": [o.to_state() for o in self._order_list],
+                "positions": [p.to_state() for p in self._positions.values()],
+                "fill_rng": [version, list(internal), gauss_next],
+                "market": self.market.to_state(),
+            }
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        """Restore :meth:`to_state` output. With the wall clock, time then catches up."""
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported state version {data.get('version')!r}")
+        with self._lock:
+            saved_now = parse_timestamp(data["now"])
+            self._now = saved_now if self.simulated_clock else min(saved_now, utc_now())
+            self.seed = int(data.get("seed", self.seed))
+            self.starting_cash = Decimal(data["starting_cash"])
+            self._init_book()
+            self.cash = Decimal(data["cash"])
+            self.last_equity = Decimal(data["last_equity"])
+            self.account_created_at = parse_timestamp(data["account_created_at"])
+            self.partial_fill_probability = float(data.get("partial_fill_probability", 0.0))
+            self._seq = int(data["seq"])
+            self._last_stamp = parse_timestamp(data["last_stamp"]) if data.get("last_stamp") else None
+            version, internal, gauss_next = data["fill_rng"]
+            self._fill_rng.setstate((version, tuple(internal), gauss_next))
+            self.market.load_state(data["market"])
+            for raw in data["orders"]:
+                order = Order.from_state(raw)
+                self._orders[order.id] = order
+                self._order_list.append(order)
+                self._stamps.append(order.submitted_at)
+                self._by_client_id[order.client_order_id] = order.id
+                if not order.is_final:
+                    self._open_by_symbol.setdefault(order.symbol, {})[order.id] = order
+            for raw in data["positions"]:
+                position = Position.from_state(raw)
+                self._positions[position.symbol] = position
+            self._last_reevaluation = self._now
+            self._touch()
+
+
+# ====================================================================== helpers
+def _status_matches(order: Order, legs: list[Order] | None, status: str) -> bool:
+    """Status filter of ``GET /v2/orders``.
+
+    Flat listing: each order by its own status; ``open`` leaves out ``held`` legs.
+    Nested listing: a group is ``open`` while its parent or any leg is still working
+    (so a filled entry with live exits is still found), and ``closed`` once all ended.
+    """
+    if status == "all":
+        return True
+    if legs is None:
+        if status == "open":
+            return order.status in OPEN_LISTED_STATUSES
+        return order.is_final
+    group_open = not order.is_final or any(not leg.is_final for leg in legs)
+    return group_open if status == "open" else not group_open
+
+
+def _symbol_list(symbols: str | Iterable[str]) -> list[str]:
+    if isinstance(symbols, str):
+        result = list(iter_symbols(symbols))
+    else:
+        result = [s.strip().upper() for s in symbols if s and s.strip()]
+    if not result:
+        raise bad_request("symbols is required")
+    return result
+
+
+def _probability(value: float) -> float:
+    try:
+        probability = float(value)
+    except (TypeError, ValueError):
+        raise bad_request(f"invalid probability: {value!r}") from None
+    if not 0.0 <= probability <= 1.0:
+        raise bad_request("partial_fill_probability must be between 0 and 1")
+    return probability
+
+
+def _encode_page_token(offset: int) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _decode_page_token(token: str | None) -> int:
+    if not token:
+        return 0
+    import base64
+
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        prefix, _, number = text.partition(":")
+        if prefix != "offset":
+            raise ValueError(text)
+        return max(0, int(number))
+    except Exception:
+        raise bad_request("invalid page_token") from None
