@@ -188,6 +188,14 @@ class PaperExchange:
     def _market_open(self) -> bool:
         return self.always_open or self.calendar.is_open(self._now)
 
+    def _event_time(self) -> datetime:
+        """Time of an order event: never before the last submission stamp, so that
+        ``created_at <= submitted_at <= filled_at/canceled_at`` even when many orders
+        arrive while the simulated clock stands still."""
+        if self._last_stamp is not None and self._last_stamp > self._now:
+            return self._last_stamp
+        return self._now
+
     def _stamp(self) -> datetime:
         """A submission time strictly later than every earlier one (bumped by 1 µs)."""
         stamp = self._now
@@ -499,8 +507,8 @@ class PaperExchange:
             price = fills.reservation_price(probe, quote, self._last_price(spec.symbol))
             self._check_buying_power(spec.qty * price, exclude=replaces)
 
-        now = self._now
         stamp = self._stamp()
+        now = stamp
         session_day, expires_at = self._session_fields(spec.time_in_force, stamp)
         status = NEW if self._market_open() else ACCEPTED
         self._seq += 1
@@ -542,7 +550,8 @@ class PaperExchange:
         for leg in legs:
             self._add_order(leg)
         if self._market_open():
-            self._match_symbol(spec.symbol)
+            # The quote did not change: only the new orders can have become marketable.
+            self._match_symbol(spec.symbol, only={parent.id, *(leg.id for leg in legs)})
         return parent, legs
 
     def _new_leg(self, parent: Order, spec: LegSpec, side: str, activated: bool) -> Order:
@@ -581,12 +590,13 @@ class PaperExchange:
         for symbol in [s for s, book in self._open_by_symbol.items() if book]:
             self._match_symbol(symbol)
 
-    def _match_symbol(self, symbol: str) -> None:
-        """Evaluate every working order of ``symbol`` once against the current quote.
+    def _match_symbol(self, symbol: str, only: set[str] | None = None) -> None:
+        """Evaluate the working orders of ``symbol`` once against the current quote.
 
-        Orders that become workable during the pass (legs activated by an entry fill)
-        are evaluated too; an order already evaluated waits for the next pass, which is
-        how the remainder of a partial fill is "re-evaluated" later as in Alpaca paper.
+        ``only`` limits the pass to those orders (and whatever they activate). Orders
+        that become workable during the pass (legs activated by an entry fill) are
+        evaluated too; an order already evaluated waits for the next pass, which is how
+        the remainder of a partial fill is "re-evaluated" later, as in Alpaca's paper.
         """
         if not self._market_open():
             return
@@ -594,10 +604,17 @@ class PaperExchange:
         if quote is None:
             return
         evaluated: set[str] = set()
+        scope = None if only is None else set(only)
         while True:
             book = self._open_by_symbol.get(symbol, {})
             pending = sorted(
-                (o for o in book.values() if o.id not in evaluated), key=lambda o: o.seq
+                (
+                    o
+                    for o in book.values()
+                    if o.id not in evaluated
+                    and (scope is None or o.id in scope or (o.parent_id is not None and o.parent_id in scope))
+                ),
+                key=lambda o: o.seq,
             )
             if not pending:
                 return
@@ -634,10 +651,10 @@ class PaperExchange:
     def _elect_stop(self, stop: Order) -> None:
         for sibling in self._exits(stop):
             if sibling is not stop:
-                self._finish(sibling, CANCELED, self._now)
+                self._finish(sibling, CANCELED, self._event_time())
         stop.status = NEW
         stop.triggered = True
-        stop.updated_at = self._now
+        stop.updated_at = self._event_time()
 
     def _fill_quantity(self, order: Order) -> Decimal:
         remaining = order.remaining
@@ -651,7 +668,7 @@ class PaperExchange:
         return Decimal(self._fill_rng.randint(1, whole - 1))
 
     def _execute(self, order: Order, qty: Decimal, price: Decimal) -> None:
-        now = self._now
+        now = self._event_time()
         notional = qty * price
         if order.side == "buy":
             position = self._positions.get(order.symbol)
@@ -694,11 +711,11 @@ class PaperExchange:
             if sibling is order or sibling.is_final:
                 continue
             if order.status == FILLED:
-                self._finish(sibling, CANCELED, self._now)
+                self._finish(sibling, CANCELED, self._event_time())
             elif order.leg_role == "take_profit":
                 # The stop protects only what the take-profit has not sold yet.
                 sibling.qty = order.remaining
-                sibling.updated_at = self._now
+                sibling.updated_at = self._event_time()
 
     def _activate_legs(self, entry: Order) -> None:
         """The entry is completely filled: the legs start working (take-profit `new`,
@@ -708,7 +725,7 @@ class PaperExchange:
             if leg.is_final:
                 continue
             leg.activated = True
-            leg.updated_at = self._now
+            leg.updated_at = self._event_time()
             if entry.order_class == "bracket" and leg.leg_role == "stop_loss":
                 continue
             leg.status = NEW
@@ -722,7 +739,7 @@ class PaperExchange:
             if order.is_final:
                 raise unprocessable("order is not cancelable")
             for member in self._group(order):
-                self._finish(member, CANCELED, self._now)
+                self._finish(member, CANCELED, self._event_time())
             self._touch()
 
     def cancel_all_orders(self) -> list[dict[str, Any]]:
@@ -733,7 +750,7 @@ class PaperExchange:
             for order in list(self._order_list):
                 if order.is_final:
                     continue
-                self._finish(order, CANCELED, self._now)
+                self._finish(order, CANCELED, self._event_time())
                 result.append({"id": order.id, "status": 200, "body": order.to_json()})
             self._touch()
             return result
@@ -810,8 +827,8 @@ class PaperExchange:
                     probe, self.market.quote(old.symbol), self._last_price(old.symbol)
                 )
                 self._check_buying_power(qty * price, exclude=old)
-        now = self._now
         stamp = self._stamp()
+        now = stamp
         self._seq += 1
         session_day, expires_at = old.session_day, old.expires_at
         if tif != old.time_in_force:
@@ -861,7 +878,7 @@ class PaperExchange:
             if not leg.activated and leg.qty != new.qty:
                 leg.qty = new.qty
         if self._market_open():
-            self._match_symbol(new.symbol)
+            self._match_symbol(new.symbol, only={new.id})
         return new
 
     # ================================================================== queries
@@ -1013,7 +1030,7 @@ class PaperExchange:
             self._sync()
             if cancel_orders:
                 for order in list(self._order_list):
-                    self._finish(order, CANCELED, self._now)
+                    self._finish(order, CANCELED, self._event_time())
             result = []
             for symbol in sorted(self._positions):
                 position = self._positions.get(symbol)

@@ -209,14 +209,15 @@ class Market:
         if state is None:
             reference = ask if bid <= 0 else bid
             state = self._add(_new_asset(symbol, reference if reference > 0 else Decimal("100")), now)
-        first_quote = state.quote is None
+        first_manual = not state.manual
         state.manual = True
         state.quote = Quote(bid=bid, ask=ask, bid_size=bid_size, ask_size=ask_size, time=now)
         mid = state.quote.mid
         if mid is not None:
             state.mid = mid.quantize(MID_PLACES)
-            if first_quote:
-                # Without a previous close, the first quote is the reference price.
+            if first_manual:
+                # Taking manual control resets the reference: until the next session
+                # close, the first manual quote is the symbol's "last day" price.
                 state.lastday_price = round_to_tick(mid)
             self._print(state, round_to_tick(mid), 0, now)
         return state.quote

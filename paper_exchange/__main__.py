@@ -1,0 +1,179 @@
+"""Command line: run the paper exchange, or manage it as a background service.
+
+    python -m paper_exchange [options]              serve in the foreground (Ctrl-C stops)
+    python -m paper_exchange start --state-dir DIR  start in the background (if not running)
+    python -m paper_exchange stop --state-dir DIR   stop the background exchange
+    python -m paper_exchange status --state-dir DIR show whether it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+
+from . import service
+from .engine import PaperExchange
+from .persistence import StateFile
+from .server import ExchangeServer
+
+DESCRIPTION = """\
+A local Alpaca-compatible paper exchange. alpaca-py's TradingClient and
+StockHistoricalDataClient trade against it with url_override=URL; set quotes,
+move the simulated clock and inject faults through the /admin API
+(see paper_exchange/README.md).
+"""
+
+EPILOG = """\
+service commands:
+  start  --state-dir DIR [--port P]   start a background exchange saving to DIR/state.json
+                                      (log DIR/exchange.log, pid DIR/exchange.pid)
+  stop   --state-dir DIR              stop it
+  status --state-dir DIR [--port P]   print whether it runs (exit code 3 when not)
+
+examples:
+  python -m paper_exchange --port 8765
+  python -m paper_exchange --simulated-clock --start-time 2026-11-20T14:30:00Z --seed 7
+  python -m paper_exchange --port 8765 --state-file var/paper_exchange/state.json
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the serve command (the default)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m paper_exchange",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=service.DEFAULT_PORT,
+                        help=f"port to listen on, 0 for any free port (default {service.DEFAULT_PORT})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the price simulation (default 0)")
+    parser.add_argument("--cash", default="100000", help="starting cash in dollars (default 100000)")
+    parser.add_argument("--simulated-clock", action="store_true",
+                        help="time moves only through POST /admin/clock (default: wall clock)")
+    parser.add_argument("--start-time", help="ISO time the simulated clock starts at (default: now)")
+    hours = parser.add_mutually_exclusive_group()
+    hours.add_argument("--nyse-hours", dest="always_open", action="store_const", const=False,
+                       help="follow the NYSE session (default with --simulated-clock)")
+    hours.add_argument("--always-open", dest="always_open", action="store_const", const=True,
+                       help="never close, day orders never expire (default with the wall clock)")
+    parser.add_argument("--symbols", default="",
+                        help="extra symbols, comma-separated, optionally with a price: ZZZZ=12.5,ABC")
+    parser.add_argument("--no-default-symbols", action="store_true",
+                        help="start without the built-in ~40 tickers")
+    parser.add_argument("--no-price-simulation", action="store_true",
+                        help="no random walk: only quotes set through /admin/quotes exist")
+    parser.add_argument("--partial-fill-probability", type=float, default=0.0,
+                        help="chance that an eligible fill is partial (Alpaca paper: about 0.1; default 0)")
+    parser.add_argument("--state-file", type=Path,
+                        help="load state from this JSON file at start and keep saving to it")
+    parser.add_argument("--pid-file", type=Path, help="write the process id here while running")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
+                        help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    return parser
+
+
+def _parse_symbols(text: str) -> dict[str, Decimal | None]:
+    symbols: dict[str, Decimal | None] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, price = part.partition("=")
+        symbols[name.strip().upper()] = Decimal(price) if price else None
+    return symbols
+
+
+def serve(argv: Sequence[str]) -> int:
+    """Run the exchange in the foreground until SIGINT/SIGTERM."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    exchange = PaperExchange(
+        seed=args.seed,
+        simulated_clock=args.simulated_clock,
+        start_time=args.start_time,
+        starting_cash=args.cash,
+        symbols=_parse_symbols(args.symbols),
+        include_default_universe=not args.no_default_symbols,
+        price_simulation=not args.no_price_simulation,
+        partial_fill_probability=args.partial_fill_probability,
+        always_open=args.always_open,
+    )
+    state_file = StateFile(args.state_file, exchange) if args.state_file else None
+    if state_file is not None:
+        state_file.load()
+        state_file.start()
+    server = ExchangeServer(exchange=exchange, host=args.host, port=args.port)
+    if args.pid_file:
+        args.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        args.pid_file.write_text(f"{os.getpid()}\n")
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    clock = "simulated" if exchange.simulated_clock else "wall"
+    hours = "always open" if exchange.always_open else "NYSE hours"
+    print(f"Paper exchange listening on {server.url} ({clock} clock, {hours})", flush=True)
+    print(f"  ALPACA_BASE_URL={server.url}", flush=True)
+    print(f"  ALPACA_DATA_URL={server.url}", flush=True)
+    print("  any non-empty API key and secret are accepted; Ctrl-C stops", flush=True)
+    try:
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        if state_file is not None:
+            state_file.stop()
+        if args.pid_file:
+            with contextlib.suppress(OSError):
+                if args.pid_file.read_text().strip() == str(os.getpid()):
+                    args.pid_file.unlink()
+        print("Paper exchange stopped", flush=True)
+    return 0
+
+
+def manage(command: str, argv: Sequence[str]) -> int:
+    """The start/stop/status service commands."""
+    parser = argparse.ArgumentParser(prog=f"python -m paper_exchange {command}")
+    parser.add_argument("--state-dir", type=Path, required=True,
+                        help="directory of state.json, exchange.log and exchange.pid")
+    parser.add_argument("--port", type=int, default=service.DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    if command == "start":
+        url = service.ensure_running(args.state_dir, args.port)
+        print(url)
+        return 0
+    if command == "stop":
+        print("stopped" if service.stop(args.state_dir) else "not running")
+        return 0
+    info = service.status(args.state_dir, args.port)
+    print(json.dumps(info, indent=2))
+    return 0 if info["running"] or info["healthy"] else 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m paper_exchange``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("start", "stop", "status"):
+        return manage(args[0], args[1:])
+    if args and args[0] == "serve":
+        args = args[1:]
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
