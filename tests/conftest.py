@@ -87,3 +87,42 @@ def make_db(pg_config: PostgresConfig) -> Iterator[Callable[[], TradingDB]]:
     yield factory
     for database in opened:
         database.close()
+
+
+# --------------------------------------------------------------------------- the paper exchange
+
+
+@pytest.fixture(scope="session")
+def exchange_server():
+    """One in-process paper exchange for the session: simulated clock, no random walk (tests set
+    every quote), reset before each test."""
+    from paper_exchange import PaperExchange
+    from paper_exchange.server import start_server
+    from tests.factories import FRIDAY_0945
+
+    handle = start_server(exchange=PaperExchange(seed=7, simulated_clock=True, start_time=FRIDAY_0945,
+                                                 price_simulation=False))
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def exchange(exchange_server):
+    """The exchange's admin API on a fresh book at Friday 2026-11-20 09:45 ET."""
+    from tests.factories import FRIDAY_0945, ExchangeAdmin
+
+    admin = ExchangeAdmin(exchange_server.url)
+    admin.reset()
+    admin.clock(FRIDAY_0945)
+    admin.reset_stats()
+    return admin
+
+
+@pytest.fixture
+def broker(exchange):
+    """The real alpaca-py clients, through the project's wrapper, talking to the paper exchange."""
+    from alpaca_client import AlpacaBroker
+
+    return AlpacaBroker(base_url=exchange.url, data_url=exchange.url, timeout=3)

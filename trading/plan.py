@@ -1,0 +1,162 @@
+"""Decisions from ``analysis_decision``: parsed, validated, or refused with a reason.
+
+The upstream workflow writes ``decision`` as JSON (sometimes as a JSON *string* inside the
+JSON column, as n8n does when it serialises twice; both are accepted). A NEW_TRADE or AMEND
+decision carries a trade plan:
+
+    {"planned_entry": 150.25, "planned_sl": 147.00, "planned_tp": 158.00,
+     "trade_style": "SWING", "planned_qty": 10, "position_size_pct": 5, "time_in_force": "gtc"}
+
+Only long trades are supported: the stop must be below the entry and (SWING) the target above
+it. ``position_size_pct`` is a percent of equity (5 means 5 %). Every refusal raises
+``RejectedError`` with ``code="INVALID_DECISION"`` and a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from trading import lifecycle
+from trading.errors import RejectedError
+from trading.pricing import ZERO, round_to_tick, to_decimal
+
+SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,5}([./][A-Z]{1,2})?$")
+HUNDRED = Decimal("100")
+
+
+def refuse(message: str) -> RejectedError:
+    """A refusal of the decision's content."""
+    return RejectedError(message, code="INVALID_DECISION")
+
+
+@dataclass(frozen=True)
+class TradePlan:
+    """A validated long trade plan, prices already on Alpaca's ticks."""
+
+    symbol: str
+    trade_style: str
+    entry: Decimal
+    stop: Decimal
+    target: Decimal | None
+    qty: Decimal | None
+    size_pct: Decimal | None
+    time_in_force: str
+    raw: dict[str, Any]
+
+    def as_values(self) -> dict[str, Any]:
+        """The planned columns of ``trade_journal``."""
+        return {"symbol": self.symbol, "trade_style": self.trade_style, "planned_entry": self.entry,
+                "planned_sl": self.stop, "planned_tp": self.target}
+
+
+def decision_payload(decision: Any) -> dict[str, Any]:
+    """The decision JSON as a dict; a JSON string is parsed (once more if double-encoded)."""
+    payload = decision
+    for _ in range(2):
+        if isinstance(payload, (str, bytes)):
+            text = payload.decode() if isinstance(payload, bytes) else payload
+            if not text.strip():
+                raise refuse("decision is empty")
+            try:
+                payload = json.loads(text, parse_float=Decimal)
+            except ValueError as exc:
+                raise refuse(f"decision is not valid JSON: {exc.args[0] if exc.args else exc}") from None
+    if payload is None:
+        raise refuse("decision is missing (NULL)")
+    if not isinstance(payload, dict):
+        raise refuse(f"decision must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def normalise_symbol(value: Any) -> str:
+    """An upper-case ticker, refused unless it looks like one."""
+    if not isinstance(value, str) or not value.strip():
+        raise refuse("ticker is missing")
+    symbol = value.strip().upper()
+    if not SYMBOL_PATTERN.match(symbol):
+        raise refuse(f"ticker {value!r} is not a valid symbol")
+    return symbol
+
+
+def _price(payload: dict[str, Any], key: str, *, required: bool) -> Decimal | None:
+    try:
+        value = to_decimal(payload.get(key))
+    except ValueError as exc:
+        raise refuse(f"{key} {exc}") from None
+    if value is None:
+        if required:
+            raise refuse(f"{key} is missing")
+        return None
+    if value <= ZERO:
+        raise refuse(f"{key} must be positive, got {value}")
+    return value
+
+
+def parse_plan(row: dict[str, Any]) -> TradePlan:
+    """The trade plan of a NEW_TRADE or AMEND decision row, validated."""
+    payload = decision_payload(row.get("decision"))
+    symbol = normalise_symbol(row.get("ticker") or payload.get("ticker") or payload.get("symbol"))
+    for key in ("ticker", "symbol"):
+        other = payload.get(key)
+        if isinstance(other, str) and other.strip() and other.strip().upper() != symbol:
+            raise refuse(f"decision {key} {other!r} differs from the row's ticker {symbol!r}")
+
+    style = str(payload.get("trade_style") or "").strip().upper()
+    if style not in lifecycle.TRADE_STYLES:
+        raise refuse(f"trade_style must be SWING or DAYTRADE, got {payload.get('trade_style')!r}")
+
+    entry = _price(payload, "planned_entry", required=True)
+    stop = _price(payload, "planned_sl", required=True)
+    target = _price(payload, "planned_tp", required=style == "SWING")
+    assert entry is not None and stop is not None
+    if stop >= entry:
+        raise refuse(f"planned_sl {stop} must be below planned_entry {entry} (only long trades are supported)")
+    if target is not None and target <= entry:
+        raise refuse(f"planned_tp {target} must be above planned_entry {entry}")
+
+    entry_t, stop_t = round_to_tick(entry), round_to_tick(stop)
+    target_t = round_to_tick(target) if target is not None else None
+    # Alpaca wants a bracket/OTO stop at least $0.01 below its entry, also after rounding.
+    if entry_t - stop_t < Decimal("0.01"):
+        raise refuse(f"planned_sl {stop} is less than $0.01 below planned_entry {entry} after rounding to the tick")
+    if target_t is not None and target_t - entry_t < Decimal("0.01"):
+        raise refuse(f"planned_tp {target} is less than $0.01 above planned_entry {entry} after rounding")
+
+    try:
+        qty = to_decimal(payload.get("planned_qty"))
+        size_pct = to_decimal(payload.get("position_size_pct"))
+    except ValueError as exc:
+        raise refuse(f"quantity: {exc}") from None
+    if qty is not None and qty <= ZERO:
+        raise refuse(f"planned_qty must be positive, got {qty}")
+    if size_pct is not None and not (ZERO < size_pct <= HUNDRED):
+        raise refuse(f"position_size_pct must be a percent between 0 and 100, got {size_pct}")
+
+    tif = str(payload.get("time_in_force") or ("day" if style == "DAYTRADE" else "gtc")).strip().lower()
+    if tif not in ("day", "gtc"):
+        raise refuse(f"time_in_force must be day or gtc, got {payload.get('time_in_force')!r}")
+    if style == "DAYTRADE" and tif != "day":
+        raise refuse("a DAYTRADE is flat by the close: its time_in_force must be day")
+    return TradePlan(symbol, style, entry_t, stop_t, target_t, qty, size_pct, tif, payload)
+
+
+def referenced_ids(row: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The trade a CANCEL/AMEND/CLOSE/NO_ACTION names: (trade id, order id), from the row's
+    columns first, then from the decision JSON."""
+    payload: dict[str, Any] = {}
+    try:
+        payload = decision_payload(row.get("decision"))
+    except RejectedError:
+        payload = {}
+    trade_id = row.get("existing_trade_journal_id") or payload.get("existing_trade_journal_id")
+    order_id = row.get("existing_order_id") or payload.get("existing_order_id")
+    if trade_id is not None:
+        try:
+            trade_id = int(str(trade_id).strip())
+        except ValueError:
+            raise refuse(f"existing_trade_journal_id {trade_id!r} is not a number") from None
+    return trade_id, (str(order_id).strip() if order_id not in (None, "") else None)

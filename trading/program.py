@@ -1,0 +1,258 @@
+"""What the three programs share: one run under its advisory lock, recorded in ``program_run``.
+
+A program is a class with ``name`` and ``execute(ctx)``. ``ProgramRunner.run()``:
+
+1. takes the program's advisory lock (a second run at the same time logs a line and returns a
+   ``skipped`` summary: two schedulers on one database never run the same job twice);
+2. writes a ``program_run`` row (``running``), reads the market time from the broker once
+   (unless the caller passed one: tests drive time that way);
+3. runs the body; per-item failures are the body's business (recorded, batch continues);
+   a transient failure (broker or database outage) ends the run early with ``warning``;
+   anything unexpected ends it with ``failed``; a configuration error stops it;
+4. closes the ``program_run`` row with the outcome, counts and error.
+
+The command line of each program is ``main_for(...)``: ``--test-mode`` (test database, never a
+live account), ``--log-level``, and the program's own options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from config import Settings, load_settings
+from trading import audit
+from trading.audit import Auditor
+from trading.broker import Broker
+from trading.errors import ConfigurationError, TradingError, TransientError
+from trading.logs import configure_logging, register_secret
+from trading.market_time import MarketTime, read_market_time
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """What one run did: counts by outcome, the run's outcome and notes for the operator."""
+
+    program: str
+    outcome: str = "success"
+    counts: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    run_id: int | None = None
+    broker_calls: int = 0
+    market_time: dt.datetime | None = None
+
+    def add(self, key: str, amount: int = 1) -> None:
+        self.counts[key] += amount
+
+    def warn(self, note: str) -> None:
+        """Something an operator should look at; the run ends as ``warning``."""
+        self.notes.append(note)
+        if self.outcome == "success":
+            self.outcome = "warning"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"program": self.program, "outcome": self.outcome, "counts": dict(self.counts),
+                "notes": self.notes, "error": self.error, "run_id": self.run_id, "broker_calls": self.broker_calls}
+
+    def line(self) -> str:
+        counts = ", ".join(f"{key}={value}" for key, value in sorted(self.counts.items())) or "nothing to do"
+        return f"{self.program}: {self.outcome} ({counts})" + (f" error: {self.error}" if self.error else "")
+
+
+class DatabaseLike(Protocol):
+    def insert(self, table: str, values: dict[str, Any]) -> int: ...
+    def update(self, table: str, row_id: int, values: dict[str, Any]) -> int: ...
+    def advisory_lock(self, name: str) -> Any: ...
+
+
+@dataclass
+class RunContext:
+    """Everything a program's body needs for one run."""
+
+    db: Any
+    broker: Broker
+    settings: Settings
+    market: MarketTime
+    audit: Auditor
+    summary: RunSummary
+    dry_run: bool = False
+
+    @property
+    def now(self) -> dt.datetime:
+        return self.market.now
+
+
+class ProgramBody(Protocol):
+    name: str
+
+    def execute(self, ctx: RunContext) -> None: ...
+
+
+def wall_clock() -> dt.datetime:
+    """The machine's time in UTC (used only for program_run bookkeeping, never for market decisions)."""
+    return dt.datetime.now(dt.UTC)
+
+
+class ProgramRunner:
+    """Runs one program body once, with the lock, the run record and the error policy."""
+
+    def __init__(self, body: ProgramBody, db: Any, broker: Broker, settings: Settings, *,
+                 clock: Callable[[], MarketTime] | None = None, dry_run: bool = False) -> None:
+        self.body = body
+        self.db = db
+        self.broker = broker
+        self.settings = settings
+        self.clock = clock or (lambda: read_market_time(broker))
+        self.dry_run = dry_run
+
+    def run(self) -> RunSummary:
+        name = self.body.name
+        summary = RunSummary(program=name)
+        calls_before = self.broker.calls.total
+        with self.db.advisory_lock(name) as taken:
+            if not taken:
+                logger.info("%s: another run holds the lock; this run exits without doing anything", name)
+                summary.outcome = "skipped"
+                return summary
+            if self.dry_run:
+                return self._run_body(summary, None)
+            run_id = self.db.insert("program_run", {"program": name, "started_at": wall_clock(), "outcome": "running",
+                                                    "host": socket.gethostname(), "pid": os.getpid()})
+            summary.run_id = run_id
+            try:
+                self._run_body(summary, run_id)
+            finally:
+                summary.broker_calls = self.broker.calls.total - calls_before
+                self._finish(summary)
+        return summary
+
+    def _run_body(self, summary: RunSummary, run_id: int | None) -> RunSummary:
+        name = self.body.name
+        auditor = Auditor(self.db, name, run_id)
+        try:
+            market = self.clock()
+            summary.market_time = market.now
+            summary.notes.append(f"market time {market.describe()}")
+            ctx = RunContext(self.db, self.broker, self.settings, market, auditor, summary, self.dry_run)
+            self.body.execute(ctx)
+        except ConfigurationError as exc:
+            summary.outcome, summary.error = "failed", str(exc)
+            logger.error("%s: configuration error: %s", name, exc)
+        except TransientError as exc:
+            # An outage ends the run early; what was committed stays, the next run continues.
+            summary.outcome, summary.error = "warning", str(exc)
+            logger.warning("%s: run ended early, will retry next cycle: %s", name, exc)
+            if run_id is not None and not self.dry_run:
+                self._record_abort(auditor, exc)
+        except Exception as exc:
+            summary.outcome, summary.error = "failed", f"{type(exc).__name__}: {exc}"
+            logger.exception("%s: run failed", name)
+            if run_id is not None and not self.dry_run:
+                self._record_abort(auditor, exc)
+        return summary
+
+    def _record_abort(self, auditor: Auditor, exc: BaseException) -> None:
+        try:
+            auditor.record("program", auditor.run_id, audit.RUN_ABORTED, reason=f"{type(exc).__name__}: {exc}")
+        except TradingError:
+            logger.warning("could not record the aborted run in the audit table (database unavailable)")
+
+    def _finish(self, summary: RunSummary) -> None:
+        if summary.run_id is None:
+            return
+        values = {"finished_at": wall_clock(), "outcome": summary.outcome, "counts": dict(summary.counts),
+                  "error": summary.error, "market_time": summary.market_time}
+        try:
+            self.db.update("program_run", summary.run_id, values)
+        except TradingError as exc:
+            logger.warning("%s: could not close program_run %s: %s", self.body.name, summary.run_id, exc)
+
+
+def fixed_clock(market: MarketTime) -> Callable[[], MarketTime]:
+    """A clock that always answers ``market`` (tests and the scheduler's simulated day)."""
+    return lambda: market
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every program has."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--test-mode", action="store_true",
+                        help="use the test database (TEST_DATABASE_URL or the embedded test database); "
+                             "never reaches a live account")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="override LOG_LEVEL for this run")
+    parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    return parser
+
+
+def exit_code(summary: RunSummary) -> int:
+    """0 success or skipped, 1 warning, 2 failed."""
+    return {"success": 0, "skipped": 0, "warning": 1}.get(summary.outcome, 2)
+
+
+class Runnable(Protocol):
+    def run(self) -> RunSummary: ...
+
+
+def main_for(prog: str, description: str,
+             make_program: Callable[[Any, Broker, Settings, argparse.Namespace], Runnable],
+             argv: Sequence[str] | None = None,
+             add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """Parse the command line, connect, run the program once, print its summary."""
+    from alpaca_client import connect_broker
+    from db_layer import TradingDB
+
+    parser = build_parser(prog, description)
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(test_mode=args.test_mode)
+    except ConfigurationError as exc:
+        configure_logging("INFO", prog)
+        logger.error("configuration error: %s", exc)
+        return 2
+    configure_logging(args.log_level or settings.log_level, prog)
+    register_secret(settings.alpaca.api_key.reveal())
+    register_secret(settings.alpaca.secret_key.reveal())
+    register_secret(settings.postgres.password.reveal())
+    logger.info("configuration: %s", json.dumps(settings.describe(), sort_keys=True))
+    db = TradingDB(test_mode=args.test_mode, config=settings.postgres, application_name=prog)
+    try:
+        db.connect()
+        db.ensure_schema()
+        broker = connect_broker(settings.alpaca, test_mode=args.test_mode)
+        logger.info("broker: %s", broker.describe())
+        summary = make_program(db, broker, settings, args).run()
+    except ConfigurationError as exc:
+        logger.error("configuration error: %s", exc)
+        return 2
+    except TransientError as exc:
+        logger.warning("could not start: %s", exc)
+        return 1
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(summary.as_dict(), sort_keys=True, default=str))
+    else:
+        print(summary.line())
+        for note in summary.notes:
+            print(f"  {note}")
+    sys.stdout.flush()
+    return exit_code(summary)

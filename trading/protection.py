@@ -1,0 +1,370 @@
+"""Broker-held protection for every open position, and exits that never double-sell.
+
+Alpaca reserves a position's shares for every open sell order, so a separate stop and a
+separate take-profit for the same shares cannot both rest. Protection is therefore always one
+order group: the bracket/OTO legs of the entry, or (after a repair) one OCO (take-profit +
+stop) for SWING trades with a target, or one stop for the rest. Repairs are placed ``gtc`` so
+that a protective stop never expires on its own.
+
+``Protector.ensure()`` checks one trade: a live stop (``held`` included: Alpaca arms it
+itself) must cover the position's whole quantity. If not, the stale protective orders are
+canceled and confirmed canceled first, then one new group is sent for the exact quantity.
+``Protector.flatten()`` exits a trade now: cancel its working orders, confirm, then sell the
+shares with one market order. Both record their intent before each broker call with a
+deterministic client order id, so a crash is resolved by looking the order up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from config import Settings
+from trading import audit, lifecycle
+from trading.broker import Broker, BrokerOrder, OrderRequest
+from trading.errors import (
+    BrokerRejectedError,
+    BrokerUnavailableError,
+    DuplicateClientOrderIdError,
+    NotFoundError,
+)
+from trading.lifecycle import OrderType, TradeStatus
+from trading.orders import trade_client_order_id
+from trading.pricing import ZERO, round_to_tick
+from trading.reconcile import Reconciler, SyncResult
+
+logger = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+def find_order(broker: Broker, alpaca_order_id: str | None, client_order_id: str | None) -> BrokerOrder:
+    """Look an order up directly: by broker id, then by client order id (with its legs).
+    Raises ``NotFoundError`` only when both look-ups found nothing."""
+    if alpaca_order_id:
+        try:
+            return broker.get_order(alpaca_order_id)
+        except NotFoundError:
+            if not client_order_id:
+                raise
+    if not client_order_id:
+        raise NotFoundError("order has neither a broker id nor a client order id")
+    found = broker.get_order_by_client_id(client_order_id)
+    if found.order_class in ("bracket", "oto", "oco") and not found.legs:
+        found = broker.get_order(found.id)  # the by-client-id look-up does not nest legs
+    return found
+
+
+@dataclass
+class ProtectionView:
+    """A trade's position and orders, as the database knows them now."""
+
+    trade: Row
+    position: Row | None
+    orders: list[Row]
+
+    @property
+    def position_qty(self) -> Decimal:
+        return Decimal(self.position["qty"]) if self.position else ZERO
+
+    def _open(self, *types: str) -> list[Row]:
+        return [r for r in self.orders if r["order_type"] in types and r["order_status"] in
+                lifecycle.OPEN_ORDER_STATUSES]
+
+    @property
+    def stop_rows(self) -> list[Row]:
+        return [r for r in self.orders if r["order_type"] == OrderType.STOP_LOSS.value
+                and lifecycle.is_protecting(r["order_status"])]
+
+    @property
+    def stop_qty(self) -> Decimal:
+        return sum((Decimal(r["qty"] or 0) - Decimal(r["filled_qty"] or 0) for r in self.stop_rows), ZERO)
+
+    @property
+    def take_profit_rows(self) -> list[Row]:
+        return [r for r in self.orders if r["order_type"] == OrderType.TAKE_PROFIT.value
+                and lifecycle.is_protecting(r["order_status"])]
+
+    @property
+    def protective_open(self) -> list[Row]:
+        return self._open(OrderType.STOP_LOSS.value, OrderType.TAKE_PROFIT.value)
+
+    @property
+    def exits_open(self) -> list[Row]:
+        return [r for r in self.orders if r["order_type"] == OrderType.EXIT.value
+                and (r["order_status"] in lifecycle.OPEN_ORDER_STATUSES or r["order_status"] == lifecycle.PENDING)]
+
+    @property
+    def pending(self) -> list[Row]:
+        return [r for r in self.orders if r["order_status"] == lifecycle.PENDING and r["order_type"] != "ENTRY"]
+
+    @property
+    def entry_working(self) -> list[Row]:
+        return self._open(OrderType.ENTRY.value)
+
+    @property
+    def protected(self) -> bool:
+        return self.position_qty > ZERO and self.stop_qty == self.position_qty
+
+
+class Protector:
+    """Checks, repairs and unwinds the protection of trades for one program run."""
+
+    def __init__(self, db: Any, broker: Broker, reconciler: Reconciler, settings: Settings, *,
+                 now: dt.datetime, warn: Callable[[str], None],
+                 sleep: Callable[[float], None] = time.sleep, confirm_attempts: int = 10,
+                 confirm_interval: float = 0.2) -> None:
+        self.db = db
+        self.broker = broker
+        self.reconciler = reconciler
+        self.settings = settings
+        self.now = now
+        self.warn = warn
+        self.sleep = sleep
+        self.confirm_attempts = confirm_attempts
+        self.confirm_interval = confirm_interval
+
+    @property
+    def audit(self) -> Any:
+        return self.reconciler.audit
+
+    def view(self, trade_id: int) -> ProtectionView:
+        trade = self.reconciler.trades.get(trade_id)
+        assert trade is not None
+        return ProtectionView(trade, self.reconciler.trades.position(trade_id),
+                              self.reconciler.orders.for_trade(trade_id))
+
+    # -- checking and repairing --------------------------------------------------------------
+
+    def ensure(self, trade_id: int) -> str:
+        """Make sure the trade's position has a live stop for its whole quantity.
+
+        Returns ``protected``, ``repaired``, ``not_open``, ``exiting`` (an exit order works on the
+        shares), ``waiting`` (policy ``wait``: the entry still works), ``deferred`` (an answer is
+        pending; next run) or ``failed`` (the broker refused the repair; recorded).
+        """
+        for _ in range(3):  # cancels can reveal fills that change the position; look again
+            view = self.view(trade_id)
+            trade = view.trade
+            if trade["status"] != TradeStatus.POSITION.value or view.position_qty <= ZERO:
+                return "not_open"
+            if view.exits_open:
+                return "exiting"
+            if view.pending:
+                self.warn(f"trade {trade_id} {trade['symbol']}: an order awaits the broker's answer; "
+                          "protection checked next run")
+                return "deferred"
+            if view.entry_working:
+                if self.settings.monitor.partial_entry_policy == "wait":
+                    return "waiting"
+                # Alpaca arms bracket legs only on a complete fill: end the entry so the filled
+                # shares can get their own stop now.
+                if not self.cancel_and_confirm(trade_id, view.entry_working,
+                                               reason="entry partly filled: remainder canceled so the filled "
+                                                      "shares can be protected"):
+                    return "deferred"
+                continue
+            if view.protected:
+                self._point_position(view)
+                return "protected"
+            if view.protective_open:
+                if not self.cancel_and_confirm(
+                        trade_id, view.protective_open,
+                        reason=f"protection covers {view.stop_qty} of {view.position_qty} shares: replaced"):
+                    return "deferred"
+                continue
+            return self._submit_protection(trade_id, view)
+        return "deferred"
+
+    def _point_position(self, view: ProtectionView) -> None:
+        stop = view.stop_rows[0]["alpaca_order_id"] if view.stop_rows else None
+        take_profit = view.take_profit_rows[0]["alpaca_order_id"] if view.take_profit_rows else None
+        self.reconciler.trades.set_protection_ids(view.trade["id"], stop, take_profit)
+
+    def _next_client_order_id(self, trade: Row, orders: list[Row], purpose: str) -> str:
+        used = {r.get("client_order_id") for r in orders}
+        sequence = 1
+        while (coid := trade_client_order_id(self.settings.monitor.client_order_prefix, trade, purpose,
+                                             sequence)) in used:
+            sequence += 1
+        return coid
+
+    def protection_request(self, trade: Row, qty: Decimal, client_order_id: str) -> tuple[str, OrderRequest]:
+        """One protective group for ``qty`` shares: OCO for a SWING trade with a target, else a stop."""
+        stop = round_to_tick(Decimal(trade["planned_sl"]))
+        target = trade.get("planned_tp")
+        if trade["trade_style"] == "SWING" and target is not None:
+            return OrderType.TAKE_PROFIT.value, OrderRequest(
+                symbol=trade["symbol"], qty=qty, side="sell", kind="limit", time_in_force="gtc",
+                client_order_id=client_order_id, order_class="oco",
+                take_profit_price=round_to_tick(Decimal(target)), stop_loss_price=stop)
+        return OrderType.STOP_LOSS.value, OrderRequest(
+            symbol=trade["symbol"], qty=qty, side="sell", kind="stop", time_in_force="gtc",
+            client_order_id=client_order_id, stop_price=stop)
+
+    def _submit_protection(self, trade_id: int, view: ProtectionView) -> str:
+        with self.db.transaction():
+            trade = self.reconciler.trades.lock(trade_id)
+            assert trade is not None
+            if trade["status"] != TradeStatus.POSITION.value:
+                return "not_open"
+            coid = self._next_client_order_id(trade, view.orders, "p")
+            order_type, request = self.protection_request(trade, view.position_qty, coid)
+            row_id = self.reconciler.orders.insert_intent(trade, order_type, request)
+        outcome = self._send(trade_id, row_id, request)
+        if outcome == "sent":
+            trade = self.reconciler.trades.get(trade_id)
+            self.audit.record("trade", trade_id, audit.PROTECTION_REPAIRED, symbol=view.trade["symbol"],
+                              reason=f"no stop covered all {view.position_qty} shares (stop covered {view.stop_qty}): "
+                                     f"placed {request.order_class if request.order_class != 'simple' else 'stop'} "
+                                     f"for {view.position_qty}",
+                              details={"client_order_id": request.client_order_id,
+                                       "stop": request.stop_price or request.stop_loss_price,
+                                       "take_profit": request.take_profit_price})
+            self._point_position(self.view(trade_id))
+            return "repaired"
+        self.audit.record("trade", trade_id, audit.PROTECTION_MISSING, symbol=view.trade["symbol"],
+                          reason=f"could not place protection for {view.position_qty} shares: {outcome}")
+        self.warn(f"trade {trade_id} {view.trade['symbol']}: UNPROTECTED, {outcome}")
+        return "failed"
+
+    def _send(self, trade_id: int, row_id: int, request: OrderRequest) -> str:
+        """Send a recorded intent and record the answer. Returns ``sent`` or why not.
+
+        A transient failure with an unclear outcome leaves the row ``pending`` for the next
+        run's look-up and re-raises (the run ends early, as for any outage).
+        """
+        try:
+            order = self.broker.submit_order(request)
+        except DuplicateClientOrderIdError:
+            order = find_order(self.broker, None, request.client_order_id)
+        except BrokerRejectedError as exc:
+            with self.db.transaction():
+                row = self.db.get_by_id("order_execution", row_id)
+                self.reconciler.orders.mark_refused(row, str(exc))
+            return f"refused by the broker: {exc}"
+        except BrokerUnavailableError as exc:
+            row = self.db.get_by_id("order_execution", row_id)
+            self.reconciler.orders.note_error(row, f"submission unanswered: {exc}")
+            raise
+        self.record(trade_id, row_id, order)
+        return "sent"
+
+    def record(self, trade_id: int, row_id: int, order: BrokerOrder) -> SyncResult:
+        """Apply a broker answer to its row and trade in one transaction."""
+        with self.db.transaction():
+            trade = self.reconciler.trades.lock(trade_id)
+            row = self.db.get_by_id("order_execution", row_id)
+            assert trade is not None and row is not None
+            result = self.reconciler.sync(trade, row, order, now=self.now)
+        if result.to_cancel:
+            self.cancel_and_confirm(trade_id, result.to_cancel, reason="trade closed: its remaining orders go")
+        return result
+
+    # -- canceling ----------------------------------------------------------------------------
+
+    def cancel_and_confirm(self, trade_id: int, rows: list[Row], *, reason: str,
+                           entry_reason: str | None = None) -> bool:
+        """Cancel the orders of ``rows`` (one request per order group) and wait, briefly, until the
+        broker confirms each is finished; every answer is recorded. True when all are finished.
+
+        ``entry_reason`` is the exit reason a canceled entry gives its trade (CANCEL_REQUESTED,
+        DAY_END_CANCEL, ...).
+        """
+        groups: dict[str, list[Row]] = {}
+        for row in rows:
+            if not row.get("alpaca_order_id"):
+                continue
+            groups.setdefault(row.get("parent_alpaca_order_id") or row["alpaca_order_id"], []).append(row)
+        if entry_reason:
+            for row in rows:
+                if row["order_type"] == OrderType.ENTRY.value:
+                    self.db.update("order_execution", row["id"], {"exit_reason": entry_reason})
+        for root, members in groups.items():
+            target = next((m for m in members if m["alpaca_order_id"] == root), members[0])
+            if target["order_status"] in lifecycle.TERMINAL_ORDER_STATUSES:
+                target = next((m for m in members if m["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES),
+                              target)
+            self.audit.record("order", target["id"], audit.ORDER_CANCEL_REQUESTED, symbol=target["symbol"],
+                              reason=reason, details={"alpaca_order_id": target["alpaca_order_id"]})
+            try:
+                self.broker.cancel_order(target["alpaca_order_id"])
+            except (NotFoundError, BrokerRejectedError) as exc:
+                # Already finished (filled, canceled) or unknown: the look-up below tells which.
+                logger.info("cancel of order %s: %s", target["alpaca_order_id"], exc)
+        pending_roots = set(groups)
+        for attempt in range(self.confirm_attempts):
+            for root in sorted(pending_roots):
+                try:
+                    order = self.broker.get_order(root)
+                except NotFoundError:
+                    pending_roots.discard(root)
+                    continue
+                root_row = self.reconciler.orders.by_alpaca_id(root)
+                if root_row is not None:
+                    self.record(trade_id, root_row["id"], order)
+                if all(o.terminal for o in order.walk() if o.id in {m["alpaca_order_id"] for m in groups[root]}):
+                    pending_roots.discard(root)
+            if not pending_roots:
+                return True
+            if attempt + 1 < self.confirm_attempts:
+                self.sleep(self.confirm_interval)
+        self.warn(f"trade {trade_id}: cancel not confirmed yet for order(s) {', '.join(sorted(pending_roots))}")
+        return False
+
+    # -- exiting --------------------------------------------------------------------------------
+
+    def flatten(self, trade_id: int, exit_reason: str, *, entry_reason: str) -> str:
+        """Exit the trade now: cancel its working orders (entry remainder and protection), confirm,
+        then sell every share with one market order. Returns ``exit_submitted``, ``cancelled``
+        (nothing was filled), ``exiting`` (an exit already works), ``closed``, ``deferred`` or
+        ``failed`` (recorded; protection is restored)."""
+        view = self.view(trade_id)
+        if view.trade["status"] in (TradeStatus.CLOSED.value, TradeStatus.CANCELLED.value):
+            return "closed"
+        if view.exits_open:
+            return "exiting"
+        working = view.entry_working + view.protective_open
+        if working and not self.cancel_and_confirm(trade_id, working, reason=f"{exit_reason}: exit requested",
+                                                   entry_reason=entry_reason):
+            return "deferred"
+        view = self.view(trade_id)
+        if view.trade["status"] == TradeStatus.CANCELLED.value:
+            return "cancelled"
+        if view.trade["status"] != TradeStatus.POSITION.value or view.position_qty <= ZERO:
+            return "closed"
+        with self.db.transaction():
+            trade = self.reconciler.trades.lock(trade_id)
+            assert trade is not None
+            coid = self._next_client_order_id(trade, view.orders, "x")
+            request = OrderRequest(symbol=trade["symbol"], qty=view.position_qty, side="sell", kind="market",
+                                   time_in_force="day", client_order_id=coid)
+            row_id = self.reconciler.orders.insert_intent(trade, OrderType.EXIT.value, request,
+                                                          exit_reason=exit_reason)
+        outcome = self._send(trade_id, row_id, request)
+        if outcome == "sent":
+            return "exit_submitted"
+        self.warn(f"trade {trade_id} {view.trade['symbol']}: exit refused ({outcome}); protection restored")
+        self.ensure(trade_id)
+        return "failed"
+
+    def cancel_entry(self, trade_id: int, entry_reason: str, reason: str) -> str:
+        """Cancel a trade's working entry (and its held legs). Returns ``cancelled`` (nothing was
+        filled: the trade is CANCELLED), ``filled`` (shares were bought: the position stays,
+        protected), ``not_working`` or ``deferred``."""
+        view = self.view(trade_id)
+        if view.entry_working and not self.cancel_and_confirm(trade_id, view.entry_working, reason=reason,
+                                                              entry_reason=entry_reason):
+            return "deferred"
+        trade = self.reconciler.trades.get(trade_id)
+        assert trade is not None
+        if trade["status"] == TradeStatus.CANCELLED.value:
+            return "cancelled"
+        if trade["status"] in (TradeStatus.POSITION.value, TradeStatus.CLOSED.value):
+            return "filled"
+        return "not_working"
