@@ -1353,6 +1353,8 @@ class PaperExchange:
                 "starting_cash": str(self.starting_cash),
                 "cash": str(self.cash),
                 "last_equity": str(self.last_equity),
+                "account_id": self.account_id,
+                "account_number": self.account_number,
                 "account_created_at": iso_utc(self.account_created_at),
                 "partial_fill_probability": self.partial_fill_probability,
                 "orders": [o.to_state() for o in self._order_list],
@@ -1374,6 +1376,8 @@ class PaperExchange:
             self.cash = Decimal(data["cash"])
             self.last_equity = Decimal(data["last_equity"])
             self.account_created_at = parse_timestamp(data["account_created_at"])
+            self.account_id = str(data.get("account_id", self.account_id))
+            self.account_number = str(data.get("account_number", self.account_number))
             self.partial_fill_probability = float(data.get("partial_fill_probability", 0.0))
             self._seq = int(data["seq"])
             self._last_stamp = parse_timestamp(data["last_stamp"]) if data.get("last_stamp") else None

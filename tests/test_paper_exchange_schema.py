@@ -1,0 +1,212 @@
+"""Every kind of paper-exchange response validates against Alpaca's own OpenAPI schemas.
+
+The specs live in ``../shared/reference/alpaca`` next to the repository. OpenAPI 3.0's
+``nullable`` is translated to JSON Schema, and ``date-time``, ``date`` and ``uuid`` formats
+are checked strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import date, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+
+from tests.paper_exchange_helpers import Exchange, running_exchange
+
+SPEC_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "alpaca"
+TRADING_SPEC = SPEC_DIR / "openapi_trading-api.json"
+DATA_SPEC = SPEC_DIR / "openapi_market-data-api.json"
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+
+FORMATS = FormatChecker(formats=())
+
+
+@FORMATS.checks("date-time", raises=ValueError)
+def _is_date_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    if not _DATE_TIME.match(value):
+        raise ValueError(f"not RFC 3339: {value!r}")
+    datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", value).replace("Z", "+00:00"))
+    return True
+
+
+@FORMATS.checks("date", raises=ValueError)
+def _is_date(value: object) -> bool:
+    if isinstance(value, str):
+        date.fromisoformat(value)
+    return True
+
+
+@FORMATS.checks("uuid", raises=ValueError)
+def _is_uuid(value: object) -> bool:
+    if isinstance(value, str):
+        uuid.UUID(value)
+    return True
+
+
+def _openapi_to_json_schema(node: Any) -> Any:
+    """Translate OpenAPI 3.0 ``nullable: true`` into JSON Schema, recursively."""
+    if isinstance(node, list):
+        return [_openapi_to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _openapi_to_json_schema(value) for key, value in node.items()}
+    if node.get("nullable") is True:
+        if isinstance(out.get("type"), str):
+            out["type"] = [out["type"], "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+        if "$ref" in out:
+            out = {"anyOf": [{"$ref": out.pop("$ref")}, {"type": "null"}], **out}
+    return out
+
+
+@cache
+def _spec(path: Path) -> dict[str, Any]:
+    return _openapi_to_json_schema(json.loads(path.read_text()))
+
+
+def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node and node["$ref"].startswith("#/components/responses/"):
+        node = spec["components"]["responses"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def response_schema(spec_path: Path, method: str, path: str, status: int) -> dict[str, Any]:
+    """The JSON schema of a documented response, with the spec's components attached."""
+    spec = _spec(spec_path)
+    response = _resolve(spec, spec["paths"][path][method.lower()]["responses"][str(status)])
+    schema = dict(response["content"]["application/json"]["schema"])
+    schema["components"] = spec["components"]
+    return schema
+
+
+def error_schema() -> dict[str, Any]:
+    spec = _spec(TRADING_SPEC)
+    return {"$ref": "#/components/schemas/Error", "components": spec["components"]}
+
+
+def validate(instance: Any, schema: dict[str, Any]) -> None:
+    Draft202012Validator(schema, format_checker=FORMATS).validate(instance)
+
+
+def check(ex: Exchange, method: str, url_path: str, spec_path: str, status: int, **kwargs: Any) -> Any:
+    """Call the API and validate the body against the documented schema of ``status``."""
+    response = ex.api(method, url_path, expect=status, **kwargs)
+    body = response.json()
+    spec = DATA_SPEC if spec_path.startswith("/v2/stocks") else TRADING_SPEC
+    validate(body, response_schema(spec, method, spec_path, status))
+    return body
+
+
+def check_error(ex: Exchange, method: str, url_path: str, status: int, **kwargs: Any) -> dict[str, Any]:
+    response = ex.api(method, url_path, expect=status, **kwargs)
+    body = response.json()
+    validate(body, error_schema())
+    assert set(body) >= {"code", "message"}
+    return body
+
+
+@pytest.fixture
+def ex() -> Iterator[Exchange]:
+    with running_exchange(price_simulation=True) as exchange:
+        exchange.quote("AAPL", "150.20", "150.30")
+        yield exchange
+
+
+def order_body(**fields: Any) -> dict[str, Any]:
+    body = {"symbol": "AAPL", "qty": 5, "side": "buy", "type": "limit", "time_in_force": "gtc", "limit_price": 149}
+    body.update(fields)
+    return body
+
+
+def test_the_validator_itself_rejects_a_malformed_order(ex: Exchange) -> None:
+    order = check(ex, "POST", "/v2/orders", "/v2/orders", 200, json=order_body())
+    schema = response_schema(TRADING_SPEC, "POST", "/v2/orders", 200)
+    for broken in ({**order, "status": "open"}, {**order, "id": "not-a-uuid"}, {**order, "created_at": "yesterday"}):
+        with pytest.raises(ValidationError):
+            validate(broken, schema)
+
+
+def test_order_responses_match_the_trading_spec(ex: Exchange) -> None:
+    simple = check(ex, "POST", "/v2/orders", "/v2/orders", 200, json=order_body(client_order_id="schema-1"))
+    bracket = check(
+        ex, "POST", "/v2/orders", "/v2/orders", 200,
+        json=order_body(
+            type="market", limit_price=None, order_class="bracket", time_in_force="day",
+            take_profit={"limit_price": 160}, stop_loss={"stop_price": 140, "limit_price": 139.5},
+        ),
+    )
+    assert len(bracket["legs"]) == 2
+    check(ex, "POST", "/v2/orders", "/v2/orders", 200,
+          json=order_body(type="trailing_stop", limit_price=None, trail_percent=2.5, qty=1))
+    check(ex, "POST", "/v2/orders", "/v2/orders", 200,
+          json=order_body(type="stop_limit", stop_price=152, limit_price=153, qty=1))
+    check(ex, "GET", f"/v2/orders/{bracket['id']}?nested=true", "/v2/orders/{order_id}", 200)
+    check(ex, "GET", "/v2/orders:by_client_order_id?client_order_id=schema-1", "/v2/orders:by_client_order_id", 200)
+    replaced = check(ex, "PATCH", f"/v2/orders/{simple['id']}", "/v2/orders/{order_id}", 200,
+                     json={"limit_price": "148.5", "qty": "4"})
+    assert replaced["replaces"] == simple["id"]
+    for query in ("status=all", "status=all&nested=true", "status=closed&direction=asc", "symbols=AAPL&limit=2"):
+        check(ex, "GET", f"/v2/orders?{query}", "/v2/orders", 200)
+    response = ex.api("DELETE", f"/v2/orders/{replaced['id']}", expect=204)
+    assert response.content == b""
+    canceled = check(ex, "DELETE", "/v2/orders", "/v2/orders", 207)
+    assert canceled and all(item["status"] == 200 for item in canceled)
+
+
+def test_position_account_and_market_responses_match_the_specs(ex: Exchange) -> None:
+    ex.quote("MSFT", "400.00", "400.20")
+    for symbol in ("AAPL", "MSFT"):
+        ex.api("POST", "/v2/orders", expect=200,
+               json={"symbol": symbol, "qty": 6, "side": "buy", "type": "market", "time_in_force": "day"})
+    check(ex, "GET", "/v2/positions", "/v2/positions", 200)
+    position = check(ex, "GET", "/v2/positions/AAPL", "/v2/positions/{symbol_or_asset_id}", 200)
+    check(ex, "GET", f"/v2/positions/{position['asset_id']}", "/v2/positions/{symbol_or_asset_id}", 200)
+    check(ex, "DELETE", "/v2/positions/AAPL?qty=2", "/v2/positions/{symbol_or_asset_id}", 200)
+    closed = check(ex, "DELETE", "/v2/positions?cancel_orders=true", "/v2/positions", 207)
+    assert {item["symbol"] for item in closed} == {"AAPL", "MSFT"}
+    check(ex, "GET", "/v2/account", "/v2/account", 200)
+    check(ex, "GET", "/v2/clock", "/v2/clock", 200)
+    days = check(ex, "GET", "/v2/calendar?start=2026-11-20&end=2026-12-31", "/v2/calendar", 200)
+    assert {d["date"] for d in days}.isdisjoint({"2026-11-26", "2026-12-25"})
+    check(ex, "GET", "/v2/assets?status=active", "/v2/assets", 200)
+    check(ex, "GET", "/v2/assets/SPY", "/v2/assets/{symbol_or_asset_id}", 200)
+    quotes = check(ex, "GET", "/v2/stocks/quotes/latest?symbols=AAPL,MSFT,SPY", "/v2/stocks/quotes/latest", 200)
+    assert set(quotes["quotes"]) == {"AAPL", "MSFT", "SPY"}
+    check(ex, "GET", "/v2/stocks/trades/latest?symbols=AAPL,SPY", "/v2/stocks/trades/latest", 200)
+    page = check(
+        ex, "GET", "/v2/stocks/bars?symbols=AAPL,SPY&timeframe=1Hour&start=2026-11-10&limit=30",
+        "/v2/stocks/bars", 200,
+    )
+    assert page["next_page_token"]
+    token = page["next_page_token"]
+    check(ex, "GET", f"/v2/stocks/bars?symbols=AAPL,SPY&timeframe=1Hour&start=2026-11-10&limit=30&page_token={token}",
+          "/v2/stocks/bars", 200)
+
+
+def test_error_responses_match_the_error_schema(ex: Exchange) -> None:
+    assert ex.http.get(ex.url + "/v2/account", timeout=5).json() == {
+        "code": 40110000, "message": "request is not authorized",
+    }
+    check_error(ex, "GET", "/v2/account", 401, headers={"APCA-API-KEY-ID": "", "APCA-API-SECRET-KEY": ""})
+    check_error(ex, "GET", f"/v2/orders/{uuid.uuid4()}", 404)
+    check_error(ex, "GET", "/v2/positions/AAPL", 404)
+    check_error(ex, "GET", "/v2/assets/NOPE", 404)
+    check_error(ex, "GET", "/v2/nothing-here", 404)
+    check_error(ex, "PUT", "/v2/orders", 405)
+    check_error(ex, "POST", "/v2/orders", 422, json=order_body(limit_price=290.123))
+    check_error(ex, "POST", "/v2/orders", 403, json=order_body(side="sell"))
+    check_error(ex, "POST", "/v2/orders", 403, json=order_body(qty=100000))
+    check_error(ex, "GET", "/v2/orders?limit=501", 422)
+    check_error(ex, "GET", "/v2/stocks/bars?symbols=AAPL&timeframe=7Days", 400)
