@@ -146,6 +146,34 @@ class OrderBook:
         if row.get("error_message") != reason:
             self.db.update("order_execution", row["id"], {"error_message": reason[:2000]})
 
+    @staticmethod
+    def differences(row: Row, order: BrokerOrder) -> dict[str, Any]:
+        """The columns of ``row`` that disagree with the broker's ``order`` (empty: nothing to do).
+
+        Pure and cheap: the monitor compares every open order this way and opens a transaction
+        only for the trades where something changed.
+        """
+        new_status = getattr(order.status, "value", order.status)
+        values: dict[str, Any] = {
+            "order_status": new_status,
+            "alpaca_order_id": order.id,
+            "qty": order.qty,
+            "filled_qty": order.filled_qty,
+            "filled_avg_price": order.filled_avg_price,
+            "limit_price": order.limit_price,
+            "stop_price": order.stop_price,
+            "submitted_at": order.submitted_at,
+            "filled_at": order.filled_at,
+            "canceled_at": order.ended_at,
+            "replaced_by_order_id": order.replaced_by,
+            "not_found_count": 0,
+        }
+        if row.get("client_order_id") in (None, ""):
+            values["client_order_id"] = order.client_order_id or None
+        if new_status != "rejected" and row.get("error_message") and row.get("order_status") != new_status:
+            values["error_message"] = None
+        return {key: value for key, value in values.items() if row.get(key) != value}
+
     def record(self, row: Row, order: BrokerOrder, *, now: dt.datetime) -> OrderChange:
         """Bring ``row`` in line with the broker's ``order``; returns what changed.
 
@@ -165,25 +193,7 @@ class OrderBook:
             self._anomaly(row, reason, order)
             return OrderChange(**{**base.__dict__, "anomaly": reason})
 
-        values: dict[str, Any] = {
-            "order_status": new_status,
-            "alpaca_order_id": order.id,
-            "qty": order.qty,
-            "filled_qty": order.filled_qty,
-            "filled_avg_price": order.filled_avg_price,
-            "limit_price": order.limit_price,
-            "stop_price": order.stop_price,
-            "submitted_at": order.submitted_at,
-            "filled_at": order.filled_at,
-            "canceled_at": order.ended_at,
-            "replaced_by_order_id": order.replaced_by,
-            "not_found_count": 0,
-        }
-        if row.get("client_order_id") in (None, ""):
-            values["client_order_id"] = order.client_order_id or None
-        if new_status != "rejected" and row.get("error_message") and old_status != new_status:
-            values["error_message"] = None
-        changed = {key: value for key, value in values.items() if row.get(key) != value}
+        changed = self.differences(row, order)
         if not changed:
             return base
 

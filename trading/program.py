@@ -54,7 +54,8 @@ class RunSummary:
     market_time: dt.datetime | None = None
 
     def add(self, key: str, amount: int = 1) -> None:
-        self.counts[key] += amount
+        if amount:
+            self.counts[key] += amount
 
     def warn(self, note: str) -> None:
         """Something an operator should look at; the run ends as ``warning``."""

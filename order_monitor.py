@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""order_monitor: every fill recorded, every position protected, every exit closed with exact P&L.
+
+Runs every 5 minutes 09:30-16:00 ET and at 18:00 ET under the scheduler, or by hand::
+
+    python order_monitor.py [--test-mode] [--json]
+
+One run, under the monitor's advisory lock (a second run at the same time exits quietly):
+
+1. **Sync.** The broker's orders are listed in pages of up to 500 (``status=all``, nested
+   legs, from just before the oldest order the database still considers open). Only the
+   orders the listing did not return are looked up directly, by id then by client order id;
+   an order the broker keeps not finding becomes ``not_found`` after
+   ``ORDER_NOT_FOUND_MAX_MISSES`` runs, with the reason. Each order is compared with its row
+   in memory; only trades where something changed are written, each in one transaction
+   holding the trade's lock, through the transition table (``trading.lifecycle``).
+   Consequences: an entry fill opens (or grows) the position; an entry that ends with
+   nothing filled cancels the trade; an exit fill books P&L and closes the trade when no share
+   is left, and its remaining sibling orders are canceled.
+2. **Day-end exit.** From ``DAYTRADE_EXIT_MINUTES_BEFORE_CLOSE`` before the close (15:50, or
+   12:50 on an early close) unfilled DAYTRADE entries are canceled and DAYTRADE positions are
+   sold (protection canceled first), exit reason DAY_END_EXIT. A day trade found open on a
+   later day is flattened at the first run in the session.
+3. **Protection.** Every open position must end the run with a live broker-held stop for its
+   whole quantity; missing or wrong-sized protection is replaced by one order group.
+
+A broker outage or rate limit ends the run early with a warning; everything already committed
+stays and the next run continues.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from config import Settings, load_settings
+from trading import audit, lifecycle
+from trading.broker import Broker, BrokerOrder
+from trading.errors import NotFoundError, UnknownStatusError
+from trading.lifecycle import ExitReason, OrderType, TradeStatus
+from trading.market_time import MarketTime, eastern_date
+from trading.orders import OrderBook
+from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
+from trading.protection import ProtectionView, Protector
+from trading.reconcile import Reconciler, SyncResult
+
+logger = logging.getLogger(__name__)
+
+PROGRAM = "order_monitor"
+#: The listing starts this long before the oldest open order's submission (clock skew margin).
+LISTING_MARGIN = dt.timedelta(minutes=1)
+#: A protective or exit intent still unanswered after this long never reached the broker.
+STALE_INTENT = dt.timedelta(minutes=2)
+
+Row = dict[str, Any]
+
+
+class OrderMonitor:
+    """Syncs orders, applies fills, flattens day trades and guards protection."""
+
+    name = PROGRAM
+
+    def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
+                 clock: Callable[[], MarketTime] | None = None, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.db = db
+        self.broker = broker
+        self.settings = settings or load_settings()
+        self.clock = clock
+        self.sleep = sleep
+
+    def run(self) -> RunSummary:
+        """One run under the monitor's advisory lock."""
+        return ProgramRunner(self, self.db, self.broker, self.settings, clock=self.clock).run()
+
+    def execute(self, ctx: RunContext) -> None:
+        reconciler = Reconciler(self.db, ctx.audit)
+        protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
+                              sleep=self.sleep)
+        self._sync(ctx, reconciler, protector)
+        self._day_end(ctx, protector)
+        self._protect(ctx, reconciler, protector)
+
+    # ------------------------------------------------------------------ 1. sync
+
+    def _sync(self, ctx: RunContext, reconciler: Reconciler, protector: Protector) -> None:
+        rows = reconciler.orders.open_rows()
+        ctx.summary.add("open_orders", len(rows))
+        if not rows:
+            return
+        index: dict[str, BrokerOrder] = {}
+        by_client: dict[str, BrokerOrder] = {}
+
+        def remember(order: BrokerOrder) -> None:
+            for item in order.walk():
+                index[item.id] = item
+                if item.client_order_id:
+                    by_client[item.client_order_id] = item
+
+        submitted = [r["submitted_at"] for r in rows if r.get("alpaca_order_id") and r.get("submitted_at")]
+        if submitted:
+            for order in self.broker.list_orders_since(min(submitted) - LISTING_MARGIN):
+                remember(order)
+        ctx.summary.add("broker_orders_listed", len(index))
+
+        missing: dict[int, str] = {}
+        for row in rows:
+            if self._lookup(row, index, by_client) is not None:
+                continue
+            found = self._direct_lookup(ctx, row, missing)
+            if found is not None:
+                remember(found)
+
+        by_trade: dict[int, list[Row]] = defaultdict(list)
+        for row in rows:
+            by_trade[row["trade_journal_id"]].append(row)
+        for trade_id, trade_rows in sorted(by_trade.items(), key=lambda item: item[0] or 0):
+            if trade_id is None:
+                continue
+            changed = any(row["id"] in missing for row in trade_rows) or any(
+                (order := self._lookup(row, index, by_client)) is not None and OrderBook.differences(row, order)
+                for row in trade_rows)
+            if not changed:
+                continue
+            result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing)
+            if result.to_cancel:
+                protector.cancel_and_confirm(trade_id, result.to_cancel,
+                                             reason="trade closed: its remaining orders are canceled")
+
+    @staticmethod
+    def _lookup(row: Row, index: dict[str, BrokerOrder], by_client: dict[str, BrokerOrder]) -> BrokerOrder | None:
+        if row.get("alpaca_order_id") and row["alpaca_order_id"] in index:
+            return index[row["alpaca_order_id"]]
+        if row.get("client_order_id") and row["client_order_id"] in by_client:
+            return by_client[row["client_order_id"]]
+        return None
+
+    def _direct_lookup(self, ctx: RunContext, row: Row, missing: dict[int, str]) -> BrokerOrder | None:
+        """Find an order the listing did not return: by id, then by client order id."""
+        if row.get("alpaca_order_id"):
+            try:
+                return self.broker.get_order(row["alpaca_order_id"])
+            except NotFoundError:
+                pass
+        if row.get("client_order_id"):
+            try:
+                found = self.broker.get_order_by_client_id(row["client_order_id"])
+                if found.order_class in ("bracket", "oto", "oco") and not found.legs:
+                    found = self.broker.get_order(found.id)
+                return found
+            except NotFoundError:
+                pass
+        if row["order_status"] == lifecycle.PENDING:
+            if row["order_type"] == OrderType.ENTRY.value:
+                return None  # the executor owns its unanswered entries: it resends with the same id
+            age = dt.datetime.now(dt.UTC) - row["created_at"]
+            if age < STALE_INTENT:
+                return None  # possibly still on its way (another program is sending it)
+            missing[row["id"]] = "never reached the broker"
+            return None
+        missing[row["id"]] = "listing and direct look-ups found nothing"
+        return None
+
+    def _sync_trade(self, ctx: RunContext, reconciler: Reconciler, trade_id: int, index: dict[str, BrokerOrder],
+                    by_client: dict[str, BrokerOrder], missing: dict[int, str]) -> SyncResult:
+        """Apply the broker's state to one trade's open orders, in one transaction."""
+        result = SyncResult()
+        max_misses = self.settings.monitor.not_found_max_misses
+        with self.db.transaction():
+            trade = reconciler.trades.lock(trade_id)
+            if trade is None:
+                return result
+            rows = [r for r in reconciler.orders.for_trade(trade_id)
+                    if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES]
+            # Entries first: an exit fill needs the position its entry opened.
+            rows.sort(key=lambda r: (r["order_type"] != OrderType.ENTRY.value, r["id"]))
+            done: set[int] = set()
+            for row in rows:
+                if row["id"] in done:
+                    continue
+                if row["id"] in missing:
+                    # A pending intent that never reached the broker is concluded at once; a
+                    # known order the broker stopped returning gets its configured misses.
+                    limit = 1 if row["order_status"] == lifecycle.PENDING else max_misses
+                    result.merge(reconciler.mark_missing(trade, row, limit, missing[row["id"]], ctx.now))
+                    continue
+                order = self._lookup(row, index, by_client)
+                if order is None:
+                    continue
+                try:
+                    outcome = reconciler.sync(trade, row, order, now=ctx.now, index=index)
+                except UnknownStatusError as exc:
+                    self._unknown_status(ctx, row, exc)
+                    continue
+                done.update(change.row_id for change in outcome.changes)
+                result.merge(outcome)
+        for change in result.changes:
+            if change.fill_qty:
+                ctx.summary.add("fills")
+            if change.status_changed:
+                ctx.summary.add("orders_updated")
+            if change.new_status == lifecycle.NOT_FOUND and change.status_changed:
+                ctx.summary.warn(f"order {change.row_id} (trade {trade_id}) not found at the broker")
+        ctx.summary.add("positions_opened", int(result.opened))
+        ctx.summary.add("trades_closed", int(result.closed))
+        ctx.summary.add("trades_cancelled", int(result.cancelled))
+        return result
+
+    def _unknown_status(self, ctx: RunContext, row: Row, exc: UnknownStatusError) -> None:
+        reason = f"{exc}: not guessed, the row keeps its status"
+        logger.error("%s: order %s (%s): %s", PROGRAM, row["id"], row["symbol"], reason)
+        ctx.summary.warn(f"order {row['id']}: {exc}")
+        if row.get("error_message") != reason:
+            self.db.update("order_execution", row["id"], {"error_message": reason})
+            ctx.audit.record("order", row["id"], audit.ORDER_ANOMALY, symbol=row["symbol"], reason=reason)
+
+    # ------------------------------------------------------------------ 2. day-end exit
+
+    def _day_end(self, ctx: RunContext, protector: Protector) -> None:
+        market = ctx.market
+        if not market.is_open:
+            return
+        minutes = self.settings.schedule.daytrade_exit_minutes_before_close
+        in_window = market.in_day_end_window(minutes)
+        for trade in protector.reconciler.trades.with_status(TradeStatus.ORDERED.value, TradeStatus.POSITION.value):
+            if trade["trade_style"] != "DAYTRADE":
+                continue
+            # entry_date is the broker's fill time, on the market's clock
+            overnight = trade["status"] == TradeStatus.POSITION.value and trade.get("entry_date") is not None \
+                and eastern_date(trade["entry_date"]) < market.trading_date
+            if not (in_window or overnight):
+                continue
+            why = "day-end exit" if in_window else "day trade left open overnight"
+            if trade["status"] == TradeStatus.ORDERED.value:
+                outcome = protector.cancel_entry(trade["id"], ExitReason.DAY_END_CANCEL.value,
+                                                 reason=f"{why}: unfilled DAYTRADE entry canceled")
+            else:
+                outcome = protector.flatten(trade["id"], ExitReason.DAY_END_EXIT.value,
+                                            entry_reason=ExitReason.DAY_END_CANCEL.value)
+            ctx.summary.add(f"day_end_{outcome}")
+            logger.info("%s: trade %s %s %s: %s", PROGRAM, trade["id"], trade["symbol"], why, outcome)
+
+    # ------------------------------------------------------------------ 3. protection
+
+    def _protect(self, ctx: RunContext, reconciler: Reconciler, protector: Protector) -> None:
+        trades = reconciler.trades.with_status(TradeStatus.POSITION.value)
+        if not trades:
+            return
+        ids = [t["id"] for t in trades]
+        positions = {p["trade_journal_id"]: p for p in
+                     self.db.query("position_tracking", {"trade_journal_id": ids})}
+        orders: dict[int, list[Row]] = defaultdict(list)
+        for row in self.db.query("order_execution", {"trade_journal_id": ids}, order_by="id"):
+            orders[row["trade_journal_id"]].append(row)
+        for trade in trades:
+            view = ProtectionView(trade, positions.get(trade["id"]), orders[trade["id"]])
+            stop = view.stop_rows[0]["alpaca_order_id"] if view.stop_rows else None
+            pointed = view.position is not None and view.position.get("stop_loss_order_id") == stop
+            if view.protected and pointed and not view.entry_working and not view.pending:
+                ctx.summary.add("protection_protected")
+                continue
+            outcome = protector.ensure(trade["id"])
+            ctx.summary.add(f"protection_{outcome}")
+            if outcome in ("waiting",):
+                ctx.summary.warn(f"trade {trade['id']} {trade['symbol']}: entry still working, filled shares wait "
+                                 "for protection (PARTIAL_ENTRY_POLICY=wait)")
+
+
+def run_once(db: Any, broker: Broker, now: MarketTime | None = None, settings: Settings | None = None,
+             **options: Any) -> RunSummary:
+    """One monitor run; ``now`` fixes the market time (tests), else the broker's clock is read."""
+    return OrderMonitor(db, broker, settings, clock=fixed_clock(now) if now else None, **options).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_for("order_monitor", (__doc__ or "").split("\n\n")[0],
+                    lambda db, broker, settings, args: OrderMonitor(db, broker, settings), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
