@@ -121,15 +121,17 @@ class OrderMonitor:
         for trade_id, trade_rows in sorted(by_trade.items(), key=lambda item: item[0] or 0):
             if trade_id is None:
                 continue
-            changed = any(row["id"] in missing for row in trade_rows) or any(
-                (order := self._lookup(row, index, by_client)) is not None and OrderBook.differences(row, order)
-                for row in trade_rows)
-            if not changed:
+            if not any(row["id"] in missing or self._differs(row, index, by_client) for row in trade_rows):
                 continue
             result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing)
             if result.to_cancel:
                 protector.cancel_and_confirm(trade_id, result.to_cancel,
                                              reason="trade closed: its remaining orders are canceled")
+
+    @classmethod
+    def _differs(cls, row: Row, index: dict[str, BrokerOrder], by_client: dict[str, BrokerOrder]) -> bool:
+        found = cls._lookup(row, index, by_client)
+        return found is not None and bool(OrderBook.differences(row, found))
 
     @staticmethod
     def _lookup(row: Row, index: dict[str, BrokerOrder], by_client: dict[str, BrokerOrder]) -> BrokerOrder | None:
