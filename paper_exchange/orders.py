@@ -257,7 +257,7 @@ def parse_qty(value: Any, allow_fraction: bool) -> Decimal:
         raise unprocessable(
             "fractional orders are only supported for simple market or limit day orders"
         )
-    return qty.normalize() if qty == qty.to_integral_value() else qty
+    return qty.to_integral_value() if qty == qty.to_integral_value() else qty
 
 
 def parse_order_request(body: Mapping[str, Any]) -> OrderSpec:
