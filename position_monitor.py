@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""position_monitor: live position values, and the broker as the truth.
+
+Runs every 10 minutes 09:30-16:00 ET and at 18:15 ET under the scheduler, or by hand::
+
+    python position_monitor.py [--test-mode] [--json]
+
+One run, under its advisory lock:
+
+1. **Read the broker once**: all positions (one call), the latest quotes of every symbol the
+   database holds (one call), the account (one call). If the broker cannot be reached the run
+   ends with a warning and changes nothing.
+2. **Reconcile**, the broker being the truth, symbol by symbol:
+   - the broker no longer holds a database position: it was closed outside. A filled exit
+     order explains it (the trade's own exit orders are looked up first, then any other filled
+     sell of the symbol since the entry); otherwise the last known price is used with
+     ``MANUAL_EXIT``. The trade is CLOSED with its P&L, the position row deleted, the trade's
+     remaining orders canceled.
+   - the quantity differs: the trade's open orders are synced first (a fill order_monitor has
+     not seen yet explains most differences); what remains is taken from the broker, recorded
+     (QUANTITY_MISMATCH), and the protection is resized here, at once, to the new quantity.
+   - a broker position the database does not know is an orphan: recorded in the audit table
+     (once per quantity) and reported by the health check; never adopted, never sold.
+3. **Revalue** every position: price = (bid + ask) / 2, or the one side present; no quote →
+   the position keeps its previous values and a warning is logged (never zeroed).
+4. **Snapshot** the portfolio (cash, positions value, equity, unrealized P&L, realized P&L
+   today) in ``portfolio_snapshot``: one row per run, the equity curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from config import Settings, load_settings
+from trading import audit, lifecycle
+from trading.broker import Broker, BrokerOrder, BrokerPosition, Quote
+from trading.errors import NotFoundError
+from trading.lifecycle import ExitReason, TradeStatus
+from trading.market_time import MarketTime
+from trading.pricing import ZERO, mid_price, money, weighted_average
+from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
+from trading.protection import Protector
+from trading.reconcile import Reconciler
+from trading.trades import TradeBook
+
+logger = logging.getLogger(__name__)
+
+PROGRAM = "position_monitor"
+
+Row = dict[str, Any]
+
+POSITIONS_SQL = """
+    SELECT p.*, t.status AS trade_status, t.trade_style, t.entry_date, t.actual_entry
+    FROM position_tracking p JOIN trade_journal t ON t.id = p.trade_journal_id
+    WHERE t.status = 'POSITION'
+    ORDER BY p.symbol, t.entry_date, p.trade_journal_id
+"""
+
+REVALUE_SQL = """
+    UPDATE position_tracking p
+    SET current_price = v.price, market_value = v.market_value, unrealized_pnl = v.pnl,
+        unrealized_pnl_pct = v.pnl_pct, last_updated = %(now)s
+    FROM unnest(%(ids)s::bigint[], %(prices)s::numeric[], %(values)s::numeric[], %(pnls)s::numeric[],
+                %(pcts)s::numeric[]) AS v(id, price, market_value, pnl, pnl_pct)
+    WHERE p.id = v.id
+"""
+
+
+class PositionMonitor:
+    """Revalues positions, reconciles them with the broker and snapshots the portfolio."""
+
+    name = PROGRAM
+
+    def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
+                 clock: Callable[[], MarketTime] | None = None, *,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self.db = db
+        self.broker = broker
+        self.settings = settings or load_settings()
+        self.clock = clock
+        self.sleep = sleep
+
+    def run(self) -> RunSummary:
+        """One run under the position monitor's advisory lock."""
+        return ProgramRunner(self, self.db, self.broker, self.settings, clock=self.clock).run()
+
+    def execute(self, ctx: RunContext) -> None:
+        positions = self.db.execute_query(POSITIONS_SQL)
+        # Everything the run needs from the broker is read before the first write: an outage
+        # here ends the run having changed nothing.
+        held = {p.symbol: p for p in self.broker.list_positions()}
+        symbols = sorted({p["symbol"] for p in positions})
+        quotes = self.broker.get_latest_quotes(symbols) if symbols else {}
+        account = self.broker.get_account()
+        ctx.summary.add("positions", len(positions))
+
+        reconciler = Reconciler(self.db, ctx.audit)
+        protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
+                              sleep=self.sleep or time.sleep)
+        by_symbol: dict[str, list[Row]] = defaultdict(list)
+        for row in positions:
+            by_symbol[row["symbol"]].append(row)
+        for symbol, rows in by_symbol.items():
+            self._reconcile_symbol(ctx, reconciler, protector, symbol, rows, held.get(symbol))
+        self._orphans(ctx, held, set(by_symbol))
+        self._revalue(ctx, quotes)
+        self._snapshot(ctx, account)
+
+    # ------------------------------------------------------------------ reconciliation
+
+    def _reconcile_symbol(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, symbol: str,
+                          rows: list[Row], broker_position: BrokerPosition | None) -> None:
+        broker_qty = broker_position.qty if broker_position else ZERO
+        db_qty = sum((Decimal(r["qty"]) for r in rows), ZERO)
+        if broker_qty == db_qty:
+            return
+        # A fill order_monitor has not recorded yet explains most differences: sync first.
+        for row in rows:
+            self._sync_trade_orders(ctx, reconciler, protector, row["trade_journal_id"])
+        rows = [r for r in self.db.execute_query(POSITIONS_SQL) if r["symbol"] == symbol]
+        db_qty = sum((Decimal(r["qty"]) for r in rows), ZERO)
+        if broker_qty == db_qty:
+            ctx.summary.add("synced_from_orders")
+            return
+        if broker_qty <= ZERO:
+            for row in rows:
+                self._closed_outside(ctx, reconciler, protector, row)
+            return
+        self._quantity_mismatch(ctx, reconciler, protector, rows, broker_qty, db_qty)
+
+    def _sync_trade_orders(self, ctx: RunContext, reconciler: Reconciler, protector: Protector,
+                           trade_id: int) -> None:
+        """Look up the trade's open orders directly (one call per order group: the root comes with
+        its nested legs) and apply what the broker says."""
+        rows = reconciler.orders.for_trade(trade_id)
+        roots = sorted({r.get("parent_alpaca_order_id") or r["alpaca_order_id"] for r in rows
+                        if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES and r.get("alpaca_order_id")})
+        for root in roots:
+            root_row = reconciler.orders.by_alpaca_id(root)
+            if root_row is None:
+                continue
+            try:
+                order = self.broker.get_order(root)
+            except NotFoundError:
+                continue
+            result = protector.record(trade_id, root_row["id"], order)
+            if result.closed:
+                ctx.summary.add("closed_by_exit_order")
+
+    def _closed_outside(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, row: Row) -> None:
+        """The broker holds none of this trade's shares and none of its own exit orders explain it."""
+        trade_id = row["trade_journal_id"]
+        trade = reconciler.trades.get(trade_id)
+        assert trade is not None
+        fills = self._outside_sells(row)
+        if fills:
+            price = weighted_average(fills)
+            source = f"sold outside the system ({len(fills)} filled sell order(s) at the broker)"
+        else:
+            price = Decimal(row["current_price"] if row.get("current_price") is not None else row["avg_entry_price"])
+            source = "closed outside the system with no filled exit order: priced at the last known price"
+        assert price is not None
+        with self.db.transaction():
+            locked = reconciler.trades.lock(trade_id)
+            position = reconciler.trades.position(trade_id)
+            if locked is None or locked["status"] != TradeStatus.POSITION.value or position is None:
+                return
+            reconciler.trades.apply_exit_fill(locked, Decimal(position["qty"]), price, ctx.now,
+                                              ExitReason.MANUAL_EXIT.value, source=source)
+        ctx.summary.add("closed_outside")
+        ctx.summary.warn(f"trade {trade_id} {row['symbol']}: {source} ({price})")
+        leftovers = [r for r in reconciler.orders.for_trade(trade_id)
+                     if r["order_status"] in lifecycle.OPEN_ORDER_STATUSES]
+        if leftovers:
+            protector.cancel_and_confirm(trade_id, leftovers, reason="position closed outside: remaining orders go")
+
+    def _outside_sells(self, row: Row) -> list[tuple[Decimal, Decimal]]:
+        """Filled sells of the symbol since the entry that the database does not know: (qty, price)."""
+        if row.get("entry_date") is None:
+            return []
+        known = {r["alpaca_order_id"] for r in self.db.query("order_execution", {"symbol": row["symbol"]})}
+        orders: list[BrokerOrder] = self.broker.list_orders(status="closed", after=row["entry_date"],
+                                                            symbols=[row["symbol"]], nested=False)
+        return [(o.filled_qty, o.filled_avg_price) for o in orders
+                if o.side == "sell" and o.id not in known and o.filled_qty > ZERO and o.filled_avg_price is not None]
+
+    def _quantity_mismatch(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, rows: list[Row],
+                           broker_qty: Decimal, db_qty: Decimal) -> None:
+        """Take the broker's quantity: shares gone are taken from the oldest trades first, extra
+        shares are added to the newest; each change is recorded and the protection resized."""
+        symbol = rows[0]["symbol"]
+        reason = f"broker holds {broker_qty} {symbol}, the database {db_qty}: the broker is the truth"
+        difference = broker_qty - db_qty
+        targets = rows if difference < ZERO else list(reversed(rows))
+        for row in targets:
+            if difference == ZERO:
+                break
+            current = Decimal(row["qty"])
+            change = max(difference, -current) if difference < ZERO else difference
+            new_qty = current + change
+            difference -= change
+            trade_id = row["trade_journal_id"]
+            with self.db.transaction():
+                trade = reconciler.trades.lock(trade_id)
+                if trade is None or trade["status"] != TradeStatus.POSITION.value:
+                    continue
+                ctx.audit.record("trade", trade_id, audit.QUANTITY_MISMATCH, symbol=symbol, old=current, new=new_qty,
+                                 reason=reason)
+                if new_qty <= ZERO:
+                    price = Decimal(row["current_price"] or row["avg_entry_price"])
+                    reconciler.trades.apply_exit_fill(trade, current, price, ctx.now, ExitReason.MANUAL_EXIT.value,
+                                                      source=f"{reason}; priced at the last known price")
+                elif change < ZERO:
+                    price = Decimal(row["current_price"] or row["avg_entry_price"])
+                    reconciler.trades.apply_exit_fill(trade, -change, price, ctx.now, ExitReason.MANUAL_EXIT.value,
+                                                      source=f"{reason}; sold outside at about the last known price")
+                else:
+                    reconciler.trades.set_position_qty(trade, new_qty, ctx.now, reason)
+            ctx.summary.add("quantity_mismatch")
+            ctx.summary.warn(f"trade {trade_id} {symbol}: {reason}")
+            outcome = protector.ensure(trade_id)  # resize the protection now, not at the next monitor run
+            ctx.summary.add(f"protection_{outcome}")
+
+    def _orphans(self, ctx: RunContext, held: dict[str, BrokerPosition], known: set[str]) -> None:
+        """Broker positions no open trade explains: recorded once per quantity, never touched."""
+        if not set(held) - known:
+            return
+        ordered = {r["symbol"] for r in self.db.query("trade_journal", {"status": TradeStatus.ORDERED.value})}
+        for symbol in sorted(set(held) - known):
+            position = held[symbol]
+            if symbol in ordered:
+                ctx.summary.add("awaiting_entry_sync")  # an entry fill order_monitor records next run
+                continue
+            ctx.summary.add("orphans")
+            last = self.db.execute_one(
+                "SELECT new_value FROM audit_event WHERE event = %s AND symbol = %s ORDER BY id DESC LIMIT 1",
+                (audit.ORPHAN_POSITION, symbol))
+            if last is not None and last["new_value"] == str(position.qty):
+                continue
+            reason = (f"broker holds {position.qty} {symbol} (avg {position.avg_entry_price}) that no open trade "
+                      "explains: not adopted, not sold; an operator decides")
+            logger.warning("%s: %s", PROGRAM, reason)
+            ctx.summary.warn(reason)
+            ctx.audit.record("broker_position", None, audit.ORPHAN_POSITION, symbol=symbol, new=position.qty,
+                             reason=reason, details={"avg_entry_price": position.avg_entry_price,
+                                                     "market_value": position.market_value})
+
+    # ------------------------------------------------------------------ valuation and snapshot
+
+    def _revalue(self, ctx: RunContext, quotes: dict[str, Quote]) -> None:
+        updates: dict[str, list[Any]] = {"ids": [], "prices": [], "values": [], "pnls": [], "pcts": []}
+        for row in self.db.execute_query(POSITIONS_SQL):
+            quote = quotes.get(row["symbol"])
+            price = mid_price(quote.bid, quote.ask) if quote else None
+            if price is None:
+                logger.warning("%s: no quote for %s: position %s keeps its previous values", PROGRAM, row["symbol"],
+                               row["id"])
+                ctx.summary.add("price_unavailable")
+                ctx.summary.warn(f"no quote for {row['symbol']}: previous values kept")
+                continue
+            values = TradeBook.position_values(Decimal(row["qty"]), Decimal(row["avg_entry_price"]), price)
+            if all(row.get(k) == values[k] for k in ("current_price", "market_value", "unrealized_pnl")):
+                continue
+            updates["ids"].append(row["id"])
+            updates["prices"].append(values["current_price"])
+            updates["values"].append(values["market_value"])
+            updates["pnls"].append(values["unrealized_pnl"])
+            updates["pcts"].append(values["unrealized_pnl_pct"])
+        if updates["ids"]:
+            self.db.execute_update(REVALUE_SQL, {**updates, "now": ctx.now})
+        ctx.summary.add("revalued", len(updates["ids"]))
+
+    def _snapshot(self, ctx: RunContext, account: Any) -> None:
+        totals = self.db.execute_one(
+            "SELECT count(*) AS n, coalesce(sum(market_value), 0) AS value, coalesce(sum(unrealized_pnl), 0) AS pnl "
+            "FROM position_tracking")
+        realized = self.db.execute_one(
+            "SELECT coalesce(sum(actual_pnl), 0) AS pnl FROM trade_journal WHERE status = 'CLOSED' AND exit_date >= %s",
+            (ctx.market.day_start,))
+        assert totals is not None and realized is not None
+        self.db.insert("portfolio_snapshot", {
+            "taken_at": ctx.now, "program_run_id": ctx.audit.run_id, "cash": account.cash,
+            "positions_value": money(Decimal(totals["value"])), "equity": account.equity,
+            "unrealized_pnl": money(Decimal(totals["pnl"])), "realized_pnl_today": money(Decimal(realized["pnl"])),
+            "open_positions": int(totals["n"])})
+
+
+def run_once(db: Any, broker: Broker, now: MarketTime | None = None, settings: Settings | None = None,
+             **options: Any) -> RunSummary:
+    """One position-monitor run; ``now`` fixes the market time (tests), else the broker's clock is read."""
+    return PositionMonitor(db, broker, settings, clock=fixed_clock(now) if now else None, **options).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_for("position_monitor", (__doc__ or "").split("\n\n")[0],
+                    lambda db, broker, settings, args: PositionMonitor(db, broker, settings), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
