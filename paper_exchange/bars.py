@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .calendar import NyseCalendar
+from .calendar import NyseCalendar, Session
 from .errors import CODE_BAD_REQUEST, ExchangeError
-from .timeutil import UTC, eastern_datetime, iso_utc, to_eastern
+from .timeutil import UTC, eastern_datetime, to_eastern
 
 _TIMEFRAME = re.compile(r"^(\d+)(Min|T|Hour|H|Day|D|Week|W|Month|M)$")
 _UNITS = {"T": "Min", "H": "Hour", "D": "Day", "W": "Week", "M": "Month"}
@@ -138,7 +138,7 @@ def synthesize_history(
     """
     minutes: list[int] = []
     day = to_eastern(end_before).date()
-    sessions = []
+    sessions: list[Session] = []
     while len(sessions) < days:
         session = calendar.session(day)
         if session is not None and session.open < end_before:
@@ -178,52 +178,44 @@ def aggregate(
 ) -> list[dict[str, object]]:
     """Alpaca bar objects (``t,o,h,l,c,v,n,vw``) for bars starting within [start, end]."""
     result: list[dict[str, object]] = []
-    current: dict[str, object] | None = None
-    pv = 0.0
+    bucket: datetime | None = None
+    o = h = low = c = pv = 0.0
+    volume = 0
     bucket_cache: dict[int, datetime] = {}
     for i in series.indices(start, end):
         minute = series.times[i]
-        key = minute - minute % 60
-        bucket = bucket_cache.get(key)
-        if bucket is None:
-            bucket = timeframe.bucket(datetime.fromtimestamp(minute, UTC))
-            bucket_cache[key] = bucket
-        if current is None or current["_bucket"] != bucket:
-            if current is not None:
-                result.append(_finish(current, pv))
-            current = {
-                "_bucket": bucket,
-                "o": series.opens[i],
-                "h": series.highs[i],
-                "l": series.lows[i],
-                "c": series.closes[i],
-                "v": 0,
-            }
-            pv = 0.0
-        current["h"] = max(current["h"], series.highs[i])  # type: ignore[type-var]
-        current["l"] = min(current["l"], series.lows[i])  # type: ignore[type-var]
-        current["c"] = series.closes[i]
-        current["v"] = int(current["v"]) + series.volumes[i]  # type: ignore[call-overload]
-        typical = (series.highs[i] + series.lows[i] + series.closes[i]) / 3
-        pv += typical * series.volumes[i]
-    if current is not None:
-        result.append(_finish(current, pv))
+        minute_bucket = bucket_cache.get(minute)
+        if minute_bucket is None:
+            minute_bucket = timeframe.bucket(datetime.fromtimestamp(minute, UTC))
+            bucket_cache[minute] = minute_bucket
+        if minute_bucket != bucket:
+            if bucket is not None:
+                result.append(_bar(bucket, o, h, low, c, volume, pv))
+            bucket = minute_bucket
+            o, h, low, volume, pv = series.opens[i], series.highs[i], series.lows[i], 0, 0.0
+        h = max(h, series.highs[i])
+        low = min(low, series.lows[i])
+        c = series.closes[i]
+        volume += series.volumes[i]
+        pv += (series.highs[i] + series.lows[i] + series.closes[i]) / 3 * series.volumes[i]
+    if bucket is not None:
+        result.append(_bar(bucket, o, h, low, c, volume, pv))
     return result
 
 
-def _finish(bar: dict[str, object], pv: float) -> dict[str, object]:
-    volume = int(bar["v"])  # type: ignore[call-overload]
-    bucket = bar.pop("_bucket")
-    assert isinstance(bucket, datetime)
+def _bar(
+    bucket: datetime, o: float, h: float, low: float, c: float, volume: int, pv: float
+) -> dict[str, object]:
     return {
-        "t": iso_utc(bucket).replace(".000000Z", "Z"),
-        "o": bar["o"],
-        "h": bar["h"],
-        "l": bar["l"],
-        "c": bar["c"],
+        "t": bucket.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "o": o,
+        "h": h,
+        "l": low,
+        "c": c,
         "v": volume,
         "n": max(1, volume // 100),
-        "vw": round(pv / volume, 4) if volume else bar["c"],
+        # Volume-weighted typical price; the close when nothing traded (manual quotes).
+        "vw": round(pv / volume, 4) if volume else c,
     }
 
 

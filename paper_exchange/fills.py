@@ -30,10 +30,10 @@ def update_trailing_stop(order: Order, quote: Quote) -> None:
     reference = quote.bid if order.side == "sell" else quote.ask
     if reference <= 0:
         return
-    improved = order.hwm is None or (reference > order.hwm if order.side == "sell" else reference < order.hwm)
-    if improved:
-        order.hwm = reference
-    hwm = order.hwm
+    previous = order.hwm
+    improved = previous is None or (reference > previous if order.side == "sell" else reference < previous)
+    hwm = reference if improved or previous is None else previous
+    order.hwm = hwm
     if order.trail_price is not None:
         offset = order.trail_price
     else:
