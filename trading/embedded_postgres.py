@@ -50,9 +50,13 @@ INSTALL_HINT = (
 def find_pg_bin() -> Path:
     """The directory of the PostgreSQL server programs (newest version when several exist)."""
     configured = os.environ.get("PG_BIN")
-    candidates: list[Path] = []
     if configured:
-        candidates.append(Path(configured))
+        # An explicit choice is honoured or refused, never silently replaced by another version.
+        chosen = Path(configured)
+        if all((chosen / name).exists() for name in ("initdb", "pg_ctl", "postgres")):
+            return chosen
+        raise ConfigurationError(f"PG_BIN={configured} does not hold initdb, pg_ctl and postgres. " + INSTALL_HINT)
+    candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -73,8 +77,6 @@ def find_pg_bin() -> Path:
     for candidate in candidates:
         if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists() and (candidate / "postgres").exists():
             return candidate
-    if configured:
-        raise ConfigurationError(f"PG_BIN={configured} does not hold initdb, pg_ctl and postgres. " + INSTALL_HINT)
     raise ConfigurationError(INSTALL_HINT)
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 
 _configured = False
+_handler: logging.Handler | None = None
 _secrets: set[str] = set()
 _program = "trading-monitor"
 
@@ -46,7 +47,7 @@ def set_program(name: str) -> None:
 
 def configure_logging(level: str = "INFO", program: str | None = None) -> None:
     """Configure the root logger once (later calls only change the level and program)."""
-    global _configured
+    global _configured, _handler
     if program:
         set_program(program)
     root = logging.getLogger()
@@ -60,6 +61,7 @@ def configure_logging(level: str = "INFO", program: str | None = None) -> None:
     handler.setFormatter(formatter)
     handler.addFilter(_ContextFilter())
     root.addHandler(handler)
+    _handler = handler
     # Third-party chatter stays at WARNING unless asked for.
     for noisy in ("urllib3", "apscheduler.executors.default", "apscheduler.scheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -60,8 +60,8 @@ def to_decimal(value: Any) -> Decimal | None:
 
 
 def whole_shares(qty: Decimal) -> Decimal:
-    """``qty`` rounded down to whole shares."""
-    return qty.to_integral_value(rounding=ROUND_DOWN)
+    """``qty`` rounded down to whole shares, written as a plain integer (``100``, never ``1E+2``)."""
+    return qty.quantize(ONE, rounding=ROUND_DOWN)
 
 
 def money(amount: Decimal) -> Decimal:

@@ -13,7 +13,7 @@ is a ``RejectedError`` whose code names the limit and whose message gives the nu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 
 from config import RiskLimits
 from trading.errors import RejectedError
@@ -66,9 +66,8 @@ def size_position(plan: TradePlan, limits: RiskLimits, equity: Decimal) -> Sizin
         qty, method = whole_shares(limits.risk_per_trade / risk_per_share), \
             f"risk {_fmt(limits.risk_per_trade)} / {risk_per_share} per share"
     caps = [
-        ("MAX_POSITION_NOTIONAL", (limits.max_position_notional / plan.entry).to_integral_value(ROUND_DOWN)),
-        ("MAX_POSITION_PCT_OF_EQUITY",
-         (equity * limits.max_position_pct_of_equity / HUNDRED / plan.entry).to_integral_value(ROUND_DOWN)),
+        ("MAX_POSITION_NOTIONAL", whole_shares(limits.max_position_notional / plan.entry)),
+        ("MAX_POSITION_PCT_OF_EQUITY", whole_shares(equity * limits.max_position_pct_of_equity / HUNDRED / plan.entry)),
     ]
     note = None
     for name, cap in caps:

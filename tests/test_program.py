@@ -1,0 +1,133 @@
+"""trading.program: one run under its lock, recorded in program_run, with the error policy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+
+import pytest
+
+import order_monitor
+from tests.factories import make_settings
+from trading.errors import BrokerUnavailableError, ConfigurationError
+from trading.logs import configure_logging, register_secret
+from trading.program import ProgramRunner, RunContext, exit_code
+
+
+class Body:
+    """A hand-written program body: does what the test tells it to."""
+
+    name = "test_program"
+
+    def __init__(self, action=None):
+        self.action = action
+        self.seen: RunContext | None = None
+
+    def execute(self, ctx: RunContext) -> None:
+        self.seen = ctx
+        ctx.summary.add("items", 3)
+        if self.action:
+            self.action(ctx)
+
+
+def run(db, broker, action=None):
+    body = Body(action)
+    return body, ProgramRunner(body, db, broker, make_settings()).run()
+
+
+def test_a_successful_run_is_recorded_with_counts_and_market_time(db, broker):
+    body, summary = run(db, broker)
+    assert summary.outcome == "success" and summary.counts == {"items": 3}
+    assert body.seen.now == dt.datetime(2026, 11, 20, 14, 45, tzinfo=dt.UTC)  # the broker's clock
+    row = db.get_by_id("program_run", summary.run_id)
+    assert row["program"] == "test_program" and row["outcome"] == "success"
+    assert row["counts"] == {"items": 3} and row["finished_at"] >= row["started_at"]
+    assert row["market_time"] == body.seen.now and row["pid"] > 0
+    assert summary.broker_calls == 2  # clock and calendar, read once
+
+
+def test_a_second_run_while_the_lock_is_held_is_skipped_quietly(db, broker, make_db, caplog):
+    other = make_db()
+    caplog.set_level(logging.INFO)
+    with other.advisory_lock("test_program") as taken:
+        assert taken
+        body, summary = run(db, broker)
+    assert summary.outcome == "skipped" and body.seen is None
+    assert db.query("program_run") == []
+    assert "another run holds the lock" in caplog.text
+
+
+def test_an_outage_ends_the_run_early_with_a_warning_and_an_audit_row(db, broker):
+    def outage(ctx):
+        ctx.summary.add("done_before_outage")
+        raise BrokerUnavailableError("list_orders: HTTP 503")
+
+    _, summary = run(db, broker, outage)
+    assert summary.outcome == "warning" and "HTTP 503" in summary.error
+    row = db.get_by_id("program_run", summary.run_id)
+    assert row["outcome"] == "warning" and row["counts"]["done_before_outage"] == 1
+    events = db.query("audit_event", {"event": "RUN_ABORTED"})
+    assert len(events) == 1 and "HTTP 503" in events[0]["reason"] and events[0]["program_run_id"] == summary.run_id
+
+
+def test_an_unexpected_error_fails_the_run_and_is_recorded(db, broker):
+    def bug(ctx):
+        raise KeyError("missing")
+
+    _, summary = run(db, broker, bug)
+    assert summary.outcome == "failed" and "KeyError" in summary.error
+    assert db.get_by_id("program_run", summary.run_id)["outcome"] == "failed"
+    assert exit_code(summary) == 2
+
+
+def test_a_configuration_error_fails_the_run(db, broker):
+    def misconfigured(ctx):
+        raise ConfigurationError("X must be set")
+
+    _, summary = run(db, broker, misconfigured)
+    assert summary.outcome == "failed" and summary.error == "X must be set"
+
+
+def test_an_unreachable_broker_clock_ends_the_run_with_a_warning(db, exchange, broker):
+    exchange.fault(status=503, path="/v2/clock")
+    body, summary = run(db, broker)
+    assert summary.outcome == "warning" and body.seen is None
+    assert db.get_by_id("program_run", summary.run_id)["outcome"] == "warning"
+
+
+def test_exit_codes():
+    from trading.program import RunSummary
+
+    assert [exit_code(RunSummary("p", outcome=o)) for o in ("success", "skipped", "warning", "failed")] == [0, 0, 1, 2]
+
+
+def test_cli_stops_with_exit_code_2_on_bad_configuration(monkeypatch, capsys):
+    monkeypatch.setenv("ALPACA_API_KEY", "only-the-key")
+    assert order_monitor.main(["--test-mode"]) == 2
+
+
+def test_cli_help_describes_the_program(capsys):
+    with pytest.raises(SystemExit) as caught:
+        order_monitor.main(["--help"])
+    assert caught.value.code == 0
+    text = capsys.readouterr().out
+    assert "--test-mode" in text and "order_monitor" in text and "never reaches a live account" in text
+
+
+def test_registered_secrets_never_reach_the_log(capsys):
+    configure_logging("INFO", "test")
+    register_secret("sUpErSeCrEt-123")
+    from trading import logs
+
+    handler = logs._handler
+    assert isinstance(handler, logging.StreamHandler)
+    original = handler.stream
+    handler.stream = sys.stderr  # capsys's stream
+    try:
+        secret = "sUpErSeCrEt" + "-123"
+        logging.getLogger("tests").warning("connecting with key %s", secret)
+    finally:
+        handler.stream = original
+    err = capsys.readouterr().err
+    assert "connecting with key ***" in err and "sUpErSeCrEt-123" not in err
