@@ -64,7 +64,7 @@ def test_as_root_the_server_runs_as_the_postgres_user(cluster):
 
 def test_a_wrong_pg_bin_names_the_variable_and_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("PG_BIN", str(tmp_path))
-    with pytest.raises(ConfigurationError, match="PG_BIN=.* does not hold initdb") as caught:
+    with pytest.raises(ConfigurationError, match=r"PG_BIN=.* does not hold initdb") as caught:
         find_pg_bin()
     assert "apt-get install postgresql" in str(caught.value)
 
@@ -75,7 +75,7 @@ def test_a_busy_port_gives_a_clear_error(tmp_path):
         sock.listen()
         cluster = EmbeddedPostgres(tmp_path / "pg", port=sock.getsockname()[1])
         try:
-            with pytest.raises(ConfigurationError, match="did not start .* EMBEDDED_PG_PORT"):
+            with pytest.raises(ConfigurationError, match=r"did not start .* EMBEDDED_PG_PORT"):
                 cluster.ensure_running()
         finally:
             cluster.stop()

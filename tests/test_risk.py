@@ -85,7 +85,7 @@ def test_same_symbol_is_allowed_when_configured():
 
 
 def test_buying_power_reserve_is_kept():
-    with pytest.raises(RejectedError, match="less reserve 600.00"):
+    with pytest.raises(RejectedError, match=r"less reserve 600\.00"):
         check_entry(plan(), D("10"), limits(MIN_BUYING_POWER_RESERVE=600), state(buying_power=D("2000")))
 
 
