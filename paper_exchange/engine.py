@@ -223,18 +223,31 @@ class PaperExchange:
             return self._clock_json()
 
     def set_time(self, moment: datetime | str) -> dict[str, Any]:
-        """Move the simulated clock to ``moment`` (not backwards); return the clock."""
+        """Move the simulated clock to ``moment``; return the clock.
+
+        Forward moves pass time (walk steps, opens, closes, expiries). Backward moves are
+        allowed only while there are no orders (for example right after :meth:`reset`),
+        because order timestamps must never go back; they just set the time.
+        """
         if isinstance(moment, str):
             moment = parse_timestamp(moment, "now")
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         with self._lock:
             self._require_simulated()
+            moment = moment.astimezone(UTC)
             if moment < self._now:
-                raise bad_request(
-                    f"cannot move the simulated clock backwards (now {iso_utc(self._now)})"
-                )
-            self._advance_to(moment.astimezone(UTC), reevaluate=True)
+                if self._orders:
+                    raise bad_request(
+                        f"cannot move the simulated clock backwards while orders exist "
+                        f"(now {iso_utc(self._now)}); POST /admin/reset first"
+                    )
+                self._now = moment
+                self._last_stamp = None
+                self._last_reevaluation = moment
+                self._touch()
+                return self._clock_json()
+            self._advance_to(moment, reevaluate=True)
             self._touch()
             return self._clock_json()
 

@@ -121,7 +121,16 @@ def test_clock_and_calendar_agree_with_the_simulated_session(ex: Exchange) -> No
     raw = ex.api("GET", "/v2/calendar?start=2026-12-24&end=2026-12-24").json()
     assert raw == [{"date": "2026-12-24", "open": "09:30", "close": "13:00", "session_open": "0400",
                     "session_close": "1700", "settlement_date": "2026-12-28"}]
-    assert ex.http.post(ex.url + "/admin/clock", json={"now": "2026-11-01T00:00:00Z"}, timeout=5).status_code == 400
+    ex.trading.submit_order(
+        MarketOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY)
+    )
+    backwards = ex.http.post(ex.url + "/admin/clock", json={"now": "2026-11-01T00:00:00Z"}, timeout=5)
+    assert backwards.status_code == 400  # orders exist: their timestamps must not go back
+    ex.admin("POST", "/admin/reset")
+    assert ex.set_time("2026-11-20T14:45:00Z")["timestamp"] == "2026-11-20T09:45:00-05:00"  # empty book: allowed
+    assert ex.trading.submit_order(
+        MarketOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY)
+    ).submitted_at == datetime(2026, 11, 20, 14, 45, tzinfo=UTC)
 
 
 def test_wall_clock_exchange_refuses_clock_control_and_is_always_open() -> None:
