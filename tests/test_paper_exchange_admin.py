@@ -350,11 +350,12 @@ def test_service_starts_one_daemon_for_concurrent_callers_and_stops_it(tmp_path:
 
 
 def test_cli_help_and_status_commands(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
     helped = subprocess.run([sys.executable, "-m", "paper_exchange", "--help"], capture_output=True, text=True,
-                            check=True, timeout=30)
+                            check=True, timeout=30, cwd=root)
     assert "ALPACA" not in helped.stderr and "--simulated-clock" in helped.stdout and "stop" in helped.stdout
     status = subprocess.run([sys.executable, "-m", "paper_exchange", "status", "--state-dir", str(tmp_path),
-                             "--port", str(_free_port())], capture_output=True, text=True, timeout=30)
+                             "--port", str(_free_port())], capture_output=True, text=True, timeout=30, cwd=root)
     assert status.returncode == 3 and '"running": false' in status.stdout
 
 

@@ -199,14 +199,33 @@ def test_error_responses_match_the_error_schema(ex: Exchange) -> None:
     assert ex.http.get(ex.url + "/v2/account", timeout=5).json() == {
         "code": 40110000, "message": "request is not authorized",
     }
-    check_error(ex, "GET", "/v2/account", 401, headers={"APCA-API-KEY-ID": "", "APCA-API-SECRET-KEY": ""})
-    check_error(ex, "GET", f"/v2/orders/{uuid.uuid4()}", 404)
-    check_error(ex, "GET", "/v2/positions/AAPL", 404)
-    check_error(ex, "GET", "/v2/assets/NOPE", 404)
-    check_error(ex, "GET", "/v2/nothing-here", 404)
-    check_error(ex, "PUT", "/v2/orders", 405)
-    check_error(ex, "POST", "/v2/orders", 422, json=order_body(limit_price=290.123))
-    check_error(ex, "POST", "/v2/orders", 403, json=order_body(side="sell"))
-    check_error(ex, "POST", "/v2/orders", 403, json=order_body(qty=100000))
-    check_error(ex, "GET", "/v2/orders?limit=501", 422)
-    check_error(ex, "GET", "/v2/stocks/bars?symbols=AAPL&timeframe=7Days", 400)
+    no_keys = {"APCA-API-KEY-ID": "", "APCA-API-SECRET-KEY": ""}
+    assert check_error(ex, "GET", "/v2/account", 401, headers=no_keys)["code"] == 40110000
+    filled = ex.api("POST", "/v2/orders", expect=200, json=order_body(type="market", limit_price=None)).json()
+    expected = [
+        ("GET", f"/v2/orders/{uuid.uuid4()}", 404, {}, 40410000, "order not found"),
+        ("DELETE", f"/v2/orders/{uuid.uuid4()}", 404, {}, 40410000, "order not found"),
+        ("GET", "/v2/orders:by_client_order_id?client_order_id=nope", 404, {}, 40410000, "order not found"),
+        ("DELETE", f"/v2/orders/{filled['id']}", 422, {}, 42210000, "order is not cancelable"),
+        ("GET", "/v2/positions/MSFT", 404, {}, 40410000, "position does not exist"),
+        ("DELETE", "/v2/positions/MSFT", 404, {}, 40410000, "position does not exist"),
+        ("GET", "/v2/assets/NOPE", 404, {}, 40410000, "asset not found"),
+        ("GET", "/v2/nothing-here", 404, {}, 40410000, "endpoint not found"),
+        ("PUT", "/v2/orders", 405, {}, 40510000, "method not allowed"),
+        ("POST", "/v2/orders", 422, {"json": order_body(limit_price=290.123)}, 42210000,
+         "invalid limit_price 290.123. sub-penny increment does not fulfill minimum pricing criteria"),
+        ("POST", "/v2/orders", 422, {"json": order_body(limit_price=0.12345)}, 42210000,
+         "invalid limit_price 0.12345. sub-penny increment does not fulfill minimum pricing criteria"),
+        ("POST", "/v2/orders", 422, {"json": order_body(client_order_id=filled["client_order_id"])}, 40010001,
+         "client_order_id must be unique"),
+        ("POST", "/v2/orders", 422, {"json": order_body(symbol="QQQQQ")}, 40010001, 'asset "QQQQQ" not found'),
+        ("POST", "/v2/orders", 403, {"json": order_body(side="sell", qty=6)}, 40310000,
+         "insufficient qty available for order (requested: 6, available: 5)"),
+        ("POST", "/v2/orders", 403, {"json": order_body(qty=100000)}, 40310000, "insufficient buying power"),
+        ("GET", "/v2/orders?limit=501", 422, {}, 42210000, "invalid limit 501: must be between 1 and 500"),
+        ("POST", "/v2/orders", 400, {"data": b"{not json"}, 40010000, "request body format is invalid"),
+        ("GET", "/v2/stocks/bars?symbols=AAPL&timeframe=7Days", 400, {}, 40010000, "invalid timeframe: '7Days'"),
+    ]
+    for method, path, status, kwargs, code, message in expected:
+        body = check_error(ex, method, path, status, **kwargs)
+        assert (body["code"], body["message"]) == (code, message), (method, path)
