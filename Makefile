@@ -25,7 +25,10 @@ lint: $(STAMP)
 db-stop: $(STAMP)  ## stop the embedded PostgreSQL (data stays in var/postgres)
 	$(BIN)/python -m trading.embedded_postgres stop
 
-stop: db-stop      ## stop every embedded service
+exchange-stop: $(STAMP)  ## stop the embedded paper exchange (state stays in var/paper_exchange)
+	$(BIN)/python -m paper_exchange stop --state-dir var/paper_exchange
+
+stop: exchange-stop db-stop  ## stop every embedded service
 
 clean:             ## remove the virtual environment and caches (keeps var/, the embedded data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .coverage htmlcov
