@@ -120,7 +120,7 @@ def _time(value: Any) -> dt.datetime | None:
         text = str(value).replace("Z", "+00:00")
         if "." in text:  # Python takes at most 6 fractional digits; Alpaca may send 9
             head, rest = text.split(".", 1)
-            digits = "".join(ch for ch in rest if ch.isdigit())
+            digits = rest[:len(rest) - len(rest.lstrip("0123456789"))]  # up to the offset, not into it
             tail = rest[len(digits):]
             text = f"{head}.{digits[:6].ljust(6, '0')}{tail}"
         stamp = dt.datetime.fromisoformat(text)

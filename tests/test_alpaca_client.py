@@ -167,3 +167,15 @@ def test_parse_order_accepts_nanosecond_timestamps_and_unknown_words_untouched()
                          "submitted_at": "2026-11-20T14:45:00.123456789Z"})
     assert order.submitted_at == dt.datetime(2026, 11, 20, 14, 45, 0, 123456, tzinfo=dt.UTC)
     assert order.status == "something_new"  # kept for trading.lifecycle to refuse, never guessed here
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-11-21T03:30:18.232068-05:00", dt.datetime(2026, 11, 21, 8, 30, 18, 232068, tzinfo=dt.timezone.utc)),
+    ("2026-11-21T03:30:18.5-05:00", dt.datetime(2026, 11, 21, 8, 30, 18, 500000, tzinfo=dt.timezone.utc)),
+    ("2026-11-20T14:45:00.123456789Z", dt.datetime(2026, 11, 20, 14, 45, 0, 123456, tzinfo=dt.timezone.utc)),
+    ("2026-11-20T09:45:00-05:00", dt.datetime(2026, 11, 20, 14, 45, tzinfo=dt.timezone.utc)),
+])
+def test_timestamps_keep_their_offset_whatever_their_precision(text, expected):
+    from alpaca_client import _time
+
+    assert _time(text) == expected

@@ -230,8 +230,9 @@ def main_for(prog: str, description: str,
         logger.error("configuration error: %s", exc)
         return 2
     configure_logging(args.log_level or settings.log_level, prog)
-    register_secret(settings.alpaca.api_key.reveal())
-    register_secret(settings.alpaca.secret_key.reveal())
+    if settings.alpaca.mode in ("paper", "live"):  # local modes use placeholder keys, not secrets
+        register_secret(settings.alpaca.api_key.reveal())
+        register_secret(settings.alpaca.secret_key.reveal())
     register_secret(settings.postgres.password.reveal())
     logger.info("configuration: %s", json.dumps(settings.describe(), sort_keys=True))
     db = TradingDB(test_mode=args.test_mode, config=settings.postgres, application_name=prog)
