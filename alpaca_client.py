@@ -408,12 +408,16 @@ def _to_alpaca_request(request: OrderRequest) -> MarketOrderRequest | LimitOrder
 
 def connect_broker(config: AlpacaConfig | None = None, *, test_mode: bool = False) -> AlpacaBroker:
     """The broker the configuration names; the embedded paper exchange is started on demand
-    (or reused) with its state kept in ``var/paper_exchange``."""
+    (or reused) with its state kept in ``var/paper_exchange`` (port ``PAPER_EXCHANGE_PORT``), or
+    for ``--test-mode`` a separate one in ``var/paper_exchange_test`` on the next port, so test
+    runs never see the normal runs' orders and positions."""
     config = config or get_alpaca_config(test_mode=test_mode)
     if config.mode == "embedded":
         from paper_exchange.service import ensure_running
 
-        url = ensure_running(Path(VAR_DIR) / "paper_exchange", port=config.embedded_port)
+        name, port = ("paper_exchange_test", config.embedded_port + 1) if test_mode else \
+            ("paper_exchange", config.embedded_port)
+        url = ensure_running(Path(VAR_DIR) / name, port=port)
         return AlpacaBroker(base_url=url, data_url=url, timeout=config.timeout_seconds)
     assert config.base_url is not None
     return AlpacaBroker(base_url=config.base_url, data_url=config.data_url, api_key=config.api_key.reveal(),
