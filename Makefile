@@ -27,6 +27,7 @@ db-stop: $(STAMP)  ## stop the embedded PostgreSQL (data stays in var/postgres)
 
 exchange-stop: $(STAMP)  ## stop the embedded paper exchange (state stays in var/paper_exchange)
 	$(BIN)/python -m paper_exchange stop --state-dir var/paper_exchange
+	$(BIN)/python -m paper_exchange stop --state-dir var/paper_exchange_test
 
 stop: exchange-stop db-stop  ## stop every embedded service
 
