@@ -34,7 +34,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -57,7 +57,7 @@ from trading.pricing import ZERO
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
 from trading.protection import Protector, find_order
 from trading.reconcile import Reconciler
-from trading.risk import RiskState, check_entry, size_position
+from trading.risk import RiskState, Sizing, check_entry, size_position
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,24 @@ class OrderExecutor:
             self._assets = self.broker.list_assets()
         return self._assets
 
+    def _gate(self, plan: TradePlan, state: RiskState) -> tuple[Sizing, Decimal]:
+        """The symbol is tradable, the size is whole shares and the entry passes the risk limits:
+        the sizing and the entry's notional, or ``RejectedError`` naming what failed."""
+        asset = self._assets_by_symbol().get(plan.symbol)
+        if asset is None:
+            raise RejectedError(f"unknown symbol {plan.symbol}: the broker does not list it", code="UNKNOWN_SYMBOL")
+        if not asset.tradable:
+            raise RejectedError(f"{plan.symbol} is not tradable at the broker", code="NOT_TRADABLE")
+        sizing = size_position(plan, self.settings.risk, state.equity)
+        return sizing, check_entry(plan, sizing.qty, self.settings.risk, state)
+
+    @staticmethod
+    def _release(state: RiskState, trade: Row) -> None:
+        """Take an unfilled trade that is being replaced out of the risk state."""
+        state.open_trades -= 1
+        state.exposure -= Decimal(trade["planned_entry"] or 0) * Decimal(trade["planned_qty"] or 0)
+        state.open_symbols.discard(trade["symbol"])
+
     def _risk_state(self, ctx: RunContext) -> RiskState:
         if self._risk is None:
             account = self.broker.get_account()
@@ -217,11 +235,13 @@ class OrderExecutor:
             matches = self.db.execute_query(
                 "SELECT trade_journal_id FROM order_execution WHERE alpaca_order_id = %s OR client_order_id = %s",
                 (order_id, order_id))
-            if matches:
-                trade_id = matches[0]["trade_journal_id"]
+            if not matches:
+                raise RejectedError(f"order {order_id} is not an order of this system: no trade to act on",
+                                    code="UNKNOWN_TRADE")
+            trade_id = matches[0]["trade_journal_id"]
         if trade_id is None:
             raise RejectedError("the decision names no trade: set existing_trade_journal_id (or existing_order_id)",
-                                code="UNKNOWN_TRADE")
+                                code="NO_TRADE_NAMED")
         trade = self.db.get_by_id("trade_journal", trade_id)
         if trade is None:
             raise RejectedError(f"trade {trade_id} does not exist", code="UNKNOWN_TRADE")
@@ -265,18 +285,10 @@ class OrderExecutor:
             if intent is None:
                 try:
                     plan = parse_plan(row)
-                    if replaces is not None and plan.symbol != replaces["symbol"]:
-                        raise RejectedError(f"AMEND of trade {replaces['id']} ({replaces['symbol']}) names another "
-                                            f"symbol {plan.symbol}", code="INVALID_DECISION")
-                    asset = self._assets_by_symbol().get(plan.symbol)
-                    if asset is None:
-                        raise RejectedError(f"unknown symbol {plan.symbol}: the broker does not list it",
-                                            code="UNKNOWN_SYMBOL")
-                    if not asset.tradable:
-                        raise RejectedError(f"{plan.symbol} is not tradable at the broker", code="NOT_TRADABLE")
+                    if replaces is not None:
+                        _check_amendment(plan, replaces)
                     state = self._risk_state(ctx)
-                    sizing = size_position(plan, self.settings.risk, state.equity)
-                    notional = check_entry(plan, sizing.qty, self.settings.risk, state)
+                    sizing, notional = self._gate(plan, state)
                 except RejectedError as exc:
                     return self._refuse(ctx, row, exc)
                 trade = reconciler.trades.create({
@@ -408,7 +420,9 @@ class OrderExecutor:
                 return Outcome("skipped", "claimed by another run")
             try:
                 old = self._referenced_trade(row)
-                parse_plan(row)  # an invalid amendment must not cancel the trade it would replace
+                # An invalid amendment must not cancel the trade it would replace.
+                plan = parse_plan(row)
+                _check_amendment(plan, old)
             except RejectedError as exc:
                 return self._refuse(ctx, row, exc)
             amended_before = old["status"] == TradeStatus.CANCELLED.value and \
@@ -418,6 +432,20 @@ class OrderExecutor:
                 return self._refuse(ctx, row, f"trade {old['id']} is {old['status']}{filled}: the amendment needs an "
                                               "unfilled entry; nothing new placed", code="ALREADY_FILLED")
         if not amended_before:
+            # The risk state is read while the old trade still counts (once per run), and the amended
+            # plan must pass the gate without it before the old entry is canceled: a refused
+            # amendment leaves the old trade working.
+            state = self._risk_state(ctx)
+            trial = replace(state, open_symbols=set(state.open_symbols))
+            self._release(trial, old)
+            try:
+                self._gate(plan, trial)
+            except RejectedError as exc:
+                with self.db.transaction():
+                    row = self._claim(decision_id)
+                    if row is None:
+                        return Outcome("skipped", "claimed by another run")
+                    return self._refuse(ctx, row, f"{exc}; trade {old['id']} left working", code=exc.code)
             result = protector.cancel_entry(old["id"], ExitReason.AMENDED.value, reason=f"AMEND decision {decision_id}")
             if result == "deferred":
                 return Outcome("deferred", "cancel not confirmed by the broker yet")
@@ -430,10 +458,7 @@ class OrderExecutor:
                     return self._refuse(ctx, row, f"trade {old['id']} entry filled {after['actual_qty']} @ "
                                                   f"{after['actual_entry']} before the cancel: nothing new placed, "
                                                   "the position stays protected", code="ALREADY_FILLED")
-            state = self._risk_state(ctx)
-            state.open_trades -= 1
-            state.exposure -= Decimal(old["planned_entry"] or 0) * Decimal(old["planned_qty"] or 0)
-            state.open_symbols.discard(old["symbol"])
+            self._release(state, old)
         return self._new_trade(ctx, decision_id, reconciler, replaces=old)
 
     def _close(self, ctx: RunContext, decision_id: int, protector: Protector) -> Outcome:
@@ -481,7 +506,9 @@ class OrderExecutor:
         """Inside the claim's transaction: one more day for the referenced trade."""
         try:
             trade = self._referenced_trade(row)
-        except RejectedError:
+        except RejectedError as exc:
+            if exc.code != "NO_TRADE_NAMED":  # it names a trade that does not exist, or names it badly
+                return self._refuse(ctx, row, exc)
             self._finish(ctx, row, accepted=True, reason="NO_ACTION without a referenced trade: nothing to update")
             return Outcome("no_action", "no trade referenced")
         if trade["status"] not in (TradeStatus.ORDERED.value, TradeStatus.POSITION.value):
@@ -507,19 +534,26 @@ class OrderExecutor:
         try:
             if action in ("NEW_TRADE", "AMEND"):
                 plan = parse_plan(row)
-                asset = self._assets_by_symbol().get(plan.symbol)
-                if asset is None or not asset.tradable:
-                    raise RejectedError(f"unknown or untradable symbol {plan.symbol}")
                 state = self._risk_state(ctx)
-                sizing = size_position(plan, self.settings.risk, state.equity)
-                notional = check_entry(plan, sizing.qty, self.settings.risk, state)
+                old = self._referenced_trade(row) if action == "AMEND" else None
+                trial = replace(state, open_symbols=set(state.open_symbols))
+                if old is not None:
+                    _check_amendment(plan, old)
+                    if old["status"] != TradeStatus.ORDERED.value:
+                        raise RejectedError(f"trade {old['id']} is {old['status']}: the amendment needs an "
+                                            "unfilled entry")
+                    self._release(trial, old)
+                sizing, notional = self._gate(plan, trial)
+                if old is not None:
+                    self._release(state, old)
                 state.accept(plan.symbol, notional)
                 request = entry_request(plan, sizing.qty, entry_client_order_id(
                     self.settings.monitor.client_order_prefix, row))
                 return Outcome("would_place", f"{request.order_class} buy {request.qty} {request.symbol} limit "
                                               f"{request.limit_price} stop {request.stop_loss_price}"
                                               + (f" target {request.take_profit_price}" if request.take_profit_price
-                                                 else "") + f" tif {request.time_in_force} ({sizing.method})")
+                                                 else "") + f" tif {request.time_in_force} ({sizing.method})"
+                                              + (f", replacing trade {old['id']}" if old is not None else ""))
             if action in ("CANCEL", "CLOSE"):
                 trade = self._referenced_trade(row)
                 return Outcome(f"would_{action.lower()}", f"trade {trade['id']} ({trade['status']})")
@@ -528,6 +562,13 @@ class OrderExecutor:
             raise RejectedError(f"unknown primary_action {row.get('primary_action')!r}")
         except RejectedError as exc:
             return Outcome("would_refuse", str(exc))
+
+
+def _check_amendment(plan: TradePlan, old: Row) -> None:
+    """An amendment changes the plan of the same symbol's trade."""
+    if plan.symbol != old["symbol"]:
+        raise RejectedError(f"AMEND of trade {old['id']} ({old['symbol']}) names another symbol {plan.symbol}",
+                            code="INVALID_DECISION")
 
 
 def run_once(db: Any, broker: Broker, now: MarketTime | None = None, settings: Settings | None = None, *,
