@@ -148,9 +148,12 @@ class Protector:
         shares), ``waiting`` (policy ``wait``: the entry still works), ``deferred`` (an answer is
         pending; next run) or ``failed`` (the broker refused the repair; recorded).
         """
+        found_cover: Decimal | None = None  # what the stops covered before this run canceled any
         for _ in range(3):  # cancels can reveal fills that change the position; look again
             view = self.view(trade_id)
             trade = view.trade
+            if found_cover is None:
+                found_cover = view.stop_qty
             if trade["status"] != TradeStatus.POSITION.value or view.position_qty <= ZERO:
                 return "not_open"
             if view.exits_open:
@@ -178,7 +181,7 @@ class Protector:
                         reason=f"protection covers {view.stop_qty} of {view.position_qty} shares: replaced"):
                     return "deferred"
                 continue
-            return self._submit_protection(trade_id, view)
+            return self._submit_protection(trade_id, view, found_cover)
         return "deferred"
 
     def _point_position(self, view: ProtectionView) -> None:
@@ -207,7 +210,7 @@ class Protector:
             symbol=trade["symbol"], qty=qty, side="sell", kind="stop", time_in_force="gtc",
             client_order_id=client_order_id, stop_price=stop)
 
-    def _submit_protection(self, trade_id: int, view: ProtectionView) -> str:
+    def _submit_protection(self, trade_id: int, view: ProtectionView, found_cover: Decimal | None = None) -> str:
         with self.db.transaction():
             trade = self.reconciler.trades.lock(trade_id)
             assert trade is not None
@@ -220,7 +223,8 @@ class Protector:
         if outcome == "sent":
             trade = self.reconciler.trades.get(trade_id)
             self.audit.record("trade", trade_id, audit.PROTECTION_REPAIRED, symbol=view.trade["symbol"],
-                              reason=f"no stop covered all {view.position_qty} shares (stop covered {view.stop_qty}): "
+                              reason=f"no stop covered all {view.position_qty} shares (stop covered "
+                                     f"{view.stop_qty if found_cover is None else found_cover}): "
                                      f"placed {request.order_class if request.order_class != 'simple' else 'stop'} "
                                      f"for {view.position_qty}",
                               details={"client_order_id": request.client_order_id,

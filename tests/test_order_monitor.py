@@ -1,0 +1,679 @@
+"""order_monitor against real PostgreSQL and the paper exchange through alpaca-py.
+
+Trades are created the usual way (an approved decision, then ``order_executor``); prices and
+time move through the exchange's admin API; every monitor run is followed by the invariant
+check of ``tests.monitor_support`` (protection covers every open position exactly, the
+exchange agrees with every row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+import uuid
+from decimal import Decimal
+
+import pytest
+
+import order_monitor
+from alpaca_client import AlpacaBroker
+from tests.factories import eastern, make_settings, snapshot
+from tests.monitor_support import (
+    audit_events,
+    check_invariants,
+    exchange_order,
+    open_groups,
+    open_position,
+    place_entry,
+    rows,
+    run_monitor,
+    working_sells,
+)
+from trading import lifecycle
+from trading.audit import Auditor
+from trading.broker import BrokerOrder
+from trading.errors import UnknownStatusError
+from trading.reconcile import Reconciler
+
+D = Decimal
+
+
+def entry_row(db, trade_id: int) -> dict:
+    (row,) = rows(db, trade_id, "ENTRY")
+    return row
+
+
+def calls(exchange) -> dict[str, int]:
+    return exchange.stats()["routes"]
+
+
+@pytest.fixture
+def partial_fills(exchange):
+    """Every fill from now on is partial (seeded: the same sizes every run). The exchange's reset
+    does not restore the probability, so it is put back to 0 afterwards."""
+    exchange.configure(partial_fill_probability=1)
+    yield exchange
+    exchange.configure(partial_fill_probability=0)
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def test_working_entry_is_listed_once_and_nothing_changes(db, exchange, broker):
+    trade = place_entry(db, broker)
+    before = snapshot(db)
+    exchange.reset_stats()
+
+    summary = run_monitor(db, broker, check=False)
+
+    assert summary.outcome == "success"
+    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/orders": 1}
+    check_invariants(db, broker)
+    assert snapshot(db) == before
+    assert db.get_by_id("trade_journal", trade["id"])["status"] == "ORDERED"
+    assert entry_row(db, trade["id"])["order_status"] == "new"
+    run = db.get_by_id("program_run", summary.run_id)
+    assert run["outcome"] == "success" and run["counts"]["open_orders"] == 3
+
+
+def test_many_open_orders_are_synced_with_one_listing_and_no_per_order_calls(db, exchange, broker):
+    symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AMD"]
+    quotes = {}
+    for symbol in symbols:
+        place_entry(db, broker, symbol, planned_entry=100, planned_sl=95, planned_tp=110, planned_qty=5)
+        quotes[symbol] = ("99.90", "100.00")
+    exchange.quotes(**quotes)  # every entry fills
+    exchange.reset_stats()
+
+    summary = run_monitor(db, broker, check=False)
+
+    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/orders": 1}
+    check_invariants(db, broker)
+    assert summary.counts["positions_opened"] == len(symbols)
+    assert summary.counts["protection_protected"] == len(symbols)
+    assert {t["status"] for t in db.query("trade_journal")} == {"POSITION"}
+
+
+def test_swing_entry_fill_opens_position_with_bracket_legs_recorded(db, exchange, broker):
+    trade = place_entry(db, broker)
+    exchange.quotes(AAPL=("149.70", "149.80"))  # the ask is below the 150 limit: filled at 149.80
+
+    summary = run_monitor(db, broker)
+
+    assert summary.counts["positions_opened"] == 1
+    trade = db.get_by_id("trade_journal", trade["id"])
+    entry = entry_row(db, trade["id"])
+    assert trade["status"] == "POSITION"
+    assert trade["actual_entry"] == D("149.80") and trade["actual_qty"] == D("10")
+    assert trade["entry_date"] == entry["filled_at"] == dt.datetime.fromisoformat(eastern("2026-11-20", "09:45"))
+    (stop,) = rows(db, trade["id"], "STOP_LOSS")
+    (target,) = rows(db, trade["id"], "TAKE_PROFIT")
+    assert (stop["order_status"], stop["stop_price"], stop["qty"]) == ("held", D("145"), D("10"))
+    assert (target["order_status"], target["limit_price"], target["qty"]) == ("new", D("160"), D("10"))
+    assert stop["parent_alpaca_order_id"] == target["parent_alpaca_order_id"] == entry["alpaca_order_id"]
+    (position,) = db.query("position_tracking")
+    assert position["trade_journal_id"] == trade["id"]
+    assert (position["qty"], position["avg_entry_price"], position["cost_basis"]) == \
+        (D("10"), D("149.80"), D("1498.00"))
+    assert (position["current_price"], position["unrealized_pnl"]) == (D("149.80"), D("0"))
+    assert position["stop_loss_order_id"] == stop["alpaca_order_id"]
+    assert position["take_profit_order_id"] == target["alpaca_order_id"]
+    assert [e["new_value"] for e in audit_events(db, "TRADE_STATUS", "trade", trade["id"])] == ["ORDERED", "POSITION"]
+    assert audit_events(db, "POSITION_OPENED")
+
+
+def test_daytrade_entry_fill_opens_position_protected_by_its_oto_stop(db, exchange, broker):
+    trade = place_entry(db, broker, "MSFT", planned_entry="412.37", planned_sl="405.11", planned_tp=None,
+                        trade_style="DAYTRADE", planned_qty=3)
+    exchange.quotes(MSFT=("412.30", "412.37"))
+
+    run_monitor(db, broker)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert (trade["status"], trade["actual_entry"], trade["actual_qty"]) == ("POSITION", D("412.37"), D("3"))
+    (stop,) = rows(db, trade["id"], "STOP_LOSS")
+    assert rows(db, trade["id"], "TAKE_PROFIT") == []
+    assert (stop["order_status"], stop["stop_price"], stop["time_in_force"]) == ("new", D("405.11"), "day")
+    (position,) = db.query("position_tracking")
+    assert position["cost_basis"] == D("1237.11")
+    assert position["stop_loss_order_id"] == stop["alpaca_order_id"]
+    assert position["take_profit_order_id"] is None
+
+
+def test_entry_canceled_at_the_broker_cancels_the_trade(db, exchange, broker):
+    trade = place_entry(db, broker)
+    broker.cancel_order(entry_row(db, trade["id"])["alpaca_order_id"])  # from outside the system
+
+    summary = run_monitor(db, broker)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert (trade["status"], trade["exit_reason"]) == ("CANCELLED", "ENTRY_CANCELED")
+    assert summary.counts["trades_cancelled"] == 1
+    assert {r["order_status"] for r in rows(db, trade["id"])} == {"canceled"}
+    assert db.query("position_tracking") == []
+
+
+def test_entry_expired_at_the_close_cancels_the_trade(db, exchange, broker):
+    trade = place_entry(db, broker, trade_style="DAYTRADE", planned_tp=None)
+    exchange.clock(eastern("2026-11-20", "16:05"))
+
+    run_monitor(db, broker)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert (trade["status"], trade["exit_reason"]) == ("CANCELLED", "ENTRY_EXPIRED")
+    assert entry_row(db, trade["id"])["order_status"] == "expired"
+
+
+def test_partially_filled_entry_is_recorded_then_its_remainder_canceled_and_the_shares_protected(
+        db, exchange, broker, partial_fills):
+    trade = place_entry(db, broker)
+    exchange.quotes(AAPL=("149.90", "150.00"))   # one partial fill
+    exchange.quotes(AAPL=("150.40", "150.50"))   # no longer marketable: the rest waits
+    entry = exchange_order(exchange, entry_row(db, trade["id"])["alpaca_order_id"])
+    filled = D(entry["filled_qty"])
+    assert entry["status"] == "partially_filled" and D(0) < filled < D(10)
+
+    summary = run_monitor(db, broker)  # PARTIAL_ENTRY_POLICY=cancel_remainder (the default)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert (trade["status"], trade["actual_qty"], trade["actual_entry"]) == ("POSITION", filled, D("150.00"))
+    assert entry_row(db, trade["id"])["order_status"] == "canceled"
+    assert summary.counts["protection_repaired"] == 1
+    stops = [r for r in rows(db, trade["id"], "STOP_LOSS") if r["order_status"] == "held"]
+    targets = [r for r in rows(db, trade["id"], "TAKE_PROFIT") if r["order_status"] == "new"]
+    assert [(r["qty"], r["stop_price"], r["order_class"]) for r in stops] == [(filled, D("145"), "oco")]
+    assert [(r["qty"], r["limit_price"], r["time_in_force"]) for r in targets] == [(filled, D("160"), "gtc")]
+    # the bracket legs never activated (the entry was not completely filled): canceled with it
+    assert [r["order_status"] for r in rows(db, trade["id"]) if r["parent_alpaca_order_id"] ==
+            entry_row(db, trade["id"])["alpaca_order_id"]] == ["canceled", "canceled"]
+    assert exchange.positions() == {"AAPL": filled}
+    (repair,) = audit_events(db, "PROTECTION_REPAIRED", "trade", trade["id"])
+    assert f"placed oco for {filled}" in repair["reason"]
+
+
+def test_daytrade_partial_entry_gets_a_stop_for_the_filled_shares(db, exchange, broker, partial_fills):
+    trade = place_entry(db, broker, trade_style="DAYTRADE", planned_tp=None)
+    exchange.quotes(AAPL=("149.90", "150.00"))
+    exchange.quotes(AAPL=("150.40", "150.50"))
+    filled = D(exchange_order(exchange, entry_row(db, trade["id"])["alpaca_order_id"])["filled_qty"])
+
+    run_monitor(db, broker)
+
+    live = [r for r in rows(db, trade["id"]) if r["order_status"] in lifecycle.OPEN_ORDER_STATUSES]
+    assert [(r["order_type"], r["order_kind"], r["order_class"], r["qty"], r["stop_price"]) for r in live] == \
+        [("STOP_LOSS", "stop", "simple", filled, D("145"))]
+    assert rows(db, trade["id"], "TAKE_PROFIT") == []
+
+
+def test_partial_entry_waits_under_policy_wait_and_is_protected_after_it_expires(
+        db, exchange, broker, partial_fills):
+    settings = make_settings(PARTIAL_ENTRY_POLICY="wait")
+    trade = place_entry(db, broker, settings=settings, time_in_force="day")  # a SWING entry good for the day
+    exchange.quotes(AAPL=("149.90", "150.00"))
+    exchange.quotes(AAPL=("150.40", "150.50"))
+    entry_id = entry_row(db, trade["id"])["alpaca_order_id"]
+    filled = D(exchange_order(exchange, entry_id)["filled_qty"])
+
+    summary = run_monitor(db, broker, settings, waiting=[trade["id"]])
+
+    assert summary.outcome == "warning" and summary.counts["protection_waiting"] == 1
+    assert entry_row(db, trade["id"])["order_status"] == "partially_filled"
+    assert db.get_by_id("trade_journal", trade["id"])["actual_qty"] == filled
+    assert working_sells(exchange) == []  # nothing sold, nothing placed while the entry works
+
+    exchange.clock(eastern("2026-11-20", "16:01"))  # the day entry expires at the close
+    summary = run_monitor(db, broker, settings)
+
+    assert entry_row(db, trade["id"])["order_status"] == "expired"
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert (trade["status"], trade["actual_qty"]) == ("POSITION", filled)
+    assert summary.counts["protection_repaired"] == 1
+    (group,) = open_groups(broker, "AAPL")
+    assert (group.order_class, group.time_in_force, group.qty, group.status) == ("oco", "gtc", filled, "accepted")
+    assert [(leg.kind, leg.qty, leg.stop_price) for leg in group.legs] == [("stop", filled, D("145"))]
+
+
+# --------------------------------------------------------------------------- broker failures
+
+
+@pytest.mark.parametrize("fault", [
+    {"status": 500},
+    {"status": 429},
+    {"drop": True},
+    {"delay_seconds": 1.5},  # longer than the client's timeout below
+], ids=["http500", "rate_limited", "dropped", "timeout"])
+def test_broker_failure_on_the_listing_ends_the_run_with_warning_and_the_next_run_continues(
+        db, exchange, broker, fault):
+    trade = place_entry(db, broker)
+    exchange.quotes(AAPL=("149.90", "150.00"))
+    before = snapshot(db, ("trade_journal", "order_execution", "position_tracking"))
+    impatient = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, timeout=0.5)
+    exchange.fault(method="GET", path="/v2/orders", **fault)
+
+    summary = run_monitor(db, impatient, check=False)
+
+    assert summary.outcome == "warning" and summary.error
+    assert snapshot(db, ("trade_journal", "order_execution", "position_tracking")) == before
+    (run,) = db.query("program_run", {"id": summary.run_id})
+    assert run["outcome"] == "warning" and run["finished_at"] is not None
+    assert audit_events(db, "RUN_ABORTED")
+
+    summary = run_monitor(db, broker)
+
+    assert summary.outcome == "success"
+    assert db.get_by_id("trade_journal", trade["id"])["status"] == "POSITION"
+
+
+def test_repair_accepted_but_unanswered_is_found_next_run_and_never_placed_twice(db, exchange, broker):
+    first = open_position(db, exchange, broker, "AAPL")
+    second = open_position(db, exchange, broker, "MSFT", fill_at=("399.90", "400.00"), planned_entry=400,
+                           planned_sl=390, planned_tp=420)
+    for trade in (first, second):  # protection canceled from outside: both need a repair
+        broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+    # The exchange accepts the first repair but the answer never arrives.
+    exchange.fault(method="POST", path="/v2/orders", status=500, when="after")
+
+    summary = run_monitor(db, broker, check=False)
+
+    assert summary.outcome == "warning" and "HTTP 500" in summary.error
+    (intent,) = [r for r in rows(db, first["id"]) if r["order_status"] == "pending"]
+    assert intent["alpaca_order_id"] is None and "unanswered" in intent["error_message"]
+    assert [db.get_by_id("trade_journal", t["id"])["status"] for t in (first, second)] == ["POSITION", "POSITION"]
+    assert len(db.query("position_tracking")) == 2  # nothing half-written
+    assert len(open_groups(broker, "AAPL")) == 1 and open_groups(broker, "MSFT") == []
+
+    summary = run_monitor(db, broker)
+
+    assert summary.outcome == "success", summary.notes
+    intent = db.get_by_id("order_execution", intent["id"])
+    assert intent["order_status"] == "new" and intent["alpaca_order_id"]
+    assert len(open_groups(broker, "AAPL")) == 1 and len(open_groups(broker, "MSFT")) == 1
+    assert summary.counts["protection_repaired"] == 1  # MSFT only: AAPL's order was found, not resent
+
+
+# --------------------------------------------------------------------------- orders the broker does not know
+
+
+def crafted_entry(db, *, alpaca_order_id: str, client_order_id: str) -> tuple[int, int]:
+    """An ORDERED trade whose entry row names an order the exchange has never seen."""
+    trade_id = db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING", "status": "ORDERED",
+                                           "planned_entry": D("150"), "planned_sl": D("145"), "planned_tp": D("160"),
+                                           "planned_qty": D("10")})
+    row_id = db.insert("order_execution", {
+        "trade_journal_id": trade_id, "symbol": "AAPL", "order_type": "ENTRY", "side": "buy",
+        "alpaca_order_id": alpaca_order_id, "client_order_id": client_order_id, "order_status": "new",
+        "qty": D("10"), "limit_price": D("150"), "order_class": "bracket", "order_kind": "limit",
+        "time_in_force": "gtc", "submitted_at": dt.datetime.fromisoformat(eastern("2026-11-20", "09:40"))})
+    return trade_id, row_id
+
+
+def test_order_unknown_to_the_broker_is_looked_up_directly_and_marked_not_found_after_max_misses(
+        db, exchange, broker):
+    settings = make_settings(ORDER_NOT_FOUND_MAX_MISSES=3)
+    known = place_entry(db, broker, "MSFT", planned_entry=400, planned_sl=390, planned_tp=420)
+    trade_id, row_id = crafted_entry(db, alpaca_order_id=str(uuid.uuid4()), client_order_id="tm-d999-0badc0de-e")
+
+    for miss in (1, 2):
+        exchange.reset_stats()
+        summary = run_monitor(db, broker, settings, check=False)
+        # one listing for everything; direct look-ups (by id, then client order id) only for the missing one
+        assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/orders": 1,
+                                   "GET /v2/orders/{order_id}": 1, "GET /v2/orders:by_client_order_id": 1}
+        check_invariants(db, broker)
+        row = db.get_by_id("order_execution", row_id)
+        assert (row["order_status"], row["not_found_count"]) == ("new", miss)
+        assert row["error_message"] == f"listing and direct look-ups found nothing (miss {miss} of 3)"
+        assert db.get_by_id("trade_journal", trade_id)["status"] == "ORDERED"
+
+    summary = run_monitor(db, broker, settings)
+
+    row = db.get_by_id("order_execution", row_id)
+    assert (row["order_status"], row["not_found_count"]) == ("not_found", 3)
+    assert row["error_message"] == ("listing and direct look-ups found nothing: not found at the broker after 3 "
+                                    "direct look-ups (by id and client order id)")
+    trade = db.get_by_id("trade_journal", trade_id)
+    assert (trade["status"], trade["exit_reason"]) == ("CANCELLED", "ENTRY_NOT_FOUND")
+    assert summary.outcome == "warning"
+    assert any("not found at the broker" in note for note in summary.notes)
+    (event,) = audit_events(db, "ORDER_NOT_FOUND", "order", row_id)
+    assert (event["old_value"], event["new_value"]) == ("new", "not_found")
+    assert db.get_by_id("trade_journal", known["id"])["status"] == "ORDERED"  # the real order is untouched
+
+    before = snapshot(db)
+    run_monitor(db, broker, settings)
+    assert snapshot(db) == before  # a concluded row is not looked up again
+
+
+def test_order_found_by_client_order_id_when_its_broker_id_is_wrong(db, exchange, broker):
+    trade = place_entry(db, broker)
+    entry = entry_row(db, trade["id"])
+    real_id = entry["alpaca_order_id"]
+    db.update("order_execution", entry["id"], {"alpaca_order_id": str(uuid.uuid4())})
+    exchange.quotes(AAPL=("149.90", "150.00"))
+
+    run_monitor(db, broker)
+
+    assert entry_row(db, trade["id"])["alpaca_order_id"] == real_id  # the broker is the truth
+    assert db.get_by_id("trade_journal", trade["id"])["status"] == "POSITION"
+
+
+# --------------------------------------------------------------------------- unknown broker status
+
+
+class StatusRewritingBroker(AlpacaBroker):
+    """The real client, with one order's status word replaced in every listing (a broker that
+    starts sending a word this system has never seen)."""
+
+    def __init__(self, *, order_id: str, status: str, **kwargs):
+        super().__init__(**kwargs)
+        self.order_id, self.status = order_id, status
+
+    def _rewrite(self, order: BrokerOrder) -> BrokerOrder:
+        legs = tuple(self._rewrite(leg) for leg in order.legs)
+        status = self.status if order.id == self.order_id else order.status
+        return dataclasses.replace(order, status=status, legs=legs)
+
+    def list_orders(self, **kwargs):
+        return [self._rewrite(order) for order in super().list_orders(**kwargs)]
+
+
+def test_unknown_broker_status_is_recorded_not_guessed(db, exchange, broker):
+    trade = place_entry(db, broker)
+    entry = entry_row(db, trade["id"])
+    odd = StatusRewritingBroker(order_id=entry["alpaca_order_id"], status="frozen_by_venue",
+                                base_url=exchange.url, data_url=exchange.url, timeout=3)
+
+    summary = run_monitor(db, odd)
+
+    assert summary.outcome == "warning"
+    assert any("unknown Alpaca order status 'frozen_by_venue'" in note for note in summary.notes)
+    row = entry_row(db, trade["id"])
+    assert row["order_status"] == "new"  # kept, not mapped to anything
+    assert row["error_message"] == \
+        "unknown Alpaca order status 'frozen_by_venue': not guessed, the row keeps its status"
+    assert len(audit_events(db, "ORDER_ANOMALY", "order", entry["id"])) == 1
+    assert db.get_by_id("trade_journal", trade["id"])["status"] == "ORDERED"
+
+    before = snapshot(db)
+    assert run_monitor(db, odd).outcome == "warning"
+    assert snapshot(db) == before  # reported again, recorded once
+
+
+def test_reconciler_refuses_unknown_status_and_shrinking_fills_without_touching_the_row(db, exchange, broker):
+    trade = place_entry(db, broker)
+    entry = entry_row(db, trade["id"])
+    reconciler = Reconciler(db, Auditor(db, "test"))
+    broker_view = broker.get_order(entry["alpaca_order_id"])
+    now = dt.datetime.fromisoformat(eastern("2026-11-20", "10:00"))
+
+    with db.transaction():
+        locked = reconciler.trades.lock(trade["id"])
+        with pytest.raises(UnknownStatusError, match="'done_and_dusted'"):
+            reconciler.sync(locked, entry, dataclasses.replace(broker_view, status="done_and_dusted"), now=now)
+    assert entry_row(db, trade["id"]) == entry
+
+    db.update("order_execution", entry["id"], {"order_status": "partially_filled", "filled_qty": D("4"),
+                                               "filled_avg_price": D("150")})
+    shrunk = dataclasses.replace(broker_view, status="partially_filled", filled_qty=D("2"),
+                                 filled_avg_price=D("150"))
+    with db.transaction():
+        locked = reconciler.trades.lock(trade["id"])
+        result = reconciler.sync(locked, entry_row(db, trade["id"]), shrunk, now=now)
+    assert result.changes[0].anomaly and not result.changes[0].changed
+    row = entry_row(db, trade["id"])
+    assert (row["filled_qty"], row["order_status"]) == (D("4"), "partially_filled")
+    assert "below the recorded 4" in row["error_message"]
+
+
+# --------------------------------------------------------------------------- protection
+
+
+def replace_order(exchange, order_id: str, **fields) -> dict:
+    """PATCH /v2/orders/{id} from outside the system (as a person in Alpaca's dashboard would)."""
+    from alpaca.trading.client import TradingClient
+    from alpaca.trading.requests import ReplaceOrderRequest
+
+    client = TradingClient("key", "secret", paper=True, raw_data=True, url_override=exchange.url)
+    return client.replace_order_by_id(order_id, ReplaceOrderRequest(**fields))
+
+
+def test_stop_canceled_from_outside_is_repaired_with_one_oco_for_the_whole_position(db, exchange, broker):
+    trade = open_position(db, exchange, broker)
+    stop = rows(db, trade["id"], "STOP_LOSS")[0]
+    broker.cancel_order(stop["alpaca_order_id"])  # the exchange cancels the whole bracket group
+    assert working_sells(exchange) == []
+
+    summary = run_monitor(db, broker)
+
+    assert summary.counts["protection_repaired"] == 1
+    (group,) = open_groups(broker, "AAPL")
+    assert (group.order_class, group.kind, group.qty, group.limit_price, group.time_in_force) == \
+        ("oco", "limit", D("10"), D("160"), "gtc")
+    assert [(leg.kind, leg.qty, leg.stop_price) for leg in group.legs] == [("stop", D("10"), D("145"))]
+    (repair,) = audit_events(db, "PROTECTION_REPAIRED", "trade", trade["id"])
+    assert repair["reason"] == "no stop covered all 10 shares (stop covered 0): placed oco for 10"
+    new_stop = next(r for r in rows(db, trade["id"], "STOP_LOSS") if r["order_status"] == "held")
+    new_target = next(r for r in rows(db, trade["id"], "TAKE_PROFIT") if r["order_status"] == "new")
+    assert new_target["client_order_id"] == repair["details"]["client_order_id"]
+    assert new_target["client_order_id"].startswith(f"tm-t{trade['id']}-") and \
+        new_target["client_order_id"].endswith("-p1")
+    (position,) = db.query("position_tracking")
+    assert (position["stop_loss_order_id"], position["take_profit_order_id"]) == \
+        (new_stop["alpaca_order_id"], new_target["alpaca_order_id"])
+    assert [r["order_status"] for r in rows(db, trade["id"]) if r["order_class"] == "bracket"
+            and r["order_type"] != "ENTRY"] == ["canceled", "canceled"]
+
+    before = snapshot(db)
+    summary = run_monitor(db, broker)
+    assert snapshot(db) == before and summary.counts["protection_protected"] == 1
+
+
+def test_daytrade_stop_canceled_from_outside_is_replaced_by_one_gtc_stop(db, exchange, broker):
+    trade = open_position(db, exchange, broker, trade_style="DAYTRADE", planned_tp=None, planned_qty=7)
+    broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+
+    run_monitor(db, broker)
+
+    (group,) = open_groups(broker, "AAPL")
+    assert (group.order_class, group.kind, group.qty, group.stop_price, group.time_in_force, group.status) == \
+        ("", "stop", D("7"), D("145"), "gtc", "new")  # Alpaca answers "" for a simple order
+    assert len(audit_events(db, "PROTECTION_REPAIRED", "trade", trade["id"])) == 1
+
+
+def test_stop_replaced_with_a_new_price_is_adopted_without_a_repair(db, exchange, broker):
+    trade = open_position(db, exchange, broker)
+    old = rows(db, trade["id"], "STOP_LOSS")[0]
+    replacement = replace_order(exchange, old["alpaca_order_id"], stop_price=146.5)
+
+    summary = run_monitor(db, broker)
+
+    assert "protection_repaired" not in summary.counts
+    old_row, new_row = rows(db, trade["id"], "STOP_LOSS")
+    assert (old_row["order_status"], old_row["replaced_by_order_id"]) == ("replaced", replacement["id"])
+    assert (new_row["alpaca_order_id"], new_row["order_status"], new_row["stop_price"], new_row["qty"]) == \
+        (replacement["id"], "held", D("146.5"), D("10"))
+    assert db.query("position_tracking")[0]["stop_loss_order_id"] == replacement["id"]
+    assert len(open_groups(broker, "AAPL")) == 1
+
+
+def test_stop_replaced_with_fewer_shares_is_replaced_by_one_group_for_the_whole_position(db, exchange, broker):
+    trade = open_position(db, exchange, broker)
+    replace_order(exchange, rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"], qty=4)
+
+    summary = run_monitor(db, broker)
+
+    assert summary.counts["protection_repaired"] == 1
+    (group,) = open_groups(broker, "AAPL")
+    assert group.order_class == "oco" and group.qty == D("10") and group.legs[0].qty == D("10")
+    (repair,) = audit_events(db, "PROTECTION_REPAIRED", "trade", trade["id"])
+    assert "stop covered 4" in repair["reason"]
+    assert [e["reason"] for e in audit_events(db, "ORDER_CANCEL_REQUESTED")] == \
+        ["protection covers 4 of 10 shares: replaced"]
+
+
+# --------------------------------------------------------------------------- exits
+
+
+def test_stop_fill_closes_trade_with_exact_loss_and_cancels_take_profit(db, exchange, broker):
+    trade = open_position(db, exchange, broker)  # 10 @ 150.00, stop 145, target 160
+    exchange.clock(advance_seconds=3600)
+    exchange.quotes(AAPL=("144.50", "144.60"))  # the stop is elected and sells at the bid
+
+    summary = run_monitor(db, broker)
+
+    assert summary.counts["trades_closed"] == 1
+    trade = db.get_by_id("trade_journal", trade["id"])
+    (stop,) = rows(db, trade["id"], "STOP_LOSS")
+    (target,) = rows(db, trade["id"], "TAKE_PROFIT")
+    assert (trade["status"], trade["exit_reason"]) == ("CLOSED", "STOPPED_OUT")
+    assert trade["exit_price"] == D("144.50") and trade["actual_pnl"] == D("-55.00")
+    assert trade["exit_date"] == stop["filled_at"] == dt.datetime.fromisoformat(eastern("2026-11-20", "10:45"))
+    assert (stop["order_status"], stop["filled_qty"], stop["filled_avg_price"]) == ("filled", D("10"), D("144.5"))
+    assert target["order_status"] == "canceled" and target["canceled_at"] is not None
+    assert db.query("position_tracking") == []
+    assert exchange.positions() == {}
+    (closed,) = audit_events(db, "POSITION_CLOSED")
+    assert closed["details"]["actual_pnl"] == "-55.00"
+
+
+def test_take_profit_fill_closes_trade_with_exact_gain_and_cancels_stop(db, exchange, broker):
+    trade = open_position(db, exchange, broker)
+    exchange.quotes(AAPL=("160.25", "160.30"))  # the take-profit limit 160 sells at the better bid
+
+    run_monitor(db, broker)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert (trade["status"], trade["exit_reason"], trade["exit_price"], trade["actual_pnl"]) == \
+        ("CLOSED", "PROFIT_TAKEN", D("160.25"), D("102.50"))
+    assert rows(db, trade["id"], "STOP_LOSS")[0]["order_status"] == "canceled"
+    assert db.query("position_tracking") == []
+
+
+@pytest.mark.parametrize(("entry", "stop", "target", "qty", "quote", "price", "pnl", "reason"), [
+    ("23.47", "21.13", "29.99", 7, ("21.09", "21.12"), "21.09", "-16.66", "STOPPED_OUT"),
+    ("187.33", "180.07", "201.19", 13, ("201.19", "201.25"), "201.19", "180.18", "PROFIT_TAKEN"),
+    ("0.8731", "0.8012", "0.9555", 1003, ("0.9561", "0.9563"), "0.9561", "83.249", "PROFIT_TAKEN"),
+], ids=["odd_loss", "odd_gain", "sub_dollar"])
+def test_exit_pnl_is_exact_for_odd_quantities_and_prices(db, exchange, broker, entry, stop, target, qty, quote,
+                                                          price, pnl, reason):
+    trade = open_position(db, exchange, broker, "F", fill_at=(str(D(entry) - D("0.01")), entry), planned_entry=entry,
+                          planned_sl=stop, planned_tp=target, planned_qty=qty)
+    assert db.get_by_id("trade_journal", trade["id"])["actual_entry"] == D(entry)
+    exchange.quotes(F=quote)
+
+    run_monitor(db, broker)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert (trade["status"], trade["exit_reason"], trade["exit_price"]) == ("CLOSED", reason, D(price))
+    assert trade["actual_pnl"] == ((D(price) - D(entry)) * qty).quantize(D("0.01")) == D(pnl).quantize(D("0.01"))
+
+
+def test_partly_filled_take_profit_reduces_the_position_and_books_the_realized_part(
+        db, exchange, broker, partial_fills):
+    exchange.configure(partial_fill_probability=0)
+    trade = open_position(db, exchange, broker)
+    exchange.configure(partial_fill_probability=1)
+    exchange.quotes(AAPL=("160.10", "160.20"))     # the take-profit sells part of the position
+    exchange.quotes(AAPL=("155.00", "155.10"))     # and stops being marketable
+    target_id = rows(db, trade["id"], "TAKE_PROFIT")[0]["alpaca_order_id"]
+    sold = D(exchange_order(exchange, target_id)["filled_qty"])
+    assert D(0) < sold < D(10)
+
+    summary = run_monitor(db, broker)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert trade["status"] == "POSITION" and summary.counts.get("trades_closed", 0) == 0
+    assert trade["realized_pnl"] == D("10.10") * sold and trade["exited_qty"] == sold
+    assert db.query("position_tracking")[0]["qty"] == D(10) - sold
+    (target,) = rows(db, trade["id"], "TAKE_PROFIT")
+    (stop,) = rows(db, trade["id"], "STOP_LOSS")
+    assert (target["order_status"], target["filled_qty"]) == ("partially_filled", sold)
+    assert (stop["order_status"], stop["qty"]) == ("held", D(10) - sold)  # the broker shrank the stop
+    (change,) = audit_events(db, "POSITION_CHANGED")
+    assert "booked in trade_journal.realized_pnl" in change["reason"]
+    assert "protection_repaired" not in summary.counts
+
+    exchange.configure(partial_fill_probability=0)
+    exchange.quotes(AAPL=("160.10", "160.20"))      # the rest is sold
+
+    run_monitor(db, broker)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert (trade["status"], trade["exit_reason"], trade["exit_price"], trade["actual_pnl"]) == \
+        ("CLOSED", "PROFIT_TAKEN", D("160.10"), D("101.00"))
+    assert rows(db, trade["id"], "STOP_LOSS")[0]["order_status"] == "canceled"
+
+
+class StaleSiblingBroker(AlpacaBroker):
+    """A broker whose listing still shows a canceled take-profit as ``new`` (Alpaca does not
+    always stream or show the sibling's cancel at once)."""
+
+    def _stale(self, order: BrokerOrder) -> BrokerOrder:
+        legs = tuple(self._stale(leg) for leg in order.legs)
+        if order.kind == "limit" and order.side == "sell" and order.status == "canceled":
+            return dataclasses.replace(order, status="new", canceled_at=None, legs=legs)
+        return dataclasses.replace(order, legs=legs)
+
+    def list_orders(self, **kwargs):
+        return [self._stale(order) for order in super().list_orders(**kwargs)]
+
+
+def test_sibling_still_open_after_the_exit_fill_is_canceled_and_its_final_status_recorded(db, exchange, broker):
+    trade = open_position(db, exchange, broker)
+    exchange.quotes(AAPL=("144.90", "145.00"))
+    stale = StaleSiblingBroker(base_url=exchange.url, data_url=exchange.url, timeout=3)
+
+    summary = run_monitor(db, stale)
+
+    assert db.get_by_id("trade_journal", trade["id"])["status"] == "CLOSED"
+    assert stale.calls.counts.get("cancel_order") == 1 and stale.calls.counts.get("get_order") == 1
+    (target,) = rows(db, trade["id"], "TAKE_PROFIT")
+    assert target["order_status"] == "canceled"  # the broker's final word, read back directly
+    assert [e["reason"] for e in audit_events(db, "ORDER_CANCEL_REQUESTED")] == \
+        ["trade closed: its remaining orders are canceled"]
+    assert summary.counts["trades_closed"] == 1
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_second_run_with_nothing_new_changes_nothing(db, exchange, broker):
+    open_position(db, exchange, broker)
+    place_entry(db, broker, "MSFT", planned_entry=400, planned_sl=390, planned_tp=420)
+    run_monitor(db, broker)
+    before = snapshot(db)
+    runs = len(db.query("program_run"))
+
+    summary = run_monitor(db, broker)
+
+    assert snapshot(db) == before
+    assert len(db.query("program_run")) == runs + 1
+    assert summary.outcome == "success"
+    assert broker.calls.counts.get("submit_order", 0) == 2  # the two entries, nothing since
+
+
+def test_two_monitor_runs_at_once_one_runs_the_other_is_skipped(db, make_db, exchange, broker, caplog):
+    place_entry(db, broker)
+    first_db, second_db = make_db(), make_db()
+    exchange.fault(method="GET", path="/v2/clock", delay_seconds=1.0)  # the first run is slow
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault(
+        "first", order_monitor.run_once(first_db, broker, settings=make_settings())))
+    first.start()
+    for _ in range(200):  # until the first run holds its advisory lock
+        locks = db.execute_one("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted")
+        if locks["n"]:
+            break
+        threading.Event().wait(0.01)
+    second_broker = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, timeout=3)
+
+    with caplog.at_level("INFO", logger="trading.program"):
+        second = order_monitor.run_once(second_db, second_broker, settings=make_settings())
+    first.join(10)
+
+    assert second.outcome == "skipped" and second.run_id is None
+    assert second_broker.calls.total == 0
+    assert "another run holds the lock" in caplog.text
+    assert results["first"].outcome == "success"
+    assert [r["outcome"] for r in db.query("program_run", {"program": "order_monitor"})] == ["success"]
