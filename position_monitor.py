@@ -11,14 +11,18 @@ One run, under its advisory lock:
    database holds (one call), the account (one call). If the broker cannot be reached the run
    ends with a warning and changes nothing.
 2. **Reconcile**, the broker being the truth, symbol by symbol:
-   - the broker no longer holds a database position: it was closed outside. A filled exit
-     order explains it (the trade's own exit orders are looked up first, then any other filled
-     sell of the symbol since the entry); otherwise the last known price is used with
-     ``MANUAL_EXIT``. The trade is CLOSED with its P&L, the position row deleted, the trade's
-     remaining orders canceled.
-   - the quantity differs: the trade's open orders are synced first (a fill order_monitor has
-     not seen yet explains most differences); what remains is taken from the broker, recorded
-     (QUANTITY_MISMATCH), and the protection is resized here, at once, to the new quantity.
+   - the broker holds fewer shares than the database: the trades' open orders are synced
+     first (a stop or take-profit fill order_monitor has not seen yet closes the trade with
+     its own exit reason, STOPPED_OUT or PROFIT_TAKEN, at its fill price). What remains
+     missing was sold or removed outside the system: the shares are taken from the oldest
+     trades first and priced by the filled sells of the symbol that the database does not
+     know (each used once, at its own fill price; the use is kept in the QUANTITY_MISMATCH
+     audit row), else at the last known price; exit reason MANUAL_EXIT. A trade left with
+     nothing is CLOSED with its P&L, its position row deleted and its remaining orders
+     canceled; one left with fewer shares keeps the broker's quantity and its protection is
+     resized here, at once (not left to order_monitor).
+   - the broker holds more shares: the newest trade takes the broker's quantity (recorded as
+     QUANTITY_MISMATCH) and its protection is resized here, at once.
    - a broker position the database does not know is an orphan: recorded in the audit table
      (once per quantity) and reported by the health check; never adopted, never sold.
 3. **Revalue** every position: price = (bid + ask) / 2, or the one side present; no quote →
@@ -29,11 +33,13 @@ One run, under its advisory lock:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -43,7 +49,7 @@ from trading.broker import Broker, BrokerOrder, BrokerPosition, Quote
 from trading.errors import NotFoundError
 from trading.lifecycle import ExitReason, TradeStatus
 from trading.market_time import MarketTime
-from trading.pricing import ZERO, mid_price, money, weighted_average
+from trading.pricing import ZERO, mid_price, money
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
 from trading.protection import Protector
 from trading.reconcile import Reconciler
@@ -62,6 +68,17 @@ POSITIONS_SQL = """
     ORDER BY p.symbol, t.entry_date, p.trade_journal_id
 """
 
+#: Outside sells already used to price earlier quantity changes of a symbol (order id, quantity).
+USED_OUTSIDE_FILLS_SQL = f"""
+    SELECT f->>'order_id' AS order_id, sum((f->>'qty')::numeric) AS qty
+    FROM audit_event a, jsonb_array_elements(coalesce(a.details->'outside_fills', '[]'::jsonb)) f
+    WHERE a.event = '{audit.QUANTITY_MISMATCH}' AND a.symbol = %s
+    GROUP BY 1
+"""
+#: Outside sells are listed from this long before the oldest entry (``after`` is exclusive and
+#: compares submission times); only those filled at or after the entry count.
+OUTSIDE_SELL_MARGIN = dt.timedelta(minutes=1)
+
 REVALUE_SQL = """
     UPDATE position_tracking p
     SET current_price = v.price, market_value = v.market_value, unrealized_pnl = v.pnl,
@@ -70,6 +87,16 @@ REVALUE_SQL = """
                 %(pcts)s::numeric[]) AS v(id, price, market_value, pnl, pnl_pct)
     WHERE p.id = v.id
 """
+
+
+@dataclass(frozen=True)
+class _OutsideFill:
+    """(Part of) a filled sell the system did not place."""
+
+    order_id: str
+    qty: Decimal
+    price: Decimal
+    filled_at: dt.datetime | None
 
 
 class PositionMonitor:
@@ -128,11 +155,10 @@ class PositionMonitor:
         if broker_qty == db_qty:
             ctx.summary.add("synced_from_orders")
             return
-        if broker_qty <= ZERO:
-            for row in rows:
-                self._closed_outside(ctx, reconciler, protector, row)
-            return
-        self._quantity_mismatch(ctx, reconciler, protector, rows, broker_qty, db_qty)
+        if broker_qty < db_qty:
+            self._shares_gone(ctx, reconciler, protector, rows, broker_qty, db_qty)
+        else:
+            self._shares_added(ctx, reconciler, protector, rows, broker_qty, db_qty)
 
     def _sync_trade_orders(self, ctx: RunContext, reconciler: Reconciler, protector: Protector,
                            trade_id: int) -> None:
@@ -153,79 +179,127 @@ class PositionMonitor:
             if result.closed:
                 ctx.summary.add("closed_by_exit_order")
 
-    def _closed_outside(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, row: Row) -> None:
-        """The broker holds none of this trade's shares and none of its own exit orders explain it."""
-        trade_id = row["trade_journal_id"]
-        trade = reconciler.trades.get(trade_id)
-        assert trade is not None
-        fills = self._outside_sells(row)
-        if fills:
-            price = weighted_average(fills)
-            source = f"sold outside the system ({len(fills)} filled sell order(s) at the broker)"
-        else:
-            price = Decimal(row["current_price"] if row.get("current_price") is not None else row["avg_entry_price"])
-            source = "closed outside the system with no filled exit order: priced at the last known price"
-        assert price is not None
-        with self.db.transaction():
-            locked = reconciler.trades.lock(trade_id)
-            position = reconciler.trades.position(trade_id)
-            if locked is None or locked["status"] != TradeStatus.POSITION.value or position is None:
-                return
-            reconciler.trades.apply_exit_fill(locked, Decimal(position["qty"]), price, ctx.now,
-                                              ExitReason.MANUAL_EXIT.value, source=source)
-        ctx.summary.add("closed_outside")
-        ctx.summary.warn(f"trade {trade_id} {row['symbol']}: {source} ({price})")
-        leftovers = [r for r in reconciler.orders.for_trade(trade_id)
-                     if r["order_status"] in lifecycle.OPEN_ORDER_STATUSES]
-        if leftovers:
-            protector.cancel_and_confirm(trade_id, leftovers, reason="position closed outside: remaining orders go")
+    def _shares_gone(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, rows: list[Row],
+                     broker_qty: Decimal, db_qty: Decimal) -> None:
+        """The broker holds fewer shares than the database and none of the trades' own orders explain
+        it: they were sold (or removed) outside the system.
 
-    def _outside_sells(self, row: Row) -> list[tuple[Decimal, Decimal]]:
-        """Filled sells of the symbol since the entry that the database does not know: (qty, price)."""
-        if row.get("entry_date") is None:
-            return []
-        known = {r["alpaca_order_id"] for r in self.db.query("order_execution", {"symbol": row["symbol"]})}
-        orders: list[BrokerOrder] = self.broker.list_orders(status="closed", after=row["entry_date"],
-                                                            symbols=[row["symbol"]], nested=False)
-        return [(o.filled_qty, o.filled_avg_price) for o in orders
-                if o.side == "sell" and o.id not in known and o.filled_qty > ZERO and o.filled_avg_price is not None]
-
-    def _quantity_mismatch(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, rows: list[Row],
-                           broker_qty: Decimal, db_qty: Decimal) -> None:
-        """Take the broker's quantity: shares gone are taken from the oldest trades first, extra
-        shares are added to the newest; each change is recorded and the protection resized."""
+        The missing shares are taken from the oldest trades first. Each is priced by the filled
+        sells of the symbol the database does not know, oldest first, every sell used once (what
+        was used is kept in the QUANTITY_MISMATCH audit row's ``outside_fills``); shares no such
+        sell explains are priced at the last known price. Exit reason MANUAL_EXIT. A trade left
+        with nothing is CLOSED and its remaining orders canceled; one left with fewer shares has
+        its protection resized here, at once.
+        """
         symbol = rows[0]["symbol"]
-        reason = f"broker holds {broker_qty} {symbol}, the database {db_qty}: the broker is the truth"
-        difference = broker_qty - db_qty
-        targets = rows if difference < ZERO else list(reversed(rows))
-        for row in targets:
-            if difference == ZERO:
+        gone = db_qty - broker_qty
+        pool = self._outside_sells(symbol, min((r["entry_date"] for r in rows if r.get("entry_date")), default=None))
+        for row in rows:
+            if gone <= ZERO:
                 break
             current = Decimal(row["qty"])
-            change = max(difference, -current) if difference < ZERO else difference
-            new_qty = current + change
-            difference -= change
+            take = min(current, gone)
+            gone -= take
+            last_known = Decimal(row["current_price"] if row.get("current_price") is not None
+                                 else row["avg_entry_price"])
+            parts = self._take_from(pool, take)
+            unexplained = take - sum((part.qty for part in parts), ZERO)
             trade_id = row["trade_journal_id"]
+            new_qty = current - take
+            if new_qty == ZERO:
+                reason = f"broker holds {broker_qty} {symbol}, the database {db_qty}: closed outside the system"
+            else:
+                reason = f"broker holds {broker_qty} {symbol}, the database {db_qty}: the broker is the truth"
+            how = ", ".join(f"{part.qty} sold outside @ {part.price} (order {part.order_id})" for part in parts)
+            if unexplained > ZERO:
+                how = ", ".join(filter(None, (how, f"{unexplained} with no filled sell at the broker, priced at the "
+                                                   f"last known price {last_known}")))
+            closed = False
             with self.db.transaction():
                 trade = reconciler.trades.lock(trade_id)
                 if trade is None or trade["status"] != TradeStatus.POSITION.value:
                     continue
                 ctx.audit.record("trade", trade_id, audit.QUANTITY_MISMATCH, symbol=symbol, old=current, new=new_qty,
-                                 reason=reason)
-                if new_qty <= ZERO:
-                    price = Decimal(row["current_price"] or row["avg_entry_price"])
-                    reconciler.trades.apply_exit_fill(trade, current, price, ctx.now, ExitReason.MANUAL_EXIT.value,
-                                                      source=f"{reason}; priced at the last known price")
-                elif change < ZERO:
-                    price = Decimal(row["current_price"] or row["avg_entry_price"])
-                    reconciler.trades.apply_exit_fill(trade, -change, price, ctx.now, ExitReason.MANUAL_EXIT.value,
-                                                      source=f"{reason}; sold outside at about the last known price")
-                else:
-                    reconciler.trades.set_position_qty(trade, new_qty, ctx.now, reason)
-            ctx.summary.add("quantity_mismatch")
-            ctx.summary.warn(f"trade {trade_id} {symbol}: {reason}")
-            outcome = protector.ensure(trade_id)  # resize the protection now, not at the next monitor run
-            ctx.summary.add(f"protection_{outcome}")
+                                 reason=f"{reason}; {how}",
+                                 details={"outside_fills": [{"order_id": part.order_id, "qty": part.qty,
+                                                             "price": part.price} for part in parts],
+                                          "unexplained_qty": unexplained, "last_known_price": last_known})
+                pieces = [(part.qty, part.price, part.filled_at or ctx.now, f"sold outside (order {part.order_id})")
+                          for part in parts]
+                if unexplained > ZERO:
+                    pieces.append((unexplained, last_known, ctx.now, "gone at the broker with no filled sell, "
+                                                                     "priced at the last known price"))
+                for qty, price, when, source in pieces:
+                    closed = reconciler.trades.apply_exit_fill(trade, qty, price, when, ExitReason.MANUAL_EXIT.value,
+                                                               source=f"{reason}: {source}")
+            ctx.summary.warn(f"trade {trade_id} {symbol}: {reason} ({how})")
+            if closed:
+                ctx.summary.add("closed_outside")
+                leftovers = [r for r in reconciler.orders.for_trade(trade_id)
+                             if r["order_status"] in lifecycle.OPEN_ORDER_STATUSES]
+                if leftovers:
+                    protector.cancel_and_confirm(trade_id, leftovers,
+                                                 reason="position closed outside: remaining orders go")
+            else:
+                ctx.summary.add("quantity_mismatch")
+                outcome = protector.ensure(trade_id)  # resize the protection now, not at the next monitor run
+                ctx.summary.add(f"protection_{outcome}")
+
+    def _outside_sells(self, symbol: str, since: dt.datetime | None) -> list[_OutsideFill]:
+        """Filled sells of ``symbol`` since ``since`` that the database does not know, oldest first,
+        less what earlier reconciliations already used."""
+        if since is None:
+            return []
+        known = {r["alpaca_order_id"] for r in self.db.query("order_execution", {"symbol": symbol})}
+        used = {r["order_id"]: Decimal(r["qty"]) for r in self.db.execute_query(USED_OUTSIDE_FILLS_SQL, (symbol,))}
+        orders: list[BrokerOrder] = self.broker.list_orders(status="closed", after=since - OUTSIDE_SELL_MARGIN,
+                                                            symbols=[symbol], nested=False, direction="asc")
+        fills = []
+        for order in sorted(orders, key=lambda o: (o.filled_at or since, o.id)):
+            if (order.side != "sell" or order.id in known or order.filled_qty <= ZERO
+                    or order.filled_avg_price is None or (order.filled_at and order.filled_at < since)):
+                continue
+            left = order.filled_qty - used.get(order.id, ZERO)
+            if left > ZERO:
+                fills.append(_OutsideFill(order.id, left, order.filled_avg_price, order.filled_at))
+        return fills
+
+    @staticmethod
+    def _take_from(pool: list[_OutsideFill], qty: Decimal) -> list[_OutsideFill]:
+        """Up to ``qty`` shares from the front of ``pool`` (which shrinks accordingly)."""
+        parts = []
+        while qty > ZERO and pool:
+            fill = pool[0]
+            used = min(fill.qty, qty)
+            parts.append(_OutsideFill(fill.order_id, used, fill.price, fill.filled_at))
+            qty -= used
+            if used == fill.qty:
+                pool.pop(0)
+            else:
+                pool[0] = _OutsideFill(fill.order_id, fill.qty - used, fill.price, fill.filled_at)
+        return parts
+
+    def _shares_added(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, rows: list[Row],
+                      broker_qty: Decimal, db_qty: Decimal) -> None:
+        """The broker holds more shares than the database: the newest trade takes the broker's
+        quantity (at its own entry price), the change is recorded and the protection resized."""
+        symbol = rows[0]["symbol"]
+        reason = f"broker holds {broker_qty} {symbol}, the database {db_qty}: the broker is the truth"
+        row = rows[-1]
+        current = Decimal(row["qty"])
+        new_qty = current + broker_qty - db_qty
+        trade_id = row["trade_journal_id"]
+        with self.db.transaction():
+            trade = reconciler.trades.lock(trade_id)
+            if trade is None or trade["status"] != TradeStatus.POSITION.value:
+                return
+            ctx.audit.record("trade", trade_id, audit.QUANTITY_MISMATCH, symbol=symbol, old=current, new=new_qty,
+                             reason=reason)
+            reconciler.trades.set_position_qty(trade, new_qty, ctx.now, reason)
+        ctx.summary.add("quantity_mismatch")
+        ctx.summary.warn(f"trade {trade_id} {symbol}: {reason}")
+        outcome = protector.ensure(trade_id)  # resize the protection now, not at the next monitor run
+        ctx.summary.add(f"protection_{outcome}")
 
     def _orphans(self, ctx: RunContext, held: dict[str, BrokerPosition], known: set[str]) -> None:
         """Broker positions no open trade explains: recorded once per quantity, never touched."""
