@@ -1096,3 +1096,21 @@ def test_help_works_as_a_program():
 
     assert result.returncode == 0, result.stderr
     assert "--dry-run" in result.stdout
+
+
+def test_benchmark_script_places_one_order_per_decision_with_one_call_each(db, capsys, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_executor", ROOT / "scripts" / "benchmark_executor.py")
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "benchmark_executor", benchmark)
+    spec.loader.exec_module(benchmark)
+
+    assert benchmark.main(["--n", "8"]) == 0
+
+    out = capsys.readouterr().out
+    assert "8 decisions:" in out
+    assert "broker calls (client):   12 = 1.500 per decision (8 submit_order + 4 per run" in out
+    assert "broker calls (exchange): 12 = 1.500 per decision" in out
+    assert "second run, nothing to do" in out and "2 broker calls" in out
