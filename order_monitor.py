@@ -56,6 +56,8 @@ PROGRAM = "order_monitor"
 LISTING_MARGIN = dt.timedelta(minutes=1)
 #: A protective or exit intent still unanswered after this long never reached the broker.
 STALE_INTENT = dt.timedelta(minutes=2)
+#: How many replacements in a row the sync follows with direct look-ups.
+MAX_REPLACEMENT_LINKS = 5
 
 Row = dict[str, Any]
 
@@ -115,6 +117,8 @@ class OrderMonitor:
             if found is not None:
                 remember(found)
 
+        self._follow_replacements(rows, index, by_client, remember)
+
         by_trade: dict[int, list[Row]] = defaultdict(list)
         for row in rows:
             by_trade[row["trade_journal_id"]].append(row)
@@ -127,6 +131,32 @@ class OrderMonitor:
             if result.to_cancel:
                 protector.cancel_and_confirm(trade_id, result.to_cancel,
                                              reason="trade closed: its remaining orders are canceled")
+
+    def _follow_replacements(self, rows: list[Row], index: dict[str, BrokerOrder], by_client: dict[str, BrokerOrder],
+                             remember: Callable[[BrokerOrder], None]) -> None:
+        """Fetch the successors of our replaced orders that the listing did not return.
+
+        A leg replaced more than once is no longer under its parent in the nested listing (only
+        the latest is), so the order in between would be missing and its successor never adopted:
+        the live stop would look absent and be "repaired" over a person's change. Rare, so one
+        direct look-up per missing link, a few links at most.
+        """
+        frontier = [found for row in rows if (found := self._lookup(row, index, by_client)) is not None]
+        tried: set[str] = set()
+        for _ in range(MAX_REPLACEMENT_LINKS):
+            wanted = sorted({o.replaced_by for o in frontier if o.status == "replaced" and o.replaced_by
+                             and o.replaced_by not in index and o.replaced_by not in tried})
+            if not wanted:
+                return
+            frontier = []
+            for order_id in wanted:
+                tried.add(order_id)
+                try:
+                    found = self.broker.get_order(order_id)
+                except NotFoundError:
+                    continue
+                remember(found)
+                frontier.append(found)
 
     @classmethod
     def _differs(cls, row: Row, index: dict[str, BrokerOrder], by_client: dict[str, BrokerOrder]) -> bool:

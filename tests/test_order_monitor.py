@@ -497,6 +497,24 @@ def test_stop_replaced_with_a_new_price_is_adopted_without_a_repair(db, exchange
     assert len(open_groups(broker, "AAPL")) == 1
 
 
+def test_stop_replaced_twice_is_followed_to_the_live_order_and_kept(db, exchange, broker):
+    trade = open_position(db, exchange, broker)
+    first = rows(db, trade["id"], "STOP_LOSS")[0]
+    second = replace_order(exchange, first["alpaca_order_id"], stop_price=146)
+    third = replace_order(exchange, second["id"], stop_price=147)  # a person moved the stop up twice
+    broker.calls.reset()
+
+    summary = run_monitor(db, broker)
+
+    assert "protection_repaired" not in summary.counts  # the person's 147 stop stays
+    assert [(r["alpaca_order_id"], r["order_status"], r["stop_price"]) for r in rows(db, trade["id"], "STOP_LOSS")] \
+        == [(first["alpaca_order_id"], "replaced", D("145")), (second["id"], "replaced", D("146")),
+            (third["id"], "held", D("147"))]
+    assert db.query("position_tracking")[0]["stop_loss_order_id"] == third["id"]
+    # the nested listing shows only the latest leg: one direct look-up per missing link
+    assert broker.calls.counts == {"get_clock": 1, "get_calendar": 1, "list_orders": 1, "get_order": 2}
+
+
 def test_stop_replaced_with_fewer_shares_is_replaced_by_one_group_for_the_whole_position(db, exchange, broker):
     trade = open_position(db, exchange, broker)
     replace_order(exchange, rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"], qty=4)
@@ -510,6 +528,56 @@ def test_stop_replaced_with_fewer_shares_is_replaced_by_one_group_for_the_whole_
     assert "stop covered 4" in repair["reason"]
     assert [e["reason"] for e in audit_events(db, "ORDER_CANCEL_REQUESTED")] == \
         ["protection covers 4 of 10 shares: replaced"]
+
+
+def test_repair_that_never_reached_the_broker_is_concluded_after_a_while_and_sent_again(db, exchange, broker):
+    trade = open_position(db, exchange, broker)
+    broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+    exchange.fault(method="POST", path="/v2/orders", status=503)  # refused before the exchange saw it
+
+    assert run_monitor(db, broker, check=False).outcome == "warning"
+    (intent,) = [r for r in rows(db, trade["id"]) if r["order_status"] == "pending"]
+    assert intent["client_order_id"].endswith("-p1")
+
+    summary = run_monitor(db, broker, check=False)  # moments later: it may still be on its way
+
+    assert summary.outcome == "warning" and summary.counts["protection_deferred"] == 1
+    assert db.get_by_id("order_execution", intent["id"])["order_status"] == "pending"
+    assert broker.calls.counts["submit_order"] == 2  # the entry and the lost repair: nothing sent since
+    db.execute_update("UPDATE order_execution SET created_at = created_at - interval '3 minutes' WHERE id = %s",
+                      (intent["id"],))
+
+    summary = run_monitor(db, broker)  # long enough: it never arrived
+
+    intent = db.get_by_id("order_execution", intent["id"])
+    assert (intent["order_status"], intent["error_message"]) == \
+        ("not_found", "never reached the broker: not found at the broker after 1 direct look-ups "
+                      "(by id and client order id)")
+    assert summary.counts["protection_repaired"] == 1
+    (group,) = open_groups(broker, "AAPL")
+    assert group.client_order_id == intent["client_order_id"][:-1] + "2"
+
+
+def test_protection_refused_by_the_broker_is_recorded_and_warned(db, exchange, broker):
+    from alpaca.trading.client import TradingClient
+    from alpaca.trading.enums import OrderSide, TimeInForce
+    from alpaca.trading.requests import LimitOrderRequest
+
+    trade = open_position(db, exchange, broker)
+    broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+    outside = TradingClient("key", "secret", paper=True, url_override=exchange.url)  # someone else's sell
+    outside.submit_order(LimitOrderRequest(symbol="AAPL", qty=10, side=OrderSide.SELL, limit_price=170,
+                                           time_in_force=TimeInForce.GTC))
+
+    summary = run_monitor(db, broker, check=False)
+
+    assert summary.outcome == "warning" and summary.counts["protection_failed"] == 1
+    assert any("UNPROTECTED" in note for note in summary.notes)
+    (refused,) = [r for r in rows(db, trade["id"]) if r["order_status"] == "rejected"]
+    assert "insufficient qty available" in refused["error_message"]
+    (missing,) = audit_events(db, "PROTECTION_MISSING", "trade", trade["id"])
+    assert "could not place protection for 10 shares" in missing["reason"]
+    assert db.get_by_id("trade_journal", trade["id"])["status"] == "POSITION"
 
 
 # --------------------------------------------------------------------------- exits
@@ -535,6 +603,24 @@ def test_stop_fill_closes_trade_with_exact_loss_and_cancels_take_profit(db, exch
     assert exchange.positions() == {}
     (closed,) = audit_events(db, "POSITION_CLOSED")
     assert closed["details"]["actual_pnl"] == "-55.00"
+
+
+def test_entry_fill_and_stop_fill_between_two_runs_open_and_close_the_trade_in_one_run(db, exchange, broker):
+    trade = place_entry(db, broker)
+    exchange.quotes(AAPL=("149.90", "150.00"))  # filled...
+    exchange.clock(advance_seconds=120)
+    exchange.quotes(AAPL=("143.95", "144.00"))  # ...and stopped out before the monitor looks
+
+    summary = run_monitor(db, broker)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    assert (trade["status"], trade["actual_entry"], trade["exit_price"], trade["actual_pnl"]) == \
+        ("CLOSED", D("150.00"), D("143.95"), D("-60.50"))
+    assert trade["entry_date"] < trade["exit_date"]
+    assert summary.counts["positions_opened"] == summary.counts["trades_closed"] == 1
+    assert [e["new_value"] for e in audit_events(db, "TRADE_STATUS", "trade", trade["id"])] == \
+        ["ORDERED", "POSITION", "CLOSED"]
+    assert db.query("position_tracking") == []
 
 
 def test_take_profit_fill_closes_trade_with_exact_gain_and_cancels_stop(db, exchange, broker):
