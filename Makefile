@@ -22,6 +22,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+bench: $(STAMP)    ## print the speed figures (paper exchange, executor, monitors)
+	$(BIN)/python scripts/benchmark_paper_exchange.py
+	$(BIN)/python scripts/benchmark_executor.py
+	$(BIN)/python scripts/benchmark_order_monitor.py
+	$(BIN)/python scripts/benchmark_position_monitor.py
+
 db-stop: $(STAMP)  ## stop the embedded PostgreSQL (data stays in var/postgres)
 	$(BIN)/python -m trading.embedded_postgres stop
 

@@ -131,3 +131,11 @@ def test_registered_secrets_never_reach_the_log(capsys):
         handler.stream = original
     err = capsys.readouterr().err
     assert "connecting with key ***" in err and "sUpErSeCrEt-123" not in err
+
+
+def test_a_run_that_died_is_marked_failed_by_the_next_run(db, broker):
+    dead = db.insert("program_run", {"program": "test_program", "outcome": "running", "pid": 999999})
+    _, summary = run(db, broker)
+    row = db.get_by_id("program_run", dead)
+    assert row["outcome"] == "failed" and "without finishing" in row["error"] and row["finished_at"] is not None
+    assert db.get_by_id("program_run", summary.run_id)["outcome"] == "success"

@@ -129,6 +129,7 @@ class ProgramRunner:
                 return summary
             if self.dry_run:
                 return self._run_body(summary, None)
+            self._close_abandoned_runs(name)
             run_id = self.db.insert("program_run", {"program": name, "started_at": wall_clock(), "outcome": "running",
                                                     "host": socket.gethostname(), "pid": os.getpid()})
             summary.run_id = run_id
@@ -138,6 +139,16 @@ class ProgramRunner:
                 summary.broker_calls = self.broker.calls.total - calls_before
                 self._finish(summary)
         return summary
+
+    def _close_abandoned_runs(self, name: str) -> None:
+        """Runs still marked ``running`` died without finishing: holding the lock proves no other
+        run of this program is alive, so they are closed as failed for the health check."""
+        abandoned = self.db.execute_update(
+            "UPDATE program_run SET outcome = 'failed', finished_at = %s, "
+            "error = 'the run ended without finishing (process killed or crashed)' "
+            "WHERE program = %s AND outcome = 'running'", (wall_clock(), name))
+        if abandoned:
+            logger.warning("%s: %s earlier run(s) had died without finishing; marked failed", name, abandoned)
 
     def _run_body(self, summary: RunSummary, run_id: int | None) -> RunSummary:
         name = self.body.name
