@@ -210,6 +210,7 @@ class OrderMonitor:
                     if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES]
             # Entries first: an exit fill needs the position its entry opened.
             rows.sort(key=lambda r: (r["order_type"] != OrderType.ENTRY.value, r["id"]))
+            known = {r["alpaca_order_id"]: r for r in rows if r.get("alpaca_order_id")}
             done: set[int] = set()
             for row in rows:
                 if row["id"] in done:
@@ -224,7 +225,7 @@ class OrderMonitor:
                 if order is None:
                     continue
                 try:
-                    outcome = reconciler.sync(trade, row, order, now=ctx.now, index=index)
+                    outcome = reconciler.sync(trade, row, order, now=ctx.now, index=index, known=known)
                 except UnknownStatusError as exc:
                     self._unknown_status(ctx, row, exc)
                     continue
@@ -290,9 +291,10 @@ class OrderMonitor:
             orders[row["trade_journal_id"]].append(row)
         for trade in trades:
             view = ProtectionView(trade, positions.get(trade["id"]), orders[trade["id"]])
-            stop = view.stop_rows[0]["alpaca_order_id"] if view.stop_rows else None
-            pointed = view.position is not None and view.position.get("stop_loss_order_id") == stop
-            if view.protected and pointed and not view.entry_working and not view.pending:
+            if view.protected and not view.entry_working and not view.pending and not view.exits_open:
+                # Protected as read above: at most point the position at its stop (a new position
+                # from this run's fills), without reading everything again per trade.
+                protector.point_position(view)
                 ctx.summary.add("protection_protected")
                 continue
             outcome = protector.ensure(trade["id"])

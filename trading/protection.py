@@ -173,7 +173,7 @@ class Protector:
                     return "deferred"
                 continue
             if view.protected:
-                self._point_position(view)
+                self.point_position(view)
                 return "protected"
             if view.protective_open:
                 if not self.cancel_and_confirm(
@@ -184,10 +184,10 @@ class Protector:
             return self._submit_protection(trade_id, view, found_cover)
         return "deferred"
 
-    def _point_position(self, view: ProtectionView) -> None:
+    def point_position(self, view: ProtectionView) -> None:
         stop = view.stop_rows[0]["alpaca_order_id"] if view.stop_rows else None
         take_profit = view.take_profit_rows[0]["alpaca_order_id"] if view.take_profit_rows else None
-        self.reconciler.trades.set_protection_ids(view.trade["id"], stop, take_profit)
+        self.reconciler.trades.set_protection_ids(view.trade["id"], stop, take_profit, position=view.position)
 
     def _next_client_order_id(self, trade: Row, orders: list[Row], purpose: str) -> str:
         used = {r.get("client_order_id") for r in orders}
@@ -230,7 +230,7 @@ class Protector:
                               details={"client_order_id": request.client_order_id,
                                        "stop": request.stop_price or request.stop_loss_price,
                                        "take_profit": request.take_profit_price})
-            self._point_position(self.view(trade_id))
+            self.point_position(self.view(trade_id))
             return "repaired"
         self.audit.record("trade", trade_id, audit.PROTECTION_MISSING, symbol=view.trade["symbol"],
                           reason=f"could not place protection for {view.position_qty} shares: {outcome}")

@@ -72,22 +72,23 @@ class Reconciler:
         self.trades = TradeBook(db, auditor)
 
     def sync(self, trade: Row, row: Row, order: BrokerOrder, *, now: dt.datetime,
-             index: dict[str, BrokerOrder] | None = None) -> SyncResult:
+             index: dict[str, BrokerOrder] | None = None, known: dict[str, Row] | None = None) -> SyncResult:
         """Record ``order`` on ``row`` (and its legs and replacement), then apply the consequences.
 
-        ``index`` (broker orders by id) lets a replaced order's successor be adopted without a call.
+        ``index`` (broker orders by id) lets a replaced order's successor be adopted without a call;
+        ``known`` (the trade's rows by broker id, read under the trade's lock) saves a query per leg.
         """
         result = SyncResult()
         change = self.orders.record(row, order, now=now)
         result.changes.append(change)
         self._apply(trade, row, change, now, result)
         for leg in order.legs:
-            leg_row = self.orders.ensure_leg(trade, order, leg, now=now)
-            result.merge(self.sync(trade, leg_row, leg, now=now, index=index))
+            leg_row = (known or {}).get(leg.id) or self.orders.ensure_leg(trade, order, leg, now=now)
+            result.merge(self.sync(trade, leg_row, leg, now=now, index=index, known=known))
         if change.new_status == "replaced" and order.replaced_by and index and order.replaced_by in index:
             successor = index[order.replaced_by]
             successor_row = self.orders.adopt_replacement(trade, row, successor, now=now)
-            result.merge(self.sync(trade, successor_row, successor, now=now, index=index))
+            result.merge(self.sync(trade, successor_row, successor, now=now, index=index, known=known))
         return result
 
     def mark_missing(self, trade: Row, row: Row, max_misses: int, reason: str, now: dt.datetime) -> SyncResult:

@@ -200,9 +200,11 @@ class TradeBook:
             return
         self._revalue(position, qty, Decimal(position["avg_entry_price"]), when, reason=reason)
 
-    def set_protection_ids(self, trade_id: int, stop_id: str | None, take_profit_id: str | None) -> None:
-        """Point the position at its live protective orders (broker ids)."""
-        position = self.position(trade_id)
+    def set_protection_ids(self, trade_id: int, stop_id: str | None, take_profit_id: str | None, *,
+                           position: Row | None = None) -> None:
+        """Point the position at its live protective orders (broker ids); ``position`` saves
+        reading the row again when the caller has it."""
+        position = position or self.position(trade_id)
         if position is None:
             return
         values = {"stop_loss_order_id": stop_id, "take_profit_order_id": take_profit_id}
