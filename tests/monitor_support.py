@@ -12,7 +12,9 @@ through a separate ``AlpacaBroker`` so the monitor's call counts are not disturb
   working) for every share, order groups that together never cover more than the position,
   and working (non-``held``) sells that never exceed the shares held;
 - every ``order_execution`` row the exchange knows agrees with it (status, qty, filled qty);
-- finished trades (CLOSED, CANCELLED) have no open order rows and no position row.
+- finished trades (CLOSED, CANCELLED) have no open order rows and no position row;
+- the audit trail explains the present: the last status an order's or trade's audit rows
+  name is its status now, and every position opened or closed left its row.
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ def check_invariants(db: Any, broker: AlpacaBroker, *, waiting: Iterable[int] = 
         assert stop_cover == held, f"{symbol}: exchange stops cover {stop_cover} of {held} shares"
         assert group_cover == held, f"{symbol}: sell groups cover {group_cover} of {held} shares"
 
+    check_audit_trail(db)
+
     by_id = {o["id"]: o for o in ExchangeAdmin(broker.base_url).orders()}
     for row in db.query("order_execution", order_by="id"):
         order = by_id.get(row["alpaca_order_id"])
@@ -191,3 +195,30 @@ def working_sells(exchange: ExchangeAdmin, symbol: str = "AAPL") -> list[dict[st
     """Open sell orders of ``symbol`` at the exchange that hold shares (not ``held``)."""
     return [o for o in exchange.orders() if o["symbol"] == symbol and o["side"] == "sell"
             and o["status"] not in ("filled", "canceled", "expired", "replaced", "rejected", "held")]
+
+
+ORDER_EVENTS = ("ORDER_INTENT", "ORDER_SUBMITTED", "ORDER_STATUS", "ORDER_NOT_FOUND", "ORDER_REFUSED")
+
+
+def check_audit_trail(db: Any) -> None:
+    """Every status change landed in ``audit_event``: the latest audited status is the status now."""
+    last_order: dict[int, str] = {}
+    last_trade: dict[int, str] = {}
+    positions: dict[str, set[int]] = defaultdict(set)
+    for event in db.query("audit_event", order_by="id"):
+        if event["entity_type"] == "order" and event["event"] in ORDER_EVENTS and event["new_value"] is not None:
+            last_order[event["entity_id"]] = event["new_value"]
+        elif event["entity_type"] == "trade" and event["event"] == "TRADE_STATUS":
+            last_trade[event["entity_id"]] = event["new_value"]
+        elif event["entity_type"] == "position" and event["event"] in ("POSITION_OPENED", "POSITION_CLOSED"):
+            positions[event["event"]].add(int(event["details"]["trade_journal_id"]))
+    for row in db.query("order_execution", order_by="id"):
+        assert last_order.get(row["id"]) == row["order_status"], \
+            f"order row {row['id']} is {row['order_status']}, its audit trail says {last_order.get(row['id'])}"
+    for trade in db.query("trade_journal", order_by="id"):
+        assert last_trade.get(trade["id"]) == trade["status"], \
+            f"trade {trade['id']} is {trade['status']}, its audit trail says {last_trade.get(trade['id'])}"
+        if trade["status"] in ("POSITION", "CLOSED"):
+            assert trade["id"] in positions["POSITION_OPENED"], f"trade {trade['id']}: no POSITION_OPENED"
+        if trade["status"] == "CLOSED":
+            assert trade["id"] in positions["POSITION_CLOSED"], f"trade {trade['id']}: no POSITION_CLOSED"

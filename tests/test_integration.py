@@ -171,6 +171,42 @@ def test_daytrades_are_flat_at_1550_and_swing_trades_are_left_alone(db, exchange
     assert snapshot(db) == before
 
 
+def test_day_end_exit_time_is_configurable(db, exchange, broker):
+    settings = make_settings(DAYTRADE_EXIT_MINUTES_BEFORE_CLOSE=25)
+    day = open_position(db, exchange, broker, trade_style="DAYTRADE", planned_tp=None, settings=settings)
+    exchange.clock(eastern("2026-11-20", "15:34"))
+    run_monitor(db, broker, settings)
+    assert trade_row(db, day)["status"] == "POSITION"
+
+    exchange.clock(eastern("2026-11-20", "15:35"))
+    run_monitor(db, broker, settings)
+
+    assert (trade_row(db, day)["status"], trade_row(db, day)["exit_reason"]) == ("CLOSED", "DAY_END_EXIT")
+
+
+def test_partly_filled_daytrade_entry_at_the_day_end_is_canceled_and_its_shares_sold(db, exchange, broker):
+    settings = make_settings(PARTIAL_ENTRY_POLICY="wait")
+    day = place_entry(db, broker, trade_style="DAYTRADE", planned_tp=None, settings=settings)
+    exchange.configure(partial_fill_probability=1)
+    try:
+        exchange.quotes(AAPL=("149.90", "150.00"))
+    finally:
+        exchange.configure(partial_fill_probability=0)
+    exchange.quotes(AAPL=("150.60", "150.70"))
+    run_monitor(db, broker, settings, waiting=[day["id"]])
+    bought = trade_row(db, day)["actual_qty"]
+    assert D(0) < bought < D(10)
+
+    exchange.clock(eastern("2026-11-20", "15:50"))
+    run_monitor(db, broker, settings)
+
+    day = trade_row(db, day)
+    assert (day["status"], day["exit_reason"], day["actual_pnl"]) == ("CLOSED", "DAY_END_EXIT", D("0.60") * bought)
+    assert rows(db, day["id"], "ENTRY")[0]["order_status"] == "canceled"
+    assert rows(db, day["id"], "EXIT")[0]["qty"] == bought
+    assert exchange.positions() == {} and open_groups(broker) == []
+
+
 def test_daytrade_is_flat_at_1250_on_an_early_close_day(db, exchange, broker):
     exchange.clock(eastern("2026-11-27", "09:45"))             # the day after Thanksgiving: close 13:00
     day = open_position(db, exchange, broker, "TSLA", fill_at=("250.00", "250.05"), trade_style="DAYTRADE",

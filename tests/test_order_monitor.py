@@ -234,6 +234,29 @@ def test_partial_entry_waits_under_policy_wait_and_is_protected_after_it_expires
     assert [(leg.kind, leg.qty, leg.stop_price) for leg in group.legs] == [("stop", filled, D("145"))]
 
 
+def test_partial_entry_under_policy_wait_grows_the_position_until_complete_then_legs_protect_it(
+        db, exchange, broker, partial_fills):
+    settings = make_settings(PARTIAL_ENTRY_POLICY="wait")
+    trade = place_entry(db, broker, settings=settings)
+    exchange.quotes(AAPL=("149.90", "150.00"))     # a first part at 150.00
+    exchange.quotes(AAPL=("150.40", "150.50"))
+    run_monitor(db, broker, settings, waiting=[trade["id"]])
+    first = db.query("position_tracking")[0]["qty"]
+    exchange.configure(partial_fill_probability=0)
+
+    exchange.quotes(AAPL=("149.60", "149.70"))     # the rest at 149.70
+    summary = run_monitor(db, broker, settings)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    average = (first * D("150.00") + (10 - first) * D("149.70")) / 10
+    assert (trade["status"], trade["actual_qty"], trade["actual_entry"]) == ("POSITION", D("10"), average)
+    (position,) = db.query("position_tracking")
+    assert (position["qty"], position["avg_entry_price"], position["cost_basis"]) == \
+        (D("10"), average, (average * 10).quantize(D("0.01")))
+    assert summary.counts["protection_protected"] == 1 and "protection_repaired" not in summary.counts
+    assert [r["order_status"] for r in rows(db, trade["id"])] == ["filled", "new", "held"]  # the bracket's legs
+
+
 # --------------------------------------------------------------------------- broker failures
 
 
@@ -305,6 +328,9 @@ def crafted_entry(db, *, alpaca_order_id: str, client_order_id: str) -> tuple[in
         "alpaca_order_id": alpaca_order_id, "client_order_id": client_order_id, "order_status": "new",
         "qty": D("10"), "limit_price": D("150"), "order_class": "bracket", "order_kind": "limit",
         "time_in_force": "gtc", "submitted_at": dt.datetime.fromisoformat(eastern("2026-11-20", "09:40"))})
+    auditor = Auditor(db, "test")  # as the program that wrote them would have
+    auditor.record("trade", trade_id, "TRADE_STATUS", symbol="AAPL", new="ORDERED")
+    auditor.record("order", row_id, "ORDER_SUBMITTED", symbol="AAPL", new="new")
     return trade_id, row_id
 
 
@@ -378,13 +404,16 @@ class StatusRewritingBroker(AlpacaBroker):
         return [self._rewrite(order) for order in super().list_orders(**kwargs)]
 
 
-def test_unknown_broker_status_is_recorded_not_guessed(db, exchange, broker):
+def test_unknown_broker_status_is_recorded_not_guessed(db, exchange, broker, caplog):
     trade = place_entry(db, broker)
     entry = entry_row(db, trade["id"])
     odd = StatusRewritingBroker(order_id=entry["alpaca_order_id"], status="frozen_by_venue",
                                 base_url=exchange.url, data_url=exchange.url, timeout=3)
 
-    summary = run_monitor(db, odd)
+    with caplog.at_level("ERROR", logger="order_monitor"):
+        summary = run_monitor(db, odd)
+
+    assert "unknown Alpaca order status 'frozen_by_venue'" in caplog.text
 
     assert summary.outcome == "warning"
     assert any("unknown Alpaca order status 'frozen_by_venue'" in note for note in summary.notes)
@@ -689,6 +718,27 @@ def test_partly_filled_take_profit_reduces_the_position_and_books_the_realized_p
     assert (trade["status"], trade["exit_reason"], trade["exit_price"], trade["actual_pnl"]) == \
         ("CLOSED", "PROFIT_TAKEN", D("160.10"), D("101.00"))
     assert rows(db, trade["id"], "STOP_LOSS")[0]["order_status"] == "canceled"
+
+
+def test_partial_take_profit_then_stop_books_both_parts_in_the_final_pnl(db, exchange, broker, partial_fills):
+    exchange.configure(partial_fill_probability=0)
+    trade = open_position(db, exchange, broker)
+    exchange.configure(partial_fill_probability=1)
+    exchange.quotes(AAPL=("160.10", "160.20"))     # part sold at the target
+    exchange.configure(partial_fill_probability=0)
+    exchange.quotes(AAPL=("150.00", "150.10"))
+    run_monitor(db, broker)
+    sold = db.get_by_id("trade_journal", trade["id"])["exited_qty"]
+    exchange.quotes(AAPL=("144.50", "144.60"))     # the rest is stopped out
+
+    run_monitor(db, broker)
+
+    trade = db.get_by_id("trade_journal", trade["id"])
+    expected = D("10.10") * sold + D("-5.50") * (10 - sold)
+    assert (trade["status"], trade["exit_reason"], trade["actual_pnl"]) == ("CLOSED", "STOPPED_OUT", expected)
+    assert trade["exit_price"] == D("150") + expected / 10  # the quantity-weighted average of both exits
+    (target,) = rows(db, trade["id"], "TAKE_PROFIT")
+    assert (target["order_status"], target["filled_qty"]) == ("canceled", sold)
 
 
 class StaleSiblingBroker(AlpacaBroker):
