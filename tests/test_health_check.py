@@ -1,0 +1,166 @@
+"""scripts/health_check.py: exit 0 for a healthy system, 1 for warnings, 2 for critical problems.
+
+The system is made healthy or broken for real: the programs run against the paper exchange
+and the test database; breakage is what an operator meets (a stop gone, a position bought by
+hand, a stale scheduler, a crashed run, an unreachable database or broker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from alpaca_client import AlpacaBroker
+from db_layer import TradingDB
+from order_executor import OrderExecutor
+from order_monitor import OrderMonitor
+from position_monitor import PositionMonitor
+from scripts.health_check import CRITICAL, OK, SKIPPED, WARNING, overall, run_checks
+from tests.factories import add_decision, eastern, make_settings
+from trading.broker import OrderRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "health_check.py"
+DAY = "2026-11-20"
+
+
+@pytest.fixture
+def settings(pg_config):
+    return dataclasses.replace(make_settings(), postgres=pg_config)
+
+
+@pytest.fixture
+def healthy(db, broker, exchange, settings):
+    """Friday 09:45: one protected AAPL position, every program has just run successfully."""
+    exchange.quotes(AAPL=("150.00", "150.10"))
+    add_decision(db, "AAPL", planned_entry=151, planned_sl=145, planned_tp=160)
+    for program in (OrderExecutor, OrderMonitor, PositionMonitor):
+        assert program(db, broker, settings).run().outcome == "success"
+    return db
+
+
+def check(settings, pg_config, broker, **kwargs):
+    checks = run_checks(settings, connect_db=lambda: TradingDB(True, pg_config),
+                        connect_broker=lambda: broker, **kwargs)
+    return {c.name: c for c in checks}, overall(list(checks))
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_healthy_system_passes_every_check_and_exits_0(healthy, settings, pg_config, broker):
+    checks, code = check(settings, pg_config, broker)
+    assert code == 0
+    assert list(checks) == ["database", "broker", "order_monitor", "position_monitor", "order_executor",
+                            "protection", "orphan_positions", "recent_runs"]
+    assert all(c.status == OK for c in checks.values()), checks
+    assert "1 open position, all protected" in checks["protection"].message
+    assert "market open" in checks["broker"].message
+
+
+def test_the_command_prints_one_line_per_check_or_json_and_exits_0_when_healthy(healthy, exchange):
+    result = cli("--test-mode", ALPACA_BASE_URL=exchange.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 8 and all(line.startswith("OK") for line in lines)
+    result = cli("--test-mode", "--json", ALPACA_BASE_URL=exchange.url)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["status"] == "ok" and report["exit_code"] == 0
+    assert {c["name"] for c in report["checks"]} >= {"database", "broker", "protection"}
+
+
+def test_an_unprotected_position_is_critical(healthy, settings, pg_config, broker):
+    # The stop is gone and the order monitor has not repaired it (yet).
+    healthy.execute_update("UPDATE order_execution SET order_status = 'canceled' WHERE order_type = 'STOP_LOSS'")
+    checks, code = check(settings, pg_config, broker)
+    assert code == 2
+    assert checks["protection"].status == CRITICAL
+    assert "trade 1 AAPL: 10 shares, live stops cover 0" in checks["protection"].message
+
+
+def test_a_stale_scheduler_is_a_warning_during_market_hours(healthy, settings, pg_config, broker, exchange):
+    exchange.clock(eastern(DAY, "11:00"))  # no run since 09:45
+    checks, code = check(settings, pg_config, broker)
+    assert code == 1
+    assert checks["order_monitor"].status == WARNING and "every 5 min" in checks["order_monitor"].message
+    assert checks["position_monitor"].status == WARNING
+    assert checks["order_executor"].status == OK  # it ran this morning
+
+
+def test_an_executor_that_did_not_run_today_is_a_warning(db, settings, pg_config, broker, exchange):
+    exchange.clock(eastern(DAY, "10:30"))
+    for program in (OrderMonitor, PositionMonitor):
+        program(db, broker, settings).run()
+    checks, code = check(settings, pg_config, broker)
+    assert code == 1
+    assert checks["order_executor"].status == WARNING and "due 09:45 ET" in checks["order_executor"].message
+    assert checks["order_monitor"].status == OK
+
+
+def test_after_the_close_the_cadence_is_not_judged(healthy, settings, pg_config, broker, exchange):
+    exchange.clock(eastern(DAY, "18:30"))
+    checks, code = check(settings, pg_config, broker)
+    assert code == 0
+    assert "market closed" in checks["order_monitor"].message
+
+
+def test_a_position_nobody_ordered_is_an_orphan_warning(healthy, settings, pg_config, broker, exchange):
+    exchange.quotes(MSFT=("400.00", "400.10"))
+    broker.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(5), side="buy", kind="market", time_in_force="day",
+                                     client_order_id="bought-by-hand-1"))
+    checks, code = check(settings, pg_config, broker)
+    assert code == 1
+    assert checks["orphan_positions"].status == WARNING and "MSFT 5" in checks["orphan_positions"].message
+
+
+def test_failed_and_unfinished_runs_are_warnings(healthy, settings, pg_config, broker):
+    now = dt.datetime.now(dt.UTC)
+    healthy.insert("program_run", {"program": "order_monitor", "started_at": now - dt.timedelta(minutes=3),
+                                   "outcome": "failed", "error": "RuntimeError: boom"})
+    healthy.insert("program_run", {"program": "position_monitor", "started_at": now - dt.timedelta(days=3),
+                                   "outcome": "failed", "error": "long ago"})
+    healthy.insert("program_run", {"program": "order_executor", "started_at": now - dt.timedelta(hours=2),
+                                   "outcome": "running"})
+    checks, code = check(settings, pg_config, broker)
+    assert code == 1
+    message = checks["recent_runs"].message
+    assert "order_monitor failed 1x in 24 h (last: RuntimeError: boom)" in message
+    assert "long ago" not in message
+    assert "of order_executor started 2 h 0 min ago and never finished" in message
+
+
+def test_an_unreachable_broker_is_critical_and_skips_what_needs_it(healthy, settings, pg_config):
+    dead = AlpacaBroker(base_url="http://127.0.0.1:1", data_url="http://127.0.0.1:1", timeout=1)
+    checks, code = check(settings, pg_config, dead)
+    assert code == 2
+    assert checks["broker"].status == CRITICAL and "unreachable" in checks["broker"].message
+    assert checks["order_monitor"].status == SKIPPED and checks["orphan_positions"].status == SKIPPED
+    assert checks["protection"].status == OK  # read from the database alone
+
+
+def test_an_unreachable_database_is_critical_from_the_command_line(exchange):
+    result = cli("--test-mode", ALPACA_BASE_URL=exchange.url,
+                 TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("CRIT  database") and "cannot connect to PostgreSQL at 127.0.0.1:1" in lines[0]
+    assert any(line.startswith("SKIP  protection") for line in lines)
+    report = json.loads(cli("--test-mode", "--json", ALPACA_BASE_URL=exchange.url,
+                            TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere").stdout)
+    assert report["status"] == "critical" and report["exit_code"] == 2
+
+
+def test_a_configuration_error_is_critical(exchange):
+    result = cli("--test-mode", ALPACA_BASE_URL="ftp://nowhere")
+    assert result.returncode == 2
+    assert result.stdout.startswith("CRIT  configuration") and "ALPACA_BASE_URL" in result.stdout
