@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-requirements
 
-.PHONY: install demo test lint bench db-stop exchange-stop stop clean
+.PHONY: install demo test lint health bench db-stop exchange-stop stop clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +15,18 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)  ## create .venv and install the pinned packages
 
+demo: $(STAMP)     ## a whole simulated trading day (options: make demo ARGS="--date 2026-11-27 --seed 7")
+	$(BIN)/python scripts/simulate_day.py $(ARGS)
+
 test: $(STAMP)     ## the test suite, with coverage of the core modules
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+health: $(STAMP)   ## the health check: one line per check, exit 0 ok / 1 warning / 2 critical
+	$(BIN)/python scripts/health_check.py $(ARGS)
 
 bench: $(STAMP)    ## print the speed figures (paper exchange, executor, monitors)
 	$(BIN)/python scripts/benchmark_paper_exchange.py

@@ -1,0 +1,497 @@
+#!/usr/bin/env python3
+"""A simulated trading day: the whole system on a fresh machine, in about half a minute.
+
+    python scripts/simulate_day.py [--date 2026-11-20] [--seed 42]      # or: make demo
+
+What happens:
+
+1. The embedded PostgreSQL starts (data under ``var/postgres``) and the database
+   ``trading_monitor_demo`` is emptied (schema created if missing). Nothing else is touched.
+2. A paper exchange starts in this process with a simulated clock at 09:00 ET of the chosen day
+   and seeded random-walk prices (``--seed``: the same seed gives the same day).
+3. Sample approved decisions are inserted at 09:00, built around the exchange's opening quotes:
+   SWING brackets and DAYTRADE entries that fill, two entries resting below the market, one
+   malformed decision and one that nobody approved.
+4. The scheduler's own job table (``scheduler.build_job_table``) is asked for its fire times
+   over the day; at each one the exchange's clock is moved there and the job runs with the
+   scheduler's own job function: executor 09:45, order monitor every 5 minutes, position
+   monitor every 10 minutes, the day-trade exit 10 minutes before the close, evening runs.
+5. At 11:00 the "upstream workflow" writes a CANCEL for one resting entry and an AMEND for the
+   other. The executor runs once a day, so the demo adds one extra executor run at 12:00
+   (demo only, marked as such) to show both being handled the same day.
+6. A summary table ends the day, and the database stays for SQL inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from apscheduler.triggers.cron import CronTrigger
+
+from alpaca_client import AlpacaBroker
+from config import (
+    AlpacaConfig,
+    PostgresConfig,
+    ScheduleConfig,
+    Secret,
+    Settings,
+    embedded_postgres_config,
+    get_monitor_config,
+    get_risk_limits,
+    get_schedule_config,
+    load_environment,
+)
+from db_layer import TradingDB
+from paper_exchange import PaperExchange, start_server
+from paper_exchange.calendar import NyseCalendar
+from scheduler import JobRunner, JobSpec, TradingCalendar, build_job_table, fire_times
+from scripts.health_check import run_checks
+from trading import schema
+from trading.errors import TradingError
+from trading.logs import configure_logging
+from trading.market_time import EASTERN
+from trading.program import RunSummary
+
+DEMO_DB_NAME = "trading_monitor_demo"
+DEFAULT_SEED = 42
+#: Annual volatility of the random walk: about 2.8 % a day, a lively but plausible session.
+VOLATILITY = 0.45
+#: Variables of the environment the demo honours: the schedule (so it shows the configured
+#: one) and nothing else; the demo never reads database or broker settings.
+SCHEDULE_VARIABLES = ("EXECUTOR_TIME", "MONITOR_SESSION_START", "MONITOR_SESSION_END",
+                      "ORDER_MONITOR_INTERVAL_MINUTES", "POSITION_MONITOR_INTERVAL_MINUTES",
+                      "ORDER_MONITOR_EVENING_TIME", "POSITION_MONITOR_EVENING_TIME",
+                      "DAYTRADE_EXIT_MINUTES_BEFORE_CLOSE")
+START_OF_DAY = dt.time(9, 0)
+UPSTREAM_CHANGES_AT = dt.time(11, 0)
+EXTRA_EXECUTOR_AT = dt.time(12, 0)
+CENT = Decimal("0.01")
+
+
+def eastern(day: dt.date, at: dt.time) -> dt.datetime:
+    """``day`` at ``at`` in New York."""
+    return EASTERN.localize(dt.datetime.combine(day, at))
+
+
+def next_trading_day(today: dt.date) -> dt.date:
+    """``today`` if the NYSE trades that day, else the next day it does."""
+    calendar = NyseCalendar()
+    return today if calendar.is_trading_day(today) else calendar.next_trading_day(today)
+
+
+def demo_postgres_config() -> PostgresConfig:
+    """The embedded cluster's demo database (never the configured production database)."""
+    return dataclasses.replace(embedded_postgres_config(), dbname=DEMO_DB_NAME)
+
+
+# --------------------------------------------------------------------------- sample decisions
+
+
+def _price(value: Decimal) -> Decimal:
+    return value.quantize(CENT)
+
+
+#: (ticker, style, entry vs. the opening mid, stop below entry, target above entry, shares, note)
+#: Entries 1 % above the mid fill at the executor's run; entries 4 % below rest all day.
+SAMPLE_PLANS: tuple[tuple[str, str, str, str, str | None, int, str], ...] = (
+    ("AAPL", "SWING", "1.01", "0.012", "0.015", 30, "bracket: fills, stop or target may trigger"),
+    ("MSFT", "SWING", "1.01", "0.010", "0.012", 15, "bracket: fills, tight exits"),
+    ("NVDA", "SWING", "1.01", "0.015", "0.020", 50, "bracket: fills"),
+    ("AMD", "SWING", "1.01", "0.012", "0.010", 40, "bracket: fills, close target"),
+    ("META", "SWING", "1.01", "0.020", "0.030", 10, "bracket: fills, wide exits"),
+    ("TSLA", "DAYTRADE", "1.01", "0.030", None, 25, "day trade: flattened before the close"),
+    ("AMZN", "DAYTRADE", "1.01", "0.008", None, 30, "day trade: tight stop"),
+    ("JPM", "SWING", "0.96", "0.02", "0.05", 20, "rests below the market; CANCEL at 11:00"),
+    ("GOOGL", "SWING", "0.96", "0.02", "0.05", 30, "rests below the market; AMEND at 11:00"),
+)
+
+
+def insert_decision(db: TradingDB, ticker: str | None, action: str, decision: Any, *, approve: bool = True,
+                    trade_id: int | None = None, created_at: dt.datetime | None = None) -> int:
+    """One ``analysis_decision`` row, as the upstream workflow writes it."""
+    row = db.execute_one(
+        'INSERT INTO analysis_decision (ticker, primary_action, decision, "Approve", existing_trade_journal_id, '
+        "created_at) VALUES (%s, %s, %s, %s, %s, coalesce(%s, now())) RETURNING id",
+        (ticker, action, decision, approve, trade_id, created_at))
+    assert row is not None
+    return int(row["id"])
+
+
+def seed_decisions(db: TradingDB, broker: AlpacaBroker, now: dt.datetime) -> dict[str, int]:
+    """The morning's decisions, priced from the exchange's quotes; returns decision ids by label."""
+    quotes = broker.get_latest_quotes([plan[0] for plan in SAMPLE_PLANS])
+    ids: dict[str, int] = {}
+    for ticker, style, entry_factor, stop_pct, target_pct, qty, _note in SAMPLE_PLANS:
+        quote = quotes[ticker]
+        mid = (quote.bid + quote.ask) / 2
+        # Marketable entries are capped 1 % above the mid but fill at the ask, so their exits are
+        # placed around the expected fill (the mid); resting entries' exits around their limit.
+        entry = _price(mid * Decimal(entry_factor))
+        base = min(entry, mid)
+        plan: dict[str, Any] = {"planned_entry": entry, "planned_sl": _price(base * (1 - Decimal(stop_pct))),
+                                "trade_style": style, "planned_qty": qty}
+        if target_pct is not None:
+            plan["planned_tp"] = _price(max(entry, mid) * (1 + Decimal(target_pct)))
+        ids[ticker] = insert_decision(db, ticker, "NEW_TRADE", plan, created_at=now)
+    # Malformed: the stop is above the entry (a short plan; only long trades are supported).
+    ids["malformed"] = insert_decision(db, "NFLX", "NEW_TRADE",
+                                       {"planned_entry": "700.00", "planned_sl": "720.00", "planned_tp": "650.00",
+                                        "trade_style": "SWING", "planned_qty": 5}, created_at=now)
+    # Written upstream but never approved: the executor must leave it alone.
+    ids["unapproved"] = insert_decision(db, "KO", "NEW_TRADE",
+                                        {"planned_entry": "66.50", "planned_sl": "65.00", "planned_tp": "69.00",
+                                         "trade_style": "SWING", "planned_qty": 50}, approve=False, created_at=now)
+    return ids
+
+
+def upstream_changes(db: TradingDB, broker: AlpacaBroker, ids: dict[str, int], now: dt.datetime) -> list[str]:
+    """11:00: CANCEL the JPM entry, AMEND the GOOGL entry to buy at the market now."""
+    done: list[str] = []
+    trades = {row["initial_analysis_id"]: row for row in db.query("trade_journal")}
+    jpm, googl = trades.get(ids["JPM"]), trades.get(ids["GOOGL"])
+    if jpm is not None:
+        decision_id = insert_decision(db, "JPM", "CANCEL", {"reason": "thesis no longer valid"}, trade_id=jpm["id"],
+                                      created_at=now)
+        done.append(f"CANCEL decision {decision_id} for trade {jpm['id']} JPM")
+    if googl is not None:
+        quote = broker.get_latest_quotes(["GOOGL"])["GOOGL"]
+        entry = _price(quote.ask * Decimal("1.005"))
+        plan = {"planned_entry": entry, "planned_sl": _price(entry * Decimal("0.985")),
+                "planned_tp": _price(entry * Decimal("1.02")), "trade_style": "SWING", "planned_qty": 30}
+        decision_id = insert_decision(db, "GOOGL", "AMEND", plan, trade_id=googl["id"], created_at=now)
+        done.append(f"AMEND decision {decision_id} for trade {googl['id']} GOOGL: entry {entry}")
+    return done
+
+
+# --------------------------------------------------------------------------- the day
+
+
+@dataclasses.dataclass
+class DayResult:
+    """What the simulated day did (also in the database)."""
+
+    day: dt.date
+    seed: int
+    runs: Counter[str]
+    outcomes: Counter[str]
+    wall_seconds: float
+    decision_ids: dict[str, int]
+    database: PostgresConfig
+
+
+def reset_database(config: PostgresConfig) -> None:
+    """Create the schema if missing and empty every table (ids restart at 1)."""
+    with TradingDB(config=config, application_name="simulate_day") as db:
+        db.create_schema()
+        db.execute_update(f"TRUNCATE {', '.join(table.name for table in schema.TABLES)} RESTART IDENTITY")
+
+
+#: Counts every run reports; a run with nothing else gets no progress line (it is only counted).
+ROUTINE_COUNTS = frozenset({"broker_orders_listed", "open_orders", "protection_protected", "positions", "revalued",
+                            "decisions"})
+
+
+def _interesting(spec: JobSpec, summary: RunSummary) -> bool:
+    """Whether a run gets a progress line: it changed something, was not clean, or is one of the
+    day's landmarks (executor runs, the day-trade exit)."""
+    if spec.program == "order_executor" or spec.id == "daytrade_exit" or summary.outcome not in ("success", "skipped"):
+        return True
+    return any(value and key not in ROUTINE_COUNTS for key, value in summary.counts.items())
+
+
+class TradeWatcher:
+    """Tells what happened to each trade since the last look (for the progress lines)."""
+
+    def __init__(self, db: TradingDB) -> None:
+        self.db = db
+        self.seen: dict[int, str] = {}
+
+    def changes(self) -> list[str]:
+        lines = []
+        for trade in self.db.query("trade_journal", order_by="id"):
+            if self.seen.get(trade["id"]) == trade["status"]:
+                continue
+            self.seen[trade["id"]] = trade["status"]
+            head = f"trade {trade['id']} {trade['symbol']} {trade['trade_style']}"
+            if trade["status"] == "ORDERED":
+                lines.append(f"{head}: entry working, limit {trade['planned_entry']} x {trade['planned_qty']}")
+            elif trade["status"] == "POSITION":
+                lines.append(f"{head}: bought {Decimal(trade['actual_qty']):.0f} @ {trade['actual_entry']}, "
+                             f"stop {trade['planned_sl']}" + (f", target {trade['planned_tp']}"
+                                                               if trade["planned_tp"] else ""))
+            elif trade["status"] == "CLOSED":
+                lines.append(f"{head}: closed {trade['exit_reason']} @ {trade['exit_price']}, "
+                             f"P&L {_money(trade['actual_pnl'])}")
+            else:
+                lines.append(f"{head}: {trade['status']} ({trade['exit_reason']})")
+        return lines
+
+
+def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
+            schedule: ScheduleConfig | None = None, out: TextIO = sys.stdout,
+            volatility: float = VOLATILITY) -> DayResult:
+    """Simulate ``day`` on the database ``postgres`` (emptied first) and print its progress."""
+    started = time.monotonic()
+    calendar_rules = NyseCalendar()
+    if not calendar_rules.is_trading_day(day):
+        raise ValueError(f"{day} is not a trading day")
+    write: Callable[[str], None] = lambda text: print(text, file=out, flush=True)  # noqa: E731
+    watcher_db: TradingDB | None = None
+
+    reset_database(postgres)
+    # Connections skip the embedded cluster's start-up check from here on: it runs and the
+    # database exists, and the check costs two subprocesses per connection.
+    if postgres.embedded:
+        postgres = dataclasses.replace(postgres, source="embedded (started by simulate_day)")
+    exchange = PaperExchange(seed=seed, simulated_clock=True, start_time=eastern(day, START_OF_DAY),
+                             price_simulation=True, annual_volatility=volatility, history_days=1)
+    server = start_server(exchange=exchange)
+    try:
+        broker = AlpacaBroker(base_url=server.url, data_url=server.url, timeout=10)
+        settings = Settings(
+            test_mode=False, postgres=postgres,
+            alpaca=AlpacaConfig(Secret("demo"), Secret("demo"), "local", server.url, server.url),
+            schedule=schedule or get_schedule_config({k: v for k, v in os.environ.items() if k in SCHEDULE_VARIABLES}),
+            risk=get_risk_limits({}), monitor=get_monitor_config({}), log_level="WARNING")
+        calendar = TradingCalendar(broker)
+        jobs = build_job_table(settings.schedule, calendar)
+        # Demo only: a second executor run, for the decisions written upstream at 11:00.
+        extra = JobSpec("order_executor (demo extra)", "order_executor",
+                        CronTrigger(hour=EXTRA_EXECUTOR_AT.hour, minute=EXTRA_EXECUTOR_AT.minute, timezone=EASTERN),
+                        3600, "demo only: a second executor run for the 11:00 CANCEL/AMEND decisions")
+        runs: Counter[str] = Counter()
+        outcomes: Counter[str] = Counter()
+
+        watcher_db = TradingDB(config=postgres, application_name="simulate_day")
+        watcher = TradeWatcher(watcher_db.connect())
+
+        def progress(spec: JobSpec, now: dt.datetime, summary: RunSummary | None, elapsed: float) -> None:
+            if summary is None:
+                return
+            runs[spec.id] += 1
+            outcomes[summary.outcome] += 1
+            changes = watcher.changes()
+            if changes or _interesting(spec, summary):
+                counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.counts.items())
+                                   if k not in ROUTINE_COUNTS or spec.program == "order_executor") or "nothing to do"
+                error = f"  error: {summary.error}" if summary.error else ""
+                write(f"{now.astimezone(EASTERN):%H:%M} ET  {spec.id:<27} {summary.outcome:<8} {counts}{error}")
+                for line in changes:
+                    write(f"{'':>10}{line}")
+
+        runner = JobRunner(settings, broker, calendar, clock=exchange.now, on_result=progress)
+        session = calendar.session(day)
+        assert session is not None
+        write(f"Simulated trading day {calendar.describe(day)}, seed {seed}, database {postgres.dbname}")
+        exit_at = calendar.day_end_exit(day, settings.schedule.daytrade_exit_minutes_before_close)
+        write(f"Day-trade exit at {exit_at:%H:%M} ET (from the exchange's calendar)")
+        with TradingDB(config=postgres, application_name="simulate_day") as db:
+            ids = seed_decisions(db, broker, exchange.now())
+        write(f"09:00 ET  {len(ids)} decisions written upstream: {len(SAMPLE_PLANS)} approved NEW_TRADE "
+              f"({sum(p[1] == 'DAYTRADE' for p in SAMPLE_PLANS)} DAYTRADE), 1 malformed, 1 not approved")
+
+        changes_at = eastern(day, UPSTREAM_CHANGES_AT)
+        changes_done = False
+        last_hour = START_OF_DAY.hour
+        for moment, spec in fire_times([*jobs, extra], eastern(day, START_OF_DAY), eastern(day, dt.time(23, 59))):
+            if not changes_done and moment >= changes_at:
+                exchange.set_time(changes_at)
+                with TradingDB(config=postgres, application_name="simulate_day") as db:
+                    for line in upstream_changes(db, broker, ids, exchange.now()):
+                        write(f"11:00 ET  upstream: {line}")
+                changes_done = True
+            # An hourly status line while the market trades (and at the close).
+            if moment.hour != last_hour and moment.minute == 0 and moment <= session.close:
+                last_hour = moment.hour
+                exchange.set_time(moment)
+                write(_status_line(moment, broker, postgres))
+            exchange.set_time(moment)
+            runner.run(spec)
+        result = DayResult(day, seed, runs, outcomes, time.monotonic() - started, ids, postgres)
+        write("")
+        write(summary_report(postgres, result))
+        write("")
+        write(f"Health check at {exchange.now().astimezone(EASTERN):%H:%M} ET (scripts/health_check.py's checks on "
+              "this database and exchange):")
+        checks = run_checks(settings, connect_db=lambda: TradingDB(config=postgres, application_name="health_check"),
+                            connect_broker=lambda: broker)
+        for check in checks:
+            write(f"  {check.line()}")
+        return result
+    finally:
+        server.stop()
+        if watcher_db is not None:
+            watcher_db.close()
+
+
+def _status_line(moment: dt.datetime, broker: AlpacaBroker, postgres: PostgresConfig) -> str:
+    """An hourly line: account equity, open positions, P&L so far."""
+    account = broker.get_account()
+    with TradingDB(config=postgres, application_name="simulate_day") as db:
+        row = db.execute_one(
+            "SELECT (SELECT count(*) FROM position_tracking) AS open, "
+            "(SELECT coalesce(sum(unrealized_pnl), 0) FROM position_tracking) AS unrealized, "
+            "(SELECT coalesce(sum(actual_pnl), 0) FROM trade_journal WHERE status = 'CLOSED') AS realized")
+    assert row is not None
+    state = "open" if broker.get_clock().is_open else "closed"
+    return (f"{moment.astimezone(EASTERN):%H:%M} ET  -- market {state}, equity ${account.equity:,.2f}, "
+            f"{row['open']} open positions, unrealized {_money(row['unrealized'])}, realized {_money(row['realized'])}")
+
+
+def _money(value: Any) -> str:
+    amount = Decimal(value or 0).quantize(CENT)
+    return f"{'+' if amount >= 0 else '-'}${abs(amount):,.2f}"
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+DECISIONS_SQL = """
+    SELECT d.id, d.primary_action AS action, d.ticker, d."Approve" AS approved, d.executed,
+           d.decision ->> 'trade_style' AS style,
+           a.event, a.reason, a.details ->> 'code' AS code,
+           t.id AS trade_id, t.status AS trade_status, t.exit_reason, t.actual_pnl
+    FROM analysis_decision d
+    LEFT JOIN LATERAL (SELECT event, reason, details FROM audit_event
+                       WHERE entity_type = 'decision' AND entity_id = d.id ORDER BY id DESC LIMIT 1) a ON true
+    LEFT JOIN LATERAL (SELECT * FROM trade_journal WHERE initial_analysis_id = d.id ORDER BY id DESC LIMIT 1) t
+           ON true
+    ORDER BY d.id
+"""
+
+
+def _decision_outcome(row: dict[str, Any]) -> str:
+    if not row["approved"]:
+        return "ignored (not approved)"
+    if not row["executed"]:
+        return "pending"
+    if row["event"] == "DECISION_REFUSED":
+        return f"refused ({row['code'] or 'REFUSED'})"
+    return {"NEW_TRADE": "placed", "AMEND": "amended (new trade placed)", "CANCEL": "cancelled"}.get(
+        row["action"], "accepted")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [[str(c) for c in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(cells[0], widths, strict=True)),
+             "  " + "  ".join("-" * w for w in widths)]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells[1:]]
+    return [line.rstrip() for line in lines]
+
+
+def summary_report(postgres: PostgresConfig, result: DayResult) -> str:
+    """The end-of-day tables, read back from the database."""
+    with TradingDB(config=postgres, application_name="simulate_day") as db:
+        decisions = db.execute_query(DECISIONS_SQL)
+        orders = db.execute_query(
+            "SELECT order_type, order_status, count(*) AS n FROM order_execution GROUP BY 1, 2 ORDER BY 1, 2")
+        fills = db.execute_one(
+            "SELECT count(*) AS n, coalesce(sum(filled_qty), 0) AS shares, "
+            "coalesce(sum(filled_qty * filled_avg_price), 0) AS notional FROM order_execution WHERE filled_qty > 0")
+        closed = db.execute_query(
+            "SELECT exit_reason, count(*) AS n, sum(actual_pnl) AS pnl FROM trade_journal WHERE status = 'CLOSED' "
+            "GROUP BY 1 ORDER BY 1")
+        cancelled = db.execute_query(
+            "SELECT exit_reason, count(*) AS n FROM trade_journal WHERE status = 'CANCELLED' GROUP BY 1 ORDER BY 1")
+        open_positions = db.execute_query(
+            "SELECT t.id, p.symbol, t.trade_style, p.qty, p.avg_entry_price, p.current_price, p.unrealized_pnl "
+            "FROM position_tracking p JOIN trade_journal t ON t.id = p.trade_journal_id ORDER BY p.symbol")
+        runs = db.execute_query("SELECT program, outcome, count(*) AS n FROM program_run GROUP BY 1, 2 ORDER BY 1, 2")
+    assert fills is not None
+    lines = [f"=== Summary of {result.day} (seed {result.seed}) ==="]
+    by_outcome = Counter(_decision_outcome(row) for row in decisions)
+    lines.append("Decisions by outcome: " + ", ".join(f"{k} {v}" for k, v in sorted(by_outcome.items())))
+    lines += _table(["id", "action", "ticker", "style", "outcome", "trade", "trade status", "exit reason", "P&L"],
+                    [[r["id"], r["action"], r["ticker"], r["style"] or "", _decision_outcome(r), r["trade_id"],
+                      r["trade_status"], r["exit_reason"], _money(r["actual_pnl"]) if r["actual_pnl"] is not None
+                      else ""] for r in decisions])
+    refused = [r for r in decisions if r["event"] == "DECISION_REFUSED"]
+    for row in refused:
+        lines.append(f"  decision {row['id']} refused: {row['reason']}")
+    lines.append("")
+    lines.append(f"Orders: {sum(r['n'] for r in orders)}")
+    lines += _table(["order type", "status", "count"], [[r["order_type"], r["order_status"], r["n"]] for r in orders])
+    lines.append(f"Fills: {fills['n']} orders filled, {Decimal(fills['shares']):,.0f} shares, "
+                 f"${Decimal(fills['notional']).quantize(CENT):,.2f} traded")
+    lines.append("")
+    realized = sum((Decimal(r["pnl"] or 0) for r in closed), Decimal(0))
+    never_filled = ", ".join(f"{r['exit_reason']} {r['n']}" for r in cancelled)
+    lines.append(f"Trades closed: {sum(r['n'] for r in closed)}"
+                 + (f"; cancelled before a fill: {never_filled}" if cancelled else ""))
+    if closed:
+        lines += _table(["exit reason", "trades", "realized P&L"],
+                        [[r["exit_reason"], r["n"], _money(r["pnl"])] for r in closed])
+    unrealized = sum((Decimal(r["unrealized_pnl"] or 0) for r in open_positions), Decimal(0))
+    lines.append(f"Open positions at the end of the day: {len(open_positions)}")
+    if open_positions:
+        lines += _table(["trade", "symbol", "style", "qty", "entry", "last", "unrealized P&L"],
+                        [[r["id"], r["symbol"], r["trade_style"], f"{Decimal(r['qty']):.0f}", r["avg_entry_price"],
+                          r["current_price"], _money(r["unrealized_pnl"])] for r in open_positions])
+    lines.append(f"Realized P&L {_money(realized)}   Unrealized P&L {_money(unrealized)}   "
+                 f"Total {_money(realized + unrealized)}")
+    lines.append("")
+    lines.append("Program runs: " + ", ".join(f"{r['program']} {r['outcome']} {r['n']}" for r in runs))
+    lines.append(f"Wall time {result.wall_seconds:.1f} s")
+    lines.append("")
+    pg = result.database
+    lines.append("The database stays for inspection:")
+    lines.append(f"  psql -h {pg.host} -p {pg.port} -U {pg.user} {pg.dbname}")
+    lines.append("  e.g.  SELECT id, symbol, status, exit_reason, actual_pnl FROM trade_journal ORDER BY id;")
+    lines.append("        SELECT occurred_at, program, event, entity_type, entity_id, reason FROM audit_event "
+                 "ORDER BY id;")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="simulate_day.py", description=(__doc__ or "").split("\n\n")[0],
+                                     epilog="The database trading_monitor_demo of the embedded PostgreSQL is emptied "
+                                            "at each start and kept afterwards.")
+    parser.add_argument("--date", type=_date, help="the day to simulate (default: today if the NYSE trades today, "
+                                                   "else the next trading day)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed of the price paths (default {DEFAULT_SEED}); the same seed repeats the same day")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="ERROR",
+                        help="log lines of the programs on stderr (default ERROR: the progress lines tell the story)")
+    args = parser.parse_args(argv)
+    load_environment()
+    configure_logging(args.log_level, "simulate_day")
+    day = args.date or next_trading_day(dt.datetime.now(EASTERN).date())
+    rules = NyseCalendar()
+    if not rules.is_trading_day(day):
+        reason = "a weekend day" if day.weekday() >= 5 else "an NYSE holiday"
+        print(f"{day} is not a trading day ({reason}): nothing would happen. The next trading day is "
+              f"{rules.next_trading_day(day)}; pick a trading day with --date.", file=sys.stderr)
+        return 2
+    try:
+        run_day(day, seed=args.seed, postgres=demo_postgres_config())
+    except TradingError as exc:
+        print(f"the simulated day could not run: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

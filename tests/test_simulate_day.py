@@ -1,0 +1,104 @@
+"""scripts/simulate_day.py: the simulated trading day end to end, short.
+
+The short day is the early close after Thanksgiving (the market shuts at 13:00, so the
+day-trade exit is at 12:50) with the monitors every 30 and 60 minutes; everything else is the
+demo as ``make demo`` runs it, on the test database instead of the embedded demo database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+
+import pytest
+
+from config import get_schedule_config
+from db_layer import TradingDB
+from scripts import simulate_day
+from scripts.simulate_day import main, next_trading_day, run_day
+
+EARLY_CLOSE = dt.date(2026, 11, 27)
+SHORT = get_schedule_config({"ORDER_MONITOR_INTERVAL_MINUTES": "30", "POSITION_MONITOR_INTERVAL_MINUTES": "60"})
+
+
+@pytest.fixture
+def short_day(pg_config):
+    out = io.StringIO()
+    result = run_day(EARLY_CLOSE, seed=42, postgres=pg_config, schedule=SHORT, out=out)
+    return result, out.getvalue()
+
+
+def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config):
+    result, output = short_day
+    assert "2026-11-27: 09:30-13:00 ET (early close)" in output
+    assert "Day-trade exit at 12:50 ET" in output
+    assert re.search(r"^09:45 ET  order_executor +success  decisions=10, placed=9, refused=1$", output, re.M)
+    assert re.search(r"^12:50 ET  daytrade_exit ", output, re.M)
+    assert re.search(r"^12:00 ET  order_executor \(demo extra\) +success  amended=1, cancelled=1, decisions=2$",
+                     output, re.M)
+    assert result.runs["order_executor"] == 1 and result.runs["daytrade_exit"] == 1
+    assert result.runs["order_monitor"] == 14  # 09:30-16:00 every 30 min
+    assert result.runs["position_monitor"] == 7
+    assert result.outcomes == {"success": sum(result.runs.values())}
+
+    with TradingDB(config=pg_config) as db:
+        trades = db.query("trade_journal", order_by="id")
+        decisions = {row["id"]: row for row in db.query("analysis_decision")}
+        events = db.query("audit_event", {"entity_type": "decision", "event": "DECISION_REFUSED"})
+    # Every day trade is flat by the close; the swing trades keep their protection overnight.
+    day_trades = [t for t in trades if t["trade_style"] == "DAYTRADE"]
+    assert len(day_trades) == 2 and all(t["status"] == "CLOSED" for t in day_trades)
+    assert {t["exit_reason"] for t in day_trades} <= {"DAY_END_EXIT", "STOPPED_OUT"}
+    assert "DAY_END_EXIT" in {t["exit_reason"] for t in day_trades}
+    by_reason = {t["exit_reason"] for t in trades if t["status"] == "CANCELLED"}
+    assert by_reason == {"CANCEL_REQUESTED", "AMENDED"}
+    # The malformed decision is refused with its reason; the unapproved one is left alone.
+    assert [e["entity_id"] for e in events] == [result.decision_ids["malformed"]]
+    assert decisions[result.decision_ids["unapproved"]]["executed"] is False
+    # The summary and the health check close the day; the database stays for SQL.
+    assert "Decisions by outcome: amended (new trade placed) 1, cancelled 1, ignored (not approved) 1, placed 9, " \
+           "refused (INVALID_DECISION) 1" in output
+    assert re.search(r"DAY_END_EXIT +1 ", output)
+    assert "Realized P&L" in output and "Unrealized P&L" in output
+    assert f"psql -h {pg_config.host} -p {pg_config.port} -U {pg_config.user} {pg_config.dbname}" in output
+    health = output.split("Health check at 18:15 ET")[1]
+    assert health.count("\n  OK ") == 8
+
+
+def _story(output: str) -> str:
+    """The output without what differs between runs (wall time, the exchange's port)."""
+    return "\n".join(line for line in output.splitlines() if "Wall time" not in line and "127.0.0.1:" not in line)
+
+
+def test_the_same_seed_repeats_the_same_day(short_day, pg_config):
+    _, first = short_day
+    again = io.StringIO()
+    run_day(EARLY_CLOSE, seed=42, postgres=pg_config, schedule=SHORT, out=again)
+    assert _story(again.getvalue()) == _story(first)
+    other = io.StringIO()
+    run_day(EARLY_CLOSE, seed=7, postgres=pg_config, schedule=SHORT, out=other)
+    assert _story(other.getvalue()) != _story(first)
+
+
+def test_a_holiday_or_weekend_is_refused_with_the_next_trading_day(capsys):
+    assert main(["--date", "2026-11-26"]) == 2
+    assert "2026-11-26 is not a trading day (an NYSE holiday)" in capsys.readouterr().err
+    assert main(["--date", "2026-11-28"]) == 2
+    error = capsys.readouterr().err
+    assert "a weekend day" in error and "The next trading day is 2026-11-30" in error
+    with pytest.raises(SystemExit):
+        main(["--date", "27/11/2026"])
+    with pytest.raises(ValueError, match="not a trading day"):
+        run_day(dt.date(2026, 11, 26), postgres=simulate_day.demo_postgres_config())
+
+
+def test_the_default_day_is_today_or_the_next_trading_day():
+    assert next_trading_day(dt.date(2026, 11, 20)) == dt.date(2026, 11, 20)
+    assert next_trading_day(dt.date(2026, 11, 26)) == dt.date(2026, 11, 27)
+    assert next_trading_day(dt.date(2026, 11, 28)) == dt.date(2026, 11, 30)
+
+
+def test_the_demo_uses_its_own_database_of_the_embedded_cluster():
+    config = simulate_day.demo_postgres_config()
+    assert config.dbname == "trading_monitor_demo" and config.host == "127.0.0.1" and config.embedded
