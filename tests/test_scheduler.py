@@ -457,3 +457,24 @@ def test_the_scheduler_command_starts_lists_its_jobs_and_stops_cleanly_on_sigter
     assert process.returncode == 0, output
     assert "order_executor" in output and "position_monitor_evening" in output
     assert "SIGTERM received" in output and "scheduler stopped cleanly" in output
+
+
+# --------------------------------------------------------------------------- service files
+
+
+def test_the_service_files_run_the_scheduler_as_an_unprivileged_user_and_restart_it_on_failure():
+    import configparser
+    import plistlib
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(ROOT / "deployment" / "trading-monitor.service")
+    service = unit["Service"]
+    assert service["User"] not in ("", "root") and service["EnvironmentFile"] == "/etc/trading-monitor/env"
+    assert service["Restart"] == "on-failure" and service["KillSignal"] == "SIGTERM"
+    assert int(service["TimeoutStopSec"]) >= 60
+    assert service["ExecStart"].endswith(".venv/bin/python /opt/trading-monitor/scheduler.py")
+    with open(ROOT / "deployment" / "com.trading.monitor.plist", "rb") as handle:
+        job = plistlib.load(handle)
+    assert job["Label"] == "com.trading.monitor" and job["UserName"] not in ("", "root")
+    assert job["ProgramArguments"][-1].endswith("/scheduler.py")
+    assert job["KeepAlive"] == {"SuccessfulExit": False} and job["ExitTimeOut"] >= 60
