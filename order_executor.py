@@ -58,6 +58,7 @@ from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, 
 from trading.protection import Protector, find_order
 from trading.reconcile import Reconciler
 from trading.risk import RiskState, Sizing, check_entry, size_position
+from trading.trades import TradeBook
 
 logger = logging.getLogger(__name__)
 
@@ -194,13 +195,11 @@ class OrderExecutor:
             entries = self.db.execute_one(
                 "SELECT count(*) AS n FROM order_execution WHERE order_type = 'ENTRY' AND submitted_at >= %s",
                 (ctx.market.day_start,))
-            realized = self.db.execute_one(
-                "SELECT coalesce(sum(actual_pnl), 0) AS pnl FROM trade_journal WHERE status = 'CLOSED' "
-                "AND exit_date >= %s", (ctx.market.day_start,))
+            realized = TradeBook(self.db, ctx.audit).realized_since(ctx.market.day_start)
             self._risk = RiskState(equity=account.equity, buying_power=account.buying_power,
                                    open_trades=len(open_trades), open_symbols={r["symbol"] for r in open_trades},
                                    exposure=exposure, entries_today=int(entries["n"] if entries else 0),
-                                   realized_pnl_today=Decimal(realized["pnl"] if realized else 0))
+                                   realized_pnl_today=realized)
         return self._risk
 
     def _claim(self, decision_id: int) -> Row | None:

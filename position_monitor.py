@@ -354,14 +354,12 @@ class PositionMonitor:
         totals = self.db.execute_one(
             "SELECT count(*) AS n, coalesce(sum(market_value), 0) AS value, coalesce(sum(unrealized_pnl), 0) AS pnl "
             "FROM position_tracking")
-        realized = self.db.execute_one(
-            "SELECT coalesce(sum(actual_pnl), 0) AS pnl FROM trade_journal WHERE status = 'CLOSED' AND exit_date >= %s",
-            (ctx.market.day_start,))
-        assert totals is not None and realized is not None
+        realized = TradeBook(self.db, ctx.audit).realized_since(ctx.market.day_start)
+        assert totals is not None
         self.db.insert("portfolio_snapshot", {
             "taken_at": ctx.now, "program_run_id": ctx.audit.run_id, "cash": account.cash,
             "positions_value": money(Decimal(totals["value"])), "equity": account.equity,
-            "unrealized_pnl": money(Decimal(totals["pnl"])), "realized_pnl_today": money(Decimal(realized["pnl"])),
+            "unrealized_pnl": money(Decimal(totals["pnl"])), "realized_pnl_today": money(realized),
             "open_positions": int(totals["n"])})
 
 

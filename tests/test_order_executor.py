@@ -726,11 +726,18 @@ def test_entry_beyond_the_buying_power_is_refused(db, exchange, broker):
     assert exchange_entries(exchange) == []
 
 
+def closed_trade_with_loss(db, pnl: str, exit_at: dt.datetime) -> None:
+    """A closed trade and its exit fill in the ledger, as order_monitor records them."""
+    trade_id = db.insert("trade_journal", {"symbol": "TSLA", "trade_style": "DAYTRADE", "status": "CLOSED",
+                                           "actual_entry": Decimal("250"), "actual_qty": Decimal("100"),
+                                           "actual_pnl": Decimal(pnl), "exit_date": exit_at})
+    db.insert("trade_fill", {"trade_journal_id": trade_id, "symbol": "TSLA", "side": "sell", "qty": Decimal("100"),
+                             "price": Decimal("250") + Decimal(pnl) / 100, "realized_pnl": Decimal(pnl),
+                             "filled_at": exit_at})
+
+
 def test_daily_realized_loss_beyond_the_limit_stops_new_entries(db, exchange, broker):
-    db.insert("trade_journal", {"symbol": "TSLA", "trade_style": "DAYTRADE", "status": "CLOSED",
-                                "actual_entry": Decimal("250"), "actual_qty": Decimal("100"),
-                                "exit_price": Decimal("229.50"), "actual_pnl": Decimal("-2050.00"),
-                                "exit_date": dt.datetime(2026, 11, 20, 14, 40, tzinfo=dt.UTC)})
+    closed_trade_with_loss(db, "-2050.00", dt.datetime(2026, 11, 20, 14, 40, tzinfo=dt.UTC))
     decision_id = add_decision(db, "AAPL")
 
     run(db, broker, DAILY_LOSS_LIMIT="2000")
@@ -740,10 +747,22 @@ def test_daily_realized_loss_beyond_the_limit_stops_new_entries(db, exchange, br
     assert refusal_code(db, decision_id) == "RISK_DAILY_LOSS_LIMIT"
 
 
+def test_a_partial_exit_loss_of_a_still_open_trade_counts_today(db, exchange, broker):
+    trade_id = db.insert("trade_journal", {"symbol": "TSLA", "trade_style": "SWING", "status": "POSITION",
+                                           "actual_entry": Decimal("250"), "actual_qty": Decimal("200")})
+    db.insert("trade_fill", {"trade_journal_id": trade_id, "symbol": "TSLA", "side": "sell", "qty": Decimal("100"),
+                             "price": Decimal("229"), "realized_pnl": Decimal("-2100"),
+                             "filled_at": dt.datetime(2026, 11, 20, 14, 40, tzinfo=dt.UTC)})
+    decision_id = add_decision(db, "AAPL")
+
+    run(db, broker, DAILY_LOSS_LIMIT="2000")
+
+    assert refusal_code(db, decision_id) == "RISK_DAILY_LOSS_LIMIT"
+    assert "realized P&L today -2,100.00" in refusal(db, decision_id)
+
+
 def test_yesterdays_realized_loss_does_not_count_today(db, exchange, broker):
-    db.insert("trade_journal", {"symbol": "TSLA", "trade_style": "DAYTRADE", "status": "CLOSED",
-                                "actual_pnl": Decimal("-5000.00"),
-                                "exit_date": dt.datetime(2026, 11, 19, 20, 0, tzinfo=dt.UTC)})
+    closed_trade_with_loss(db, "-5000.00", dt.datetime(2026, 11, 19, 20, 0, tzinfo=dt.UTC))
     add_decision(db, "AAPL")
 
     assert run(db, broker, DAILY_LOSS_LIMIT="2000").counts["placed"] == 1

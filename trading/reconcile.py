@@ -118,7 +118,7 @@ class Reconciler:
         if change.fill_qty > ZERO:
             if trade["status"] in (TradeStatus.ORDERED.value, TradeStatus.POSITION.value):
                 opened = trade["status"] == TradeStatus.ORDERED.value
-                self.trades.apply_entry_fill(trade, row, change.fill_qty, when)
+                self.trades.apply_entry_fill(trade, row, change.fill_qty, when, change.fill_price)
                 result.opened |= opened
             else:
                 self._late_fill(trade, row, change)
@@ -143,7 +143,8 @@ class Reconciler:
             return
         assert change.fill_price is not None
         closed = self.trades.apply_exit_fill(trade, change.fill_qty, change.fill_price, when, exit_reason_for(row),
-                                             source=f"{row['order_type']} order {row.get('alpaca_order_id')}")
+                                             source=f"{row['order_type']} order {row.get('alpaca_order_id')}",
+                                             order_row_id=row["id"])
         if closed:
             result.closed = True
             result.to_cancel.extend(

@@ -239,6 +239,26 @@ PROGRAM_RUN = Table(
     comment="One row per program run: start, end, outcome, counts (read by the health check).",
 )
 
+TRADE_FILL = Table(
+    "trade_fill",
+    (
+        ID,
+        Column("trade_journal_id", "BIGINT", not_null=True),
+        Column("order_execution_id", "BIGINT"),
+        Column("symbol", "TEXT", not_null=True),
+        Column("side", "TEXT", not_null=True),
+        Column("qty", "NUMERIC", not_null=True),
+        Column("price", "NUMERIC", not_null=True),
+        Column("realized_pnl", "NUMERIC"),
+        Column("filled_at", "TIMESTAMPTZ", not_null=True),
+        Column("source", "TEXT"),
+        CREATED_AT,
+    ),
+    checks=(("trade_fill_side_check", _in("side", lifecycle.ORDER_SIDES)),),
+    indexes=(("idx_trade_fill_trade", "(trade_journal_id)"), ("idx_trade_fill_filled_at", "(filled_at)")),
+    comment="Every fill booked on a trade (entries and exits, outside sells included): the realised P&L ledger.",
+)
+
 PORTFOLIO_SNAPSHOT = Table(
     "portfolio_snapshot",
     (
@@ -259,7 +279,7 @@ PORTFOLIO_SNAPSHOT = Table(
 
 #: Every table, upstream first.
 TABLES: tuple[Table, ...] = (ANALYSIS_DECISION, TRADE_JOURNAL, ORDER_EXECUTION, POSITION_TRACKING,
-                             AUDIT_EVENT, PROGRAM_RUN, PORTFOLIO_SNAPSHOT)
+                             TRADE_FILL, AUDIT_EVENT, PROGRAM_RUN, PORTFOLIO_SNAPSHOT)
 TABLES_BY_NAME = {table.name: table for table in TABLES}
 
 #: Serialises concurrent schema creation (two programs starting at once on a fresh database).

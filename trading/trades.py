@@ -33,15 +33,15 @@ from trading.pricing import CENT, ZERO, money, pnl, pnl_pct
 logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-_PRICE_PLACES = (CENT, Decimal("0.0001"), Decimal("0.000001"))
+_SIX_PLACES = Decimal("0.000001")
 
 
 def average_price(value: Decimal) -> Decimal:
-    """An average price with as few decimals as represent it exactly (cents, 4, else 6 places)."""
-    for quantum in _PRICE_PLACES:
-        if value == value.quantize(quantum, rounding=ROUND_HALF_UP):
-            return value.quantize(quantum)
-    return value.quantize(_PRICE_PLACES[-1], rounding=ROUND_HALF_UP)
+    """An average price in cents when it is a whole number of cents, else with as few decimals as
+    represent it, at most 6 (``155.017``, ``10.016667``)."""
+    if value == value.quantize(CENT):
+        return value.quantize(CENT)
+    return value.quantize(_SIX_PLACES, rounding=ROUND_HALF_UP).normalize()
 
 
 class TradeBook:
@@ -64,6 +64,13 @@ class TradeBook:
     def position(self, trade_id: int) -> Row | None:
         rows = self.db.query("position_tracking", {"trade_journal_id": trade_id})
         return rows[0] if rows else None
+
+    def realized_since(self, start: dt.datetime) -> Decimal:
+        """P&L realised by every sell filled since ``start`` (partial exits of open trades included),
+        exact; the ``trade_fill`` ledger is dated by the broker's fill times."""
+        row = self.db.execute_one("SELECT coalesce(sum(realized_pnl), 0) AS pnl FROM trade_fill "
+                                  "WHERE side = 'sell' AND filled_at >= %s", (start,))
+        return Decimal(row["pnl"]) if row else ZERO
 
     def with_status(self, *statuses: str) -> list[Row]:
         return self.db.query("trade_journal", {"status": list(statuses)}, order_by="id")
@@ -100,8 +107,17 @@ class TradeBook:
 
     # -- fills ------------------------------------------------------------------------------
 
-    def apply_entry_fill(self, trade: Row, entry_row: Row, fill_qty: Decimal, when: dt.datetime) -> None:
+    def _ledger(self, trade: Row, side: str, qty: Decimal, price: Decimal, when: dt.datetime,
+                realized: Decimal | None, order_row_id: int | None, source: str) -> None:
+        self.db.insert("trade_fill", {"trade_journal_id": trade["id"], "order_execution_id": order_row_id,
+                                      "symbol": trade["symbol"], "side": side, "qty": qty, "price": price,
+                                      "realized_pnl": realized, "filled_at": when, "source": source})
+
+    def apply_entry_fill(self, trade: Row, entry_row: Row, fill_qty: Decimal, when: dt.datetime,
+                         fill_price: Decimal | None = None) -> None:
         """Shares bought: the trade holds a position (created on the first fill, grown after)."""
+        self._ledger(trade, "buy", fill_qty, fill_price if fill_price is not None else
+                     Decimal(entry_row["filled_avg_price"]), when, None, entry_row.get("id"), "entry fill")
         actual_qty = Decimal(entry_row["filled_qty"])
         actual_entry = Decimal(entry_row["filled_avg_price"])
         entry_date = entry_row.get("filled_at") or trade.get("entry_date") or when
@@ -129,10 +145,12 @@ class TradeBook:
                           reason=f"entry filled {fill_qty} more")
 
     def apply_exit_fill(self, trade: Row, fill_qty: Decimal, fill_price: Decimal, when: dt.datetime,
-                        exit_reason: str, source: str) -> bool:
-        """Shares sold at ``fill_price``: book the realised P&L, reduce the position, and close the
-        trade when nothing is left. Returns True when the trade was closed."""
+                        exit_reason: str, source: str, order_row_id: int | None = None) -> bool:
+        """Shares sold at ``fill_price``: book the realised P&L (also in the ``trade_fill`` ledger,
+        dated by the fill), reduce the position, and close the trade when nothing is left.
+        Returns True when the trade was closed."""
         entry = Decimal(trade["actual_entry"])
+        self._ledger(trade, "sell", fill_qty, fill_price, when, (fill_price - entry) * fill_qty, order_row_id, source)
         realized = Decimal(trade.get("realized_pnl") or 0) + (fill_price - entry) * fill_qty
         exited = Decimal(trade.get("exited_qty") or 0) + fill_qty
         position = self.position(trade["id"])
