@@ -356,7 +356,7 @@ def missed_run(spec: JobSpec, now: dt.datetime) -> dt.datetime | None:
     """A fire time within the job's misfire grace before ``now`` (a late start runs it at once)."""
     earliest = now - dt.timedelta(seconds=spec.misfire_grace_seconds)
     candidate = spec.trigger.get_next_fire_time(None, earliest)
-    return candidate if candidate is not None and candidate < now else None
+    return candidate if candidate is not None and earliest <= candidate < now else None
 
 
 def next_run(spec: JobSpec, now: dt.datetime) -> dt.datetime | None:
