@@ -6,7 +6,9 @@ the worst result: 0 ok, 1 warning, 2 critical.
 
 Checks:
 
-- ``database``: reachable and the schema complete (critical otherwise).
+- ``database``: reachable (critical otherwise) and the schema complete (critical on a configured
+  database, where the programs refuse to start; a warning on the embedded or test database,
+  which the next program run completes).
 - ``broker``: the broker's clock answers (critical otherwise); says whether the market is open.
 - ``order_executor``, ``order_monitor``, ``position_monitor``: during market hours, each
   program's last successful run (``program_run``) is recent enough: the monitors within twice
@@ -97,9 +99,12 @@ def check_database(db: TradingDB) -> Check:
     except TradingError as exc:
         return Check("database", CRITICAL, f"unreachable: {exc}")
     if missing:
-        return Check("database", CRITICAL, f"reachable ({db.config.describe()}) but the schema lacks "
-                                           f"{', '.join(missing[:5])}{' and more' if len(missing) > 5 else ''}: run "
-                                           "scripts/create_production_tables.py (production) or any program (embedded)")
+        lacks = f"{', '.join(missing[:5])}{' and more' if len(missing) > 5 else ''}"
+        if db.config.embedded or db.test_mode:
+            return Check("database", WARNING, f"reachable ({db.config.describe()}); the schema lacks {lacks}: the next "
+                                              "program run creates it")
+        return Check("database", CRITICAL, f"reachable ({db.config.describe()}) but the schema lacks {lacks}: the "
+                                           "programs refuse to start; run scripts/create_production_tables.py")
     return Check("database", OK, f"reachable ({db.config.describe()})")
 
 
@@ -134,7 +139,7 @@ def check_cadence(db: TradingDB, market: MarketTime, schedule: ScheduleConfig) -
         seen = f"last success {_age(now - last)} ago" if last else "no successful run yet"
         allowed = dt.timedelta(minutes=2 * interval)
         if not in_hours:
-            checks.append(Check(program, OK, f"market closed; {seen}"))
+            checks.append(Check(program, OK, f"outside the trading session; {seen}"))
             continue
         assert market.session is not None
         started = max(market.session.open, _at(market, schedule.session_start))
@@ -222,6 +227,17 @@ def check_recent_runs(db: TradingDB, wall_now: dt.datetime) -> Check:
     return Check("recent_runs", OK, "no failed or unfinished runs in the last 24 h")
 
 
+def _guarded(name: str, check: Callable[[], Check | list[Check]]) -> list[Check]:
+    """A check that cannot be evaluated (a table missing, a query failing) says so as a warning
+    instead of ending the health check."""
+    try:
+        result = check()
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        return [Check(name, WARNING, f"could not be checked: {type(exc).__name__}: {first_line}")]
+    return result if isinstance(result, list) else [result]
+
+
 def run_checks(settings: Settings, *, connect_db: Callable[[], TradingDB], connect_broker: Callable[[], Broker],
                wall_now: dt.datetime | None = None) -> list[Check]:
     """Every check, in order; a part that cannot be reached marks the checks needing it as skipped."""
@@ -232,7 +248,7 @@ def run_checks(settings: Settings, *, connect_db: Callable[[], TradingDB], conne
         db = connect_db()
         database = check_database(db)
         checks.append(database)
-        db_ok = database.status == OK
+        db_ok = database.status != CRITICAL
         broker: Broker | None
         try:
             broker = connect_broker()
@@ -246,16 +262,18 @@ def run_checks(settings: Settings, *, connect_db: Callable[[], TradingDB], conne
         skip_db = "not checked: database unavailable"
         skip_broker = "not checked: broker unreachable"
         if db_ok and market is not None:
-            checks.extend(check_cadence(db, market, settings.schedule))
+            checks.extend(_guarded("schedule", lambda: check_cadence(db, market, settings.schedule)))
         else:
             for name in ("order_monitor", "position_monitor", "order_executor"):
                 checks.append(Check(name, SKIPPED, skip_db if not db_ok else skip_broker))
-        checks.append(check_protection(db) if db_ok else Check("protection", SKIPPED, skip_db))
+        checks.extend(_guarded("protection", lambda: check_protection(db)) if db_ok
+                      else [Check("protection", SKIPPED, skip_db)])
         if db_ok and broker is not None and market is not None:
-            checks.append(check_orphans(db, broker))
+            checks.extend(_guarded("orphan_positions", lambda: check_orphans(db, broker)))
         else:
             checks.append(Check("orphan_positions", SKIPPED, skip_db if not db_ok else skip_broker))
-        checks.append(check_recent_runs(db, wall_now) if db_ok else Check("recent_runs", SKIPPED, skip_db))
+        checks.extend(_guarded("recent_runs", lambda: check_recent_runs(db, wall_now)) if db_ok
+                      else [Check("recent_runs", SKIPPED, skip_db)])
     finally:
         if db is not None:
             db.close()

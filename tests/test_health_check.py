@@ -111,7 +111,7 @@ def test_after_the_close_the_cadence_is_not_judged(healthy, settings, pg_config,
     exchange.clock(eastern(DAY, "18:30"))
     checks, code = check(settings, pg_config, broker)
     assert code == 0
-    assert "market closed" in checks["order_monitor"].message
+    assert "outside the trading session" in checks["order_monitor"].message
 
 
 def test_a_position_nobody_ordered_is_an_orphan_warning(healthy, settings, pg_config, broker, exchange):
@@ -164,3 +164,40 @@ def test_a_configuration_error_is_critical(exchange):
     result = cli("--test-mode", ALPACA_BASE_URL="ftp://nowhere")
     assert result.returncode == 2
     assert result.stdout.startswith("CRIT  configuration") and "ALPACA_BASE_URL" in result.stdout
+
+
+@pytest.fixture
+def partial_database(pg_config):
+    """A separate database whose schema lacks program_run (an upgrade not yet applied)."""
+    admin = TradingDB(test_mode=True, config=pg_config)
+    admin.connect()
+    admin.execute_update("DROP DATABASE IF EXISTS health_partial")
+    admin.execute_update("CREATE DATABASE health_partial")
+    config = dataclasses.replace(pg_config, dbname="health_partial", source="DATABASE_URL")
+    with TradingDB(config=config) as db:
+        db.create_schema()
+        db.execute_update("DROP TABLE program_run")
+    try:
+        yield config
+    finally:
+        admin.execute_update("DROP DATABASE IF EXISTS health_partial WITH (FORCE)")
+        admin.close()
+
+
+def test_an_incomplete_schema_is_critical_in_production_and_a_warning_on_the_test_database(
+        partial_database, settings, broker, exchange):
+    production = run_checks(settings, connect_db=lambda: TradingDB(config=partial_database),
+                            connect_broker=lambda: broker)
+    by_name = {c.name: c for c in production}
+    assert overall(production) == 2
+    assert by_name["database"].status == CRITICAL and "lacks program_run" in by_name["database"].message
+    assert "programs refuse to start" in by_name["database"].message
+    test_db = run_checks(settings, connect_db=lambda: TradingDB(test_mode=True, config=partial_database),
+                         connect_broker=lambda: broker)
+    by_name = {c.name: c for c in test_db}
+    assert overall(test_db) == 1
+    assert by_name["database"].status == WARNING and "the next program run creates it" in by_name["database"].message
+    # What needs the missing table says it could not be checked; the rest is checked.
+    assert by_name["schedule"].status == WARNING and "could not be checked" in by_name["schedule"].message
+    assert by_name["recent_runs"].status == WARNING
+    assert by_name["protection"].status == OK
