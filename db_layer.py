@@ -85,6 +85,10 @@ def _is_transient(exc: BaseException) -> bool:
     return code[:2] in _TRANSIENT_SQLSTATES
 
 
+#: Embedded (database, port) pairs already started and created in this process.
+_ENSURED: set[tuple[str, int]] = set()
+
+
 def lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for ``name``."""
     digest = hashlib.sha256(f"trading-monitor:{name}".encode()).digest()
@@ -111,14 +115,37 @@ class TradingDB:
 
     # ------------------------------------------------------------------ connection
 
-    def _open(self) -> psycopg2.extensions.connection:
-        if self.config.embedded:
-            from trading.embedded_postgres import ensure_embedded_database
+    def _ensure_embedded(self, *, again: bool = False) -> bool:
+        """Start the embedded cluster and database once per process (two subprocesses), not on
+        every connection; ``again`` re-checks after a failed connection (stopped meanwhile).
+        Returns whether it checked now."""
+        key = (self.config.dbname, self.config.port)
+        if not self.config.embedded or (key in _ENSURED and not again):
+            return False
+        from trading.embedded_postgres import ensure_embedded_database
 
-            ensure_embedded_database(self.config.dbname, self.config.port)
+        ensure_embedded_database(self.config.dbname, self.config.port)
+        _ENSURED.add(key)
+        return True
+
+    def _open(self) -> psycopg2.extensions.connection:
+        checked_now = self._ensure_embedded()
         try:
-            conn = psycopg2.connect(**self.config.connect_kwargs(), connect_timeout=self.connect_timeout,
-                                    application_name=self.application_name, options="-c timezone=UTC")
+            conn = self._connect()
+        except psycopg2.OperationalError:
+            if not checked_now:
+                self._ensure_embedded(again=True)  # stopped since it was checked? (no-op when configured)
+            conn = self._connect_or_explain()
+        conn.autocommit = True
+        return conn
+
+    def _connect(self) -> psycopg2.extensions.connection:
+        return psycopg2.connect(**self.config.connect_kwargs(), connect_timeout=self.connect_timeout,
+                                application_name=self.application_name, options="-c timezone=UTC")
+
+    def _connect_or_explain(self) -> psycopg2.extensions.connection:
+        try:
+            return self._connect()
         except psycopg2.Error as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if self.config.password and self.config.password.reveal() in reason:
@@ -126,8 +153,6 @@ class TradingDB:
             raise DatabaseUnavailableError(
                 f"cannot connect to PostgreSQL at {self.config.host}:{self.config.port}, database "
                 f"{self.config.dbname!r} as {self.config.user!r}: {reason}") from None
-        conn.autocommit = True
-        return conn
 
     def connect(self) -> TradingDB:
         """Open the connection (idempotent); raises ``DatabaseUnavailableError`` naming host, port, database."""

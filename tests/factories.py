@@ -24,7 +24,7 @@ FRIDAY_0945 = "2026-11-20T14:45:00Z"
 def eastern(day: str, hhmm: str) -> str:
     """An ISO UTC timestamp for a US/Eastern wall-clock time (``eastern("2026-11-20", "15:50")``)."""
     local = EASTERN.localize(dt.datetime.fromisoformat(f"{day}T{hhmm}:00"))
-    return local.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return local.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def make_settings(**env: str | int) -> Settings:

@@ -170,10 +170,10 @@ def test_parse_order_accepts_nanosecond_timestamps_and_unknown_words_untouched()
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("2026-11-21T03:30:18.232068-05:00", dt.datetime(2026, 11, 21, 8, 30, 18, 232068, tzinfo=dt.timezone.utc)),
-    ("2026-11-21T03:30:18.5-05:00", dt.datetime(2026, 11, 21, 8, 30, 18, 500000, tzinfo=dt.timezone.utc)),
-    ("2026-11-20T14:45:00.123456789Z", dt.datetime(2026, 11, 20, 14, 45, 0, 123456, tzinfo=dt.timezone.utc)),
-    ("2026-11-20T09:45:00-05:00", dt.datetime(2026, 11, 20, 14, 45, tzinfo=dt.timezone.utc)),
+    ("2026-11-21T03:30:18.232068-05:00", dt.datetime(2026, 11, 21, 8, 30, 18, 232068, tzinfo=dt.UTC)),
+    ("2026-11-21T03:30:18.5-05:00", dt.datetime(2026, 11, 21, 8, 30, 18, 500000, tzinfo=dt.UTC)),
+    ("2026-11-20T14:45:00.123456789Z", dt.datetime(2026, 11, 20, 14, 45, 0, 123456, tzinfo=dt.UTC)),
+    ("2026-11-20T09:45:00-05:00", dt.datetime(2026, 11, 20, 14, 45, tzinfo=dt.UTC)),
 ])
 def test_timestamps_keep_their_offset_whatever_their_precision(text, expected):
     from alpaca_client import _time

@@ -1,6 +1,6 @@
 """Every kind of paper-exchange response validates against Alpaca's own OpenAPI schemas.
 
-The specs live in ``../shared/reference/alpaca`` next to the repository. OpenAPI 3.0's
+The specs are kept in ``tests/data/alpaca`` (copied unchanged from Alpaca). OpenAPI 3.0's
 ``nullable`` is translated to JSON Schema, and ``date-time``, ``date`` and ``uuid`` formats
 are checked strictly.
 """
@@ -22,7 +22,7 @@ from jsonschema.exceptions import ValidationError
 
 from tests.paper_exchange_helpers import Exchange, running_exchange
 
-SPEC_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "alpaca"
+SPEC_DIR = Path(__file__).resolve().parent / "data" / "alpaca"
 TRADING_SPEC = SPEC_DIR / "openapi_trading-api.json"
 DATA_SPEC = SPEC_DIR / "openapi_market-data-api.json"
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
