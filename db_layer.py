@@ -87,6 +87,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 #: Embedded (database, port) pairs already started and created in this process.
 _ENSURED: set[tuple[str, int]] = set()
+#: Embedded (database, port) pairs whose schema this process has created.
+_SCHEMA_READY: set[tuple[str, int]] = set()
 
 
 def lock_key(name: str) -> int:
@@ -160,6 +162,11 @@ class TradingDB:
             self._conn = self._open()
             self._depth = 0
             self._columns = None
+            key = (self.config.dbname, self.config.port)
+            if self.config.embedded and key not in _SCHEMA_READY:
+                # The embedded database is the project's own: ready to use (psql, NocoDB) on first touch.
+                self.create_schema()
+                _SCHEMA_READY.add(key)
         return self
 
     def close(self) -> None:
