@@ -372,22 +372,38 @@ class OrderExecutor:
 
     # ------------------------------------------------------------------ CANCEL, AMEND, CLOSE
 
-    def _cancel(self, ctx: RunContext, decision_id: int, protector: Protector) -> Outcome:
+    def _claim_open_trade(
+            self, ctx: RunContext, decision_id: int, verb: str,
+            check: Callable[[Row, Row], Outcome | None] | None = None) -> tuple[Row | None, Outcome | None]:
+        """Claim the decision and find the open trade it names. Returns the trade, or the outcome
+        when the decision ends here (refused: no such trade, already finished, or ``check`` says so,
+        all within the claim's transaction)."""
         with self.db.transaction():
             row = self._claim(decision_id)
             if row is None:
-                return Outcome("skipped", "claimed by another run")
+                return None, Outcome("skipped", "claimed by another run")
             try:
                 trade = self._referenced_trade(row)
             except RejectedError as exc:
-                return self._refuse(ctx, row, exc)
+                return None, self._refuse(ctx, row, exc)
             if trade["status"] in (TradeStatus.CANCELLED.value, TradeStatus.CLOSED.value):
-                return self._refuse(ctx, row, f"trade {trade['id']} is already {trade['status']}: nothing to cancel",
-                                    code="NOTHING_TO_CANCEL")
+                return None, self._refuse(ctx, row, f"trade {trade['id']} is already {trade['status']}: nothing to "
+                                                    f"{verb}", code=f"NOTHING_TO_{verb.upper()}")
+            refused = check(row, trade) if check else None
+            return (None, refused) if refused else (trade, None)
+
+    def _cancel(self, ctx: RunContext, decision_id: int, protector: Protector) -> Outcome:
+        def filled_already(row: Row, trade: Row) -> Outcome | None:
             if trade["status"] == TradeStatus.POSITION.value and not self._entry_working(trade["id"]):
                 return self._refuse(ctx, row, f"trade {trade['id']} entry already filled "
                                               f"({trade['actual_qty']} @ {trade['actual_entry']}): protection left in "
                                               "place, nothing cancelled", code="ALREADY_FILLED")
+            return None
+
+        trade, ended = self._claim_open_trade(ctx, decision_id, "cancel", filled_already)
+        if trade is None:
+            assert ended is not None
+            return ended
         result = protector.cancel_entry(trade["id"], ExitReason.CANCEL_REQUESTED.value,
                                         reason=f"CANCEL decision {decision_id}")
         if result == "deferred":
@@ -461,17 +477,10 @@ class OrderExecutor:
         return self._new_trade(ctx, decision_id, reconciler, replaces=old)
 
     def _close(self, ctx: RunContext, decision_id: int, protector: Protector) -> Outcome:
-        with self.db.transaction():
-            row = self._claim(decision_id)
-            if row is None:
-                return Outcome("skipped", "claimed by another run")
-            try:
-                trade = self._referenced_trade(row)
-            except RejectedError as exc:
-                return self._refuse(ctx, row, exc)
-            if trade["status"] in (TradeStatus.CANCELLED.value, TradeStatus.CLOSED.value):
-                return self._refuse(ctx, row, f"trade {trade['id']} is already {trade['status']}: nothing to close",
-                                    code="NOTHING_TO_CLOSE")
+        trade, ended = self._claim_open_trade(ctx, decision_id, "close")
+        if trade is None:
+            assert ended is not None
+            return ended
         if not ctx.market.is_open:
             reason = "market closed: a CLOSE is sent as a market order in the session; waiting for the next run"
             self._note_deferred(ctx, decision_id, reason)

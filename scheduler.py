@@ -64,16 +64,15 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
-from config import ScheduleConfig, Settings, load_settings
+from config import ScheduleConfig, Settings
 from db_layer import TradingDB
 from order_executor import OrderExecutor
 from order_monitor import OrderMonitor
 from position_monitor import PositionMonitor
 from trading.broker import Broker, TradingDay
 from trading.errors import ConfigurationError, DatabaseUnavailableError, TradingError, TransientError
-from trading.logs import configure_logging, register_secret
 from trading.market_time import EASTERN, eastern_date
-from trading.program import Runnable, RunSummary
+from trading.program import Runnable, RunSummary, start
 
 logger = logging.getLogger("scheduler")
 
@@ -593,15 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from alpaca_client import connect_broker
 
     args = build_arg_parser().parse_args(argv)
-    try:
-        settings = load_settings(test_mode=args.test_mode)
-    except ConfigurationError as exc:
-        configure_logging("INFO", PROGRAM)
-        logger.error("configuration error: %s", exc)
+    settings = start(PROGRAM, test_mode=args.test_mode, log_level=args.log_level)
+    if settings is None:
         return 2
-    configure_logging(args.log_level or settings.log_level, PROGRAM)
-    for secret in (settings.alpaca.api_key, settings.alpaca.secret_key, settings.postgres.password):
-        register_secret(secret.reveal())
     try:
         broker = connect_broker(settings.alpaca, test_mode=args.test_mode)
         scheduler = TradingScheduler(settings, broker)

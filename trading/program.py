@@ -218,6 +218,24 @@ def exit_code(summary: RunSummary) -> int:
     return {"success": 0, "skipped": 0, "warning": 1}.get(summary.outcome, 2)
 
 
+def start(prog: str, *, test_mode: bool, log_level: str | None) -> Settings | None:
+    """What every entry point does first: read and validate the settings, configure logging once,
+    register the real secrets with the log scrubber. Returns None after logging a configuration
+    error (the caller exits 2)."""
+    try:
+        settings = load_settings(test_mode=test_mode)
+    except ConfigurationError as exc:
+        configure_logging("INFO", prog)
+        logger.error("configuration error: %s", exc)
+        return None
+    configure_logging(log_level or settings.log_level, prog)
+    if settings.alpaca.mode in ("paper", "live"):  # local modes use placeholder keys, not secrets
+        register_secret(settings.alpaca.api_key.reveal())
+        register_secret(settings.alpaca.secret_key.reveal())
+    register_secret(settings.postgres.password.reveal())
+    return settings
+
+
 class Runnable(Protocol):
     def run(self) -> RunSummary: ...
 
@@ -234,17 +252,9 @@ def main_for(prog: str, description: str,
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings(test_mode=args.test_mode)
-    except ConfigurationError as exc:
-        configure_logging("INFO", prog)
-        logger.error("configuration error: %s", exc)
+    settings = start(prog, test_mode=args.test_mode, log_level=args.log_level)
+    if settings is None:
         return 2
-    configure_logging(args.log_level or settings.log_level, prog)
-    if settings.alpaca.mode in ("paper", "live"):  # local modes use placeholder keys, not secrets
-        register_secret(settings.alpaca.api_key.reveal())
-        register_secret(settings.alpaca.secret_key.reveal())
-    register_secret(settings.postgres.password.reveal())
     logger.info("configuration: %s", json.dumps(settings.describe(), sort_keys=True))
     db = TradingDB(test_mode=args.test_mode, config=settings.postgres, application_name=prog)
     try:
