@@ -251,10 +251,6 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
     watcher_db: TradingDB | None = None
 
     reset_database(postgres)
-    # Connections skip the embedded cluster's start-up check from here on: it runs and the
-    # database exists, and the check costs two subprocesses per connection.
-    if postgres.embedded:
-        postgres = dataclasses.replace(postgres, source="embedded (started by simulate_day)")
     exchange = PaperExchange(seed=seed, simulated_clock=True, start_time=eastern(day, START_OF_DAY),
                              price_simulation=True, annual_volatility=volatility, history_days=1)
     server = start_server(exchange=exchange)
