@@ -45,8 +45,9 @@ from config import ScheduleConfig, Settings, load_settings
 from db_layer import TradingDB
 from trading.broker import Broker
 from trading.errors import ConfigurationError, TradingError
-from trading.logs import configure_logging, register_secret
+from trading.logs import configure_logging
 from trading.market_time import EASTERN, MarketTime, read_market_time, to_eastern
+from trading.program import register_secrets
 from trading.protection import ProtectionView
 
 OK, WARNING, CRITICAL, SKIPPED = "ok", "warning", "critical", "skipped"
@@ -293,8 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         checks = [Check("configuration", CRITICAL, str(exc))]
     else:
-        for secret in (settings.alpaca.api_key, settings.alpaca.secret_key, settings.postgres.password):
-            register_secret(secret.reveal())
+        register_secrets(settings)
 
         def connect_broker() -> Broker:
             from alpaca_client import connect_broker as connect

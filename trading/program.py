@@ -229,11 +229,17 @@ def start(prog: str, *, test_mode: bool, log_level: str | None) -> Settings | No
         logger.error("configuration error: %s", exc)
         return None
     configure_logging(log_level or settings.log_level, prog)
-    if settings.alpaca.mode in ("paper", "live"):  # local modes use placeholder keys, not secrets
+    register_secrets(settings)
+    return settings
+
+
+def register_secrets(settings: Settings) -> None:
+    """Give the log scrubber every real secret of ``settings`` (the local exchange's placeholder
+    keys are not secrets, and scrubbing them would mask ordinary words in every line)."""
+    if settings.alpaca.mode in ("paper", "live"):
         register_secret(settings.alpaca.api_key.reveal())
         register_secret(settings.alpaca.secret_key.reveal())
     register_secret(settings.postgres.password.reveal())
-    return settings
 
 
 class Runnable(Protocol):
