@@ -131,6 +131,7 @@ class PaperExchange:
         self.always_open = (not simulated_clock) if always_open is None else always_open
         self.starting_cash = to_decimal(starting_cash, "starting_cash")
         self.partial_fill_probability = _probability(partial_fill_probability)
+        self._initial_partial_fill_probability = self.partial_fill_probability
         self.calendar = NyseCalendar()
         if isinstance(start_time, str):
             start_time = parse_timestamp(start_time, "start_time")
@@ -1320,11 +1321,13 @@ class PaperExchange:
 
     def reset(self, starting_cash: Any = None) -> None:
         """``POST /admin/reset``: no orders, no positions, starting cash, market back to
-        its starting prices and seeds (manual quotes forgotten). The clock keeps its time."""
+        its starting prices and seeds (manual quotes forgotten), partial fills back to the
+        constructor's setting. The clock keeps its time."""
         with self._lock:
             self._sync()
             if starting_cash is not None:
                 self.starting_cash = to_decimal(starting_cash, "cash")
+            self.partial_fill_probability = self._initial_partial_fill_probability
             self.market.reset(self._now)
             self._init_book()
             self._touch()

@@ -94,8 +94,10 @@ def test_account_cash_is_set_by_admin_and_moves_with_fills(ex: Exchange) -> None
 def test_reset_restores_cash_and_clears_orders_positions_and_faults(ex: Exchange) -> None:
     buy(ex, 3)
     ex.admin("POST", "/admin/faults", {"status": 500, "path": "/v2/account", "count": 5})
+    ex.admin("POST", "/admin/config", {"partial_fill_probability": 1})
     state = ex.admin("POST", "/admin/reset")
     assert state["orders"] == [] and state["positions"] == [] and state["cash"] == "100000.00"
+    assert state["partial_fill_probability"] == 0.0  # back to the constructor's setting
     assert ex.admin("GET", "/admin/faults") == {"faults": []}
     assert ex.trading.get_account().cash == "100000.00"
     assert ex.trading.get_orders() == []
