@@ -64,7 +64,7 @@ Row = dict[str, Any]
 POSITIONS_SQL = """
     SELECT p.*, t.status AS trade_status, t.trade_style, t.entry_date, t.actual_entry
     FROM position_tracking p JOIN trade_journal t ON t.id = p.trade_journal_id
-    WHERE t.status = 'POSITION'
+    WHERE t.status = 'POSITION' AND (%(symbol)s::text IS NULL OR p.symbol = %(symbol)s)
     ORDER BY p.symbol, t.entry_date, p.trade_journal_id
 """
 
@@ -118,7 +118,7 @@ class PositionMonitor:
         return ProgramRunner(self, self.db, self.broker, self.settings, clock=self.clock).run()
 
     def execute(self, ctx: RunContext) -> None:
-        positions = self.db.execute_query(POSITIONS_SQL)
+        positions = self._positions()
         # Everything the run needs from the broker is read before the first write: an outage
         # here ends the run having changed nothing.
         held = {p.symbol: p for p in self.broker.list_positions()}
@@ -141,6 +141,10 @@ class PositionMonitor:
 
     # ------------------------------------------------------------------ reconciliation
 
+    def _positions(self, symbol: str | None = None) -> list[Row]:
+        """Open positions with their trades' columns; one symbol's only when ``symbol`` is given."""
+        return self.db.execute_query(POSITIONS_SQL, {"symbol": symbol})
+
     def _reconcile_symbol(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, symbol: str,
                           rows: list[Row], broker_position: BrokerPosition | None) -> None:
         broker_qty = broker_position.qty if broker_position else ZERO
@@ -150,7 +154,7 @@ class PositionMonitor:
         # A fill order_monitor has not recorded yet explains most differences: sync first.
         for row in rows:
             self._sync_trade_orders(ctx, reconciler, protector, row["trade_journal_id"])
-        rows = [r for r in self.db.execute_query(POSITIONS_SQL) if r["symbol"] == symbol]
+        rows = self._positions(symbol)
         db_qty = sum((Decimal(r["qty"]) for r in rows), ZERO)
         if broker_qty == db_qty:
             ctx.summary.add("synced_from_orders")
@@ -329,7 +333,7 @@ class PositionMonitor:
 
     def _revalue(self, ctx: RunContext, quotes: dict[str, Quote]) -> None:
         updates: dict[str, list[Any]] = {"ids": [], "prices": [], "values": [], "pnls": [], "pcts": []}
-        for row in self.db.execute_query(POSITIONS_SQL):
+        for row in self._positions():
             quote = quotes.get(row["symbol"])
             price = mid_price(quote.bid, quote.ask) if quote else None
             if price is None:
