@@ -67,6 +67,10 @@ Handler = Callable[["ExchangeServer", Request], Response]
 _ROUTES: list[tuple[str, re.Pattern[str], str, Handler]] = []
 
 
+#: What ``_apply_fault`` returns after closing the connection without an answer.
+_DROPPED = Response(0, None)
+
+
 def route(method: str, template: str) -> Callable[[Handler], Handler]:
     """Register a handler for ``METHOD template`` (``{name}`` captures one path segment)."""
     escaped = re.escape(template).replace(r"\{", "{").replace(r"\}", "}")
@@ -441,13 +445,10 @@ class _Handler(BaseHTTPRequestHandler):
             app.stats.record(method, path, template)
             fault = app.faults.take(method, path)
             if fault is not None and fault.when == "before":
-                if fault.delay_seconds:
-                    time.sleep(fault.delay_seconds)
-                if fault.drop:
-                    self._drop()
-                    return
-                if fault.status is not None:
-                    self._send(Response(fault.status, fault.error_body(), fault.headers()))
+                answer = self._apply_fault(fault)
+                if answer is not None:  # dropped or answered: the request is not processed
+                    if answer is not _DROPPED:
+                        self._send(answer)
                     return
                 fault = None  # a pure delay: now process normally
         response = self._dispatch(
@@ -455,14 +456,23 @@ class _Handler(BaseHTTPRequestHandler):
             handler=handler, match=match, known=known, is_api=is_api,
         )
         if fault is not None:  # when == "after": the request was processed
-            if fault.delay_seconds:
-                time.sleep(fault.delay_seconds)
-            if fault.drop:
-                self._drop()
+            answer = self._apply_fault(fault)
+            if answer is _DROPPED:
                 return
-            if fault.status is not None:
-                response = Response(fault.status, fault.error_body(), fault.headers())
+            response = answer or response
         self._send(response)
+
+    def _apply_fault(self, fault: FaultRule) -> Response | None:
+        """Wait the fault's delay, then drop the connection (returns ``_DROPPED``), or return the
+        fault's answer, or None for a pure delay (the normal answer stands)."""
+        if fault.delay_seconds:
+            time.sleep(fault.delay_seconds)
+        if fault.drop:
+            self._drop()
+            return _DROPPED
+        if fault.status is not None:
+            return Response(fault.status, fault.error_body(), fault.headers())
+        return None
 
     def _dispatch(
         self,
