@@ -42,6 +42,7 @@ class Table:
     append_only: bool = False
     upstream: bool = False                            # owned by the upstream workflow (production: not created)
     added_columns: tuple[str, ...] = field(default=())  # upstream tables: the columns this system adds
+    dropped_checks: tuple[str, ...] = ()              # constraints of older versions, replaced by renamed ones
 
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
@@ -208,9 +209,10 @@ AUDIT_EVENT = Table(
         Column("reason", "TEXT"),
         Column("details", "JSONB"),
     ),
-    checks=(("audit_event_entity_type_check",
+    # _v2: "trading_state" joined the entity types (the old constraint is dropped where it exists).
+    checks=(("audit_event_entity_type_check_v2",
              _in("entity_type", frozenset({"decision", "trade", "order", "position", "broker_position",
-                                           "account", "program"}))),),
+                                           "account", "program", "trading_state"}))),),
     indexes=(
         ("idx_audit_event_entity", "(entity_type, entity_id)"),
         ("idx_audit_event_occurred", "(occurred_at)"),
@@ -218,6 +220,7 @@ AUDIT_EVENT = Table(
     ),
     comment="Append-only record of every state change and every refused input (UPDATE/DELETE refused).",
     append_only=True,
+    dropped_checks=("audit_event_entity_type_check",),
 )
 
 PROGRAM_RUN = Table(
@@ -277,9 +280,33 @@ PORTFOLIO_SNAPSHOT = Table(
     comment="One row per position_monitor run: the equity curve.",
 )
 
+TRADING_STATE = Table(
+    "trading_state",
+    (
+        ID,
+        Column("scope", "TEXT", not_null=True),
+        Column("mode", "TEXT", not_null=True),
+        Column("reason", "TEXT", not_null=True),
+        Column("changed_by", "TEXT", not_null=True),
+        Column("changed_at", "TIMESTAMPTZ", "now()", not_null=True),
+        Column("source", "TEXT", "'manual'", not_null=True),
+        Column("resume_after", "TIMESTAMPTZ"),
+        CREATED_AT,
+        UPDATED_AT,
+    ),
+    checks=(
+        ("trading_state_mode_must_be_active_reduce_only_halted_or_flatten",
+         "mode IN ('ACTIVE', 'REDUCE_ONLY', 'HALTED', 'FLATTEN')"),
+        ("trading_state_reason_must_not_be_empty", "length(btrim(reason)) > 0"),
+        ("trading_state_changed_by_must_not_be_empty", "length(btrim(changed_by)) > 0"),
+    ),
+    indexes=(("idx_trading_state_scope", "UNIQUE (scope)"),),
+    comment="The kill switch: one row per scope (ACCOUNT or a symbol); no row means ACTIVE. See trading/state.py.",
+)
+
 #: Every table, upstream first.
 TABLES: tuple[Table, ...] = (ANALYSIS_DECISION, TRADE_JOURNAL, ORDER_EXECUTION, POSITION_TRACKING,
-                             TRADE_FILL, AUDIT_EVENT, PROGRAM_RUN, PORTFOLIO_SNAPSHOT)
+                             TRADE_FILL, AUDIT_EVENT, PROGRAM_RUN, PORTFOLIO_SNAPSHOT, TRADING_STATE)
 TABLES_BY_NAME = {table.name: table for table in TABLES}
 
 #: Serialises concurrent schema creation (two programs starting at once on a fresh database).
@@ -319,6 +346,8 @@ def table_statements(table: Table, *, only_added_columns: bool = False) -> list[
         # Tables created by an older version gain the columns added since.
         for column in table.columns[1:]:
             statements.append(f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {column.definition()}")
+        for name in table.dropped_checks:
+            statements.append(f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {name}")
         for name, expression in table.checks:
             statements.append(_constraint_sql(table, name, expression))
     for name, spec in table.indexes:

@@ -1,0 +1,96 @@
+"""trading.state: the kill switch kept in the database, on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from trading.errors import RejectedError
+from trading.state import (
+    ACCOUNT_SCOPE,
+    TRADING_STATE_CHANGED,
+    TradingMode,
+    TradingStateRefused,
+    read_trading_state,
+    record_trading_state,
+)
+
+
+def _changes(db) -> list[dict]:
+    return db.execute_query("SELECT * FROM audit_event WHERE event = %s ORDER BY id", (TRADING_STATE_CHANGED,))
+
+
+def test_empty_table_means_the_whole_account_is_active(db):
+    state = read_trading_state(db)
+    assert state.mode_for() is TradingMode.ACTIVE
+    assert state.mode_for("AAPL") is TradingMode.ACTIVE
+    assert state.allows_entries("AAPL") and state.allows_exits("AAPL")
+
+
+def test_halt_is_recorded_with_reason_and_audited_in_the_same_transaction(db):
+    stored = record_trading_state(db, "halted", reason="broker outage", changed_by="alice")
+    assert stored.mode is TradingMode.HALTED and stored.reason == "broker outage" and stored.changed_by == "alice"
+    state = read_trading_state(db)
+    assert state.mode_for("MSFT") is TradingMode.HALTED
+    assert not state.allows_entries("MSFT") and not state.allows_exits("MSFT")
+    assert state.describe("MSFT") == "HALTED (account): broker outage"
+    [change] = _changes(db)
+    assert (change["old_value"], change["new_value"], change["reason"]) == ("ACTIVE", "HALTED", "broker outage")
+    assert change["entity_type"] == "trading_state" and change["details"]["changed_by"] == "alice"
+
+
+def test_a_symbol_scope_is_stricter_than_an_active_account_but_not_looser_than_a_halted_one(db):
+    record_trading_state(db, TradingMode.REDUCE_ONLY, reason="earnings tonight", changed_by="bob", scope="tsla")
+    state = read_trading_state(db)
+    assert state.mode_for("TSLA") is TradingMode.REDUCE_ONLY
+    assert state.mode_for("AAPL") is TradingMode.ACTIVE
+    assert not state.allows_entries("TSLA") and state.allows_exits("TSLA")
+    record_trading_state(db, TradingMode.HALTED, reason="stop", changed_by="bob")
+    assert read_trading_state(db).mode_for("TSLA") is TradingMode.HALTED
+
+
+def test_leaving_halted_without_confirmation_is_refused_and_changes_nothing(db):
+    record_trading_state(db, TradingMode.HALTED, reason="stop", changed_by="alice")
+    with pytest.raises(TradingStateRefused, match="needs an explicit confirmation"):
+        record_trading_state(db, TradingMode.ACTIVE, reason="all clear", changed_by="alice")
+    assert read_trading_state(db).mode_for() is TradingMode.HALTED
+    assert len(_changes(db)) == 1
+    record_trading_state(db, TradingMode.ACTIVE, reason="all clear", changed_by="alice", confirm_reset=True)
+    assert read_trading_state(db).mode_for() is TradingMode.ACTIVE
+
+
+def test_a_finished_flatten_becomes_halted_without_confirmation_but_never_active(db):
+    record_trading_state(db, TradingMode.FLATTEN, reason="loss limit", changed_by="order_monitor")
+    record_trading_state(db, TradingMode.HALTED, reason="flatten complete", changed_by="order_monitor")
+    assert read_trading_state(db).mode_for() is TradingMode.HALTED
+    with pytest.raises(TradingStateRefused):
+        record_trading_state(db, TradingMode.REDUCE_ONLY, reason="try", changed_by="x")
+
+
+@pytest.mark.parametrize(("mode", "reason", "who", "scope", "message"), [
+    ("PAUSED", "r", "a", None, "unknown trading mode"),
+    ("HALTED", "  ", "a", None, "needs a reason"),
+    ("HALTED", "r", "", None, "who made it"),
+    ("HALTED", "r", "a", "AA PL", "invalid scope"),
+])
+def test_bad_state_changes_are_refused_with_a_reason(db, mode, reason, who, scope, message):
+    with pytest.raises(RejectedError, match=message):
+        record_trading_state(db, mode, reason=reason, changed_by=who, scope=scope)
+    assert read_trading_state(db).mode_for() is TradingMode.ACTIVE
+    assert _changes(db) == []
+
+
+def test_setting_the_mode_a_scope_already_has_writes_nothing(db):
+    record_trading_state(db, TradingMode.REDUCE_ONLY, reason="r", changed_by="a")
+    record_trading_state(db, TradingMode.REDUCE_ONLY, reason="again", changed_by="b")
+    record_trading_state(db, TradingMode.ACTIVE, reason="none yet", changed_by="c", scope="NVDA")
+    assert len(_changes(db)) == 1
+    assert db.execute_query("SELECT scope FROM trading_state") == [{"scope": ACCOUNT_SCOPE}]
+
+
+def test_the_database_refuses_a_row_edit_without_reason_or_with_an_unknown_mode(db):
+    record_trading_state(db, TradingMode.HALTED, reason="r", changed_by="a")
+    for statement, constraint in (("UPDATE trading_state SET mode = 'PAUSED'", "trading_state_mode_must_be"),
+                                  ("UPDATE trading_state SET reason = ' '", "trading_state_reason_must_not")):
+        with pytest.raises(Exception, match=constraint):  # the driver's check violation, named for NocoDB users
+            db.execute_update(statement)
+    assert read_trading_state(db).mode_for() is TradingMode.HALTED
