@@ -813,3 +813,44 @@ def test_two_monitor_runs_at_once_one_runs_the_other_is_skipped(db, make_db, exc
     assert "another run holds the lock" in caplog.text
     assert results["first"].outcome == "success"
     assert [r["outcome"] for r in db.query("program_run", {"program": "order_monitor"})] == ["success"]
+
+
+# --------------------------------------------------------------------------- issue 11: trade safety
+
+
+def test_replaced_entry_keeps_its_fills_and_the_trade_holds_the_whole_chain_at_the_weighted_price(
+        db, exchange, broker):
+    trade = place_entry(db, broker)
+    entry = entry_row(db, trade["id"])
+    real = broker.get_order(entry["alpaca_order_id"])
+    reconciler = Reconciler(db, Auditor(db, "test"))
+    now = dt.datetime.fromisoformat(eastern("2026-11-20", "10:00"))
+    one_filled = dataclasses.replace(real, status="partially_filled", filled_qty=D("1"), filled_avg_price=D("150.00"))
+    successor_id = str(uuid.uuid4())
+    replaced = dataclasses.replace(one_filled, status="replaced", replaced_by=successor_id)
+    # A person replaced the limit: the new order starts with nothing filled, then 9 fill @ 149.50.
+    successor = dataclasses.replace(real, id=successor_id, client_order_id=f"dash-{successor_id[:8]}",
+                                    status="new", filled_qty=D("0"), filled_avg_price=None, limit_price=D("149.50"),
+                                    replaces=real.id, legs=())
+    nine_filled = dataclasses.replace(successor, status="filled", filled_qty=D("9"), filled_avg_price=D("149.50"))
+
+    for order, index in ((one_filled, {}), (replaced, {successor_id: successor})):
+        with db.transaction():
+            locked = reconciler.trades.lock(trade["id"])
+            reconciler.sync(locked, entry_row_by_id(db, entry["id"]), order, now=now, index=index)
+    (successor_row,) = [r for r in rows(db, trade["id"], "ENTRY") if r["alpaca_order_id"] == successor_id]
+    with db.transaction():
+        locked = reconciler.trades.lock(trade["id"])
+        reconciler.sync(locked, successor_row, nine_filled, now=now)
+
+    after = db.get_by_id("trade_journal", trade["id"])
+    assert (after["status"], after["actual_qty"], after["actual_entry"]) == ("POSITION", D("10"), D("149.55"))
+    (position,) = db.query("position_tracking", {"trade_journal_id": trade["id"]})
+    assert (position["qty"], position["avg_entry_price"], position["cost_basis"]) == \
+        (D("10"), D("149.55"), D("1495.50"))
+    buys = [(f["qty"], f["price"]) for f in db.query("trade_fill", order_by="id")]
+    assert buys == [(D("1"), D("150.00")), (D("9"), D("149.50"))]
+
+
+def entry_row_by_id(db, row_id: int) -> dict:
+    return db.get_by_id("order_execution", row_id)

@@ -118,8 +118,7 @@ class TradeBook:
         """Shares bought: the trade holds a position (created on the first fill, grown after)."""
         self._ledger(trade, "buy", fill_qty, fill_price if fill_price is not None else
                      Decimal(entry_row["filled_avg_price"]), when, None, entry_row.get("id"), "entry fill")
-        actual_qty = Decimal(entry_row["filled_qty"])
-        actual_entry = Decimal(entry_row["filled_avg_price"])
+        actual_qty, actual_entry = self.entry_totals(trade["id"], entry_row)
         entry_date = entry_row.get("filled_at") or trade.get("entry_date") or when
         values = {"actual_entry": actual_entry, "actual_qty": actual_qty, "entry_date": trade.get("entry_date") or
                   entry_date}
@@ -143,6 +142,28 @@ class TradeBook:
         else:
             self._revalue(position, Decimal(position["qty"]) + fill_qty, actual_entry, when,
                           reason=f"entry filled {fill_qty} more")
+
+    def entry_totals(self, trade_id: int, entry_row: Row) -> tuple[Decimal, Decimal]:
+        """Shares bought and their average price over the trade's whole entry chain.
+
+        A person may replace a partly filled entry at the broker: the replacement is a new
+        order whose ``filled_qty`` starts at zero while the replaced one keeps its fills. Both
+        are the trade's entry, so the trade holds the sum, at the quantity-weighted average
+        (exact in Decimal; shown as ``average_price``)."""
+        rows = {r["id"]: r for r in self.db.query("order_execution", {"trade_journal_id": trade_id,
+                                                                      "order_type": "ENTRY"})}
+        if entry_row.get("id") is not None:
+            rows[entry_row["id"]] = entry_row  # the caller's copy carries the fill just recorded
+        qty = ZERO
+        notional = ZERO
+        for row in rows.values():
+            filled = Decimal(row.get("filled_qty") or 0)
+            if filled > ZERO and row.get("filled_avg_price") is not None:
+                qty += filled
+                notional += filled * Decimal(row["filled_avg_price"])
+        if qty == ZERO:
+            return Decimal(entry_row["filled_qty"]), Decimal(entry_row["filled_avg_price"])
+        return qty, average_price(notional / qty)
 
     def apply_exit_fill(self, trade: Row, fill_qty: Decimal, fill_price: Decimal, when: dt.datetime,
                         exit_reason: str, source: str, order_row_id: int | None = None) -> bool:
