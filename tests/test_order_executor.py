@@ -1133,3 +1133,30 @@ def test_benchmark_script_places_one_order_per_decision_with_one_call_each(db, c
     assert "broker calls (client):   12 = 1.500 per decision (8 submit_order + 4 per run" in out
     assert "broker calls (exchange): 12 = 1.500 per decision" in out
     assert "second run, nothing to do" in out and "2 broker calls" in out
+
+
+# --------------------------------------------------------------------------- issue 11: trade safety
+
+
+def test_second_amend_of_the_same_trade_cancels_the_first_replacement_and_leaves_one_live_entry(
+        db, exchange, broker):
+    first_id = place_trade(db, broker, "AAPL")
+    add_decision(db, "AAPL", "AMEND", trade_id=first_id, planned_entry="148.00", planned_sl="143.00",
+                 planned_tp="158.00", planned_qty=12)
+    assert run(db, broker).counts["amended"] == 1
+    (second,) = db.query("trade_journal", {"status": "ORDERED"})
+    # A second AMEND still names the original trade (the upstream flow only knows that one).
+    amend = add_decision(db, "AAPL", "AMEND", trade_id=first_id, planned_entry="147.00", planned_sl="142.00",
+                         planned_tp="157.00", planned_qty=11)
+
+    summary = run(db, broker)
+
+    assert summary.counts["amended"] == 1
+    second = db.get_by_id("trade_journal", second["id"])
+    assert (second["status"], second["exit_reason"]) == ("CANCELLED", "AMENDED")
+    (third,) = db.query("trade_journal", {"status": "ORDERED"})
+    assert third["replaces_trade_journal_id"] == second["id"]
+    working = [o for o in exchange_entries(exchange) if o["status"] not in ("canceled", "filled", "expired")]
+    assert len(working) == 1, working
+    assert (Decimal(working[0]["limit_price"]), Decimal(working[0]["qty"])) == (Decimal("147.00"), Decimal("11"))
+    assert decision(db, amend)["existing_trade_journal_id"] == third["id"]

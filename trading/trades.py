@@ -154,15 +154,13 @@ class TradeBook:
                                                                       "order_type": "ENTRY"})}
         if entry_row.get("id") is not None:
             rows[entry_row["id"]] = entry_row  # the caller's copy carries the fill just recorded
-        qty = ZERO
-        notional = ZERO
-        for row in rows.values():
-            filled = Decimal(row.get("filled_qty") or 0)
-            if filled > ZERO and row.get("filled_avg_price") is not None:
-                qty += filled
-                notional += filled * Decimal(row["filled_avg_price"])
-        if qty == ZERO:
-            return Decimal(entry_row["filled_qty"]), Decimal(entry_row["filled_avg_price"])
+        filled = [r for r in rows.values()
+                  if Decimal(r.get("filled_qty") or 0) > ZERO and r.get("filled_avg_price") is not None]
+        if len(filled) <= 1:  # one order: its own figures, exactly as the broker sent them
+            only = filled[0] if filled else entry_row
+            return Decimal(only["filled_qty"]), Decimal(only["filled_avg_price"])
+        qty = sum((Decimal(r["filled_qty"]) for r in filled), ZERO)
+        notional = sum((Decimal(r["filled_qty"]) * Decimal(r["filled_avg_price"]) for r in filled), ZERO)
         return qty, average_price(notional / qty)
 
     def apply_exit_fill(self, trade: Row, fill_qty: Decimal, fill_price: Decimal, when: dt.datetime,
