@@ -123,7 +123,8 @@ class OrderExecutor:
         self._assets = None
         self._risk = None
         reconciler = Reconciler(self.db, ctx.audit)
-        protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn)
+        protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
+                              count=ctx.summary.add)
         outages = 0
         for decision_id in ids:
             try:

@@ -82,7 +82,7 @@ class OrderMonitor:
     def execute(self, ctx: RunContext) -> None:
         reconciler = Reconciler(self.db, ctx.audit)
         protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
-                              sleep=self.sleep)
+                              sleep=self.sleep, count=ctx.summary.add)
         self._sync(ctx, reconciler, protector)
         self._day_end(ctx, protector)
         self._protect(ctx, reconciler, protector)
