@@ -854,3 +854,68 @@ def test_replaced_entry_keeps_its_fills_and_the_trade_holds_the_whole_chain_at_t
 
 def entry_row_by_id(db, row_id: int) -> dict:
     return db.get_by_id("order_execution", row_id)
+
+
+def outside_client(exchange) -> AlpacaBroker:
+    """A person in Alpaca's app: a separate client with other keys the system knows nothing of."""
+    return AlpacaBroker(base_url=exchange.url, data_url=exchange.url, api_key="dashboard", secret_key="operator",
+                        timeout=3)
+
+
+def close_outside(exchange, trade_id: int, db, client_order_id: str, symbol: str = "AAPL") -> BrokerOrder:
+    """Cancel the trade's protection and sell every share in Alpaca's app (the system is not told)."""
+    person = outside_client(exchange)
+    protective = [r for r in rows(db, trade_id) if r["order_type"] in ("STOP_LOSS", "TAKE_PROFIT")
+                  and r["order_status"] in lifecycle.OPEN_ORDER_STATUSES]
+    person.cancel_order(protective[0]["alpaca_order_id"])
+    from trading.broker import OrderRequest
+
+    sold = person.submit_order(OrderRequest(symbol=symbol, qty=exchange.positions()[symbol], side="sell",
+                                            kind="market", time_in_force="day", client_order_id=client_order_id))
+    assert sold.status == "filled" and exchange.positions() == {}
+    return sold
+
+
+def system_sells(exchange) -> list[dict]:
+    """Sell orders the exchange received from this system (its client order ids) and kept."""
+    return [o for o in exchange.orders() if o["side"] == "sell" and str(o["client_order_id"]).startswith("tm-")]
+
+
+def test_day_end_exit_of_a_position_sold_outside_sells_nothing_and_closes_it_as_outside(db, exchange, broker):
+    trade = open_position(db, exchange, broker, trade_style="DAYTRADE", planned_tp=None)
+    exchange.quotes(AAPL=("151.00", "151.10"))
+    sold = close_outside(exchange, trade["id"], db, "dashboard-sell-all")
+    exchange.clock(eastern("2026-11-20", "15:51"))
+    exchange.reset_stats()
+    kept_before = len(system_sells(exchange))
+
+    summary = run_monitor(db, broker)
+
+    # No sell was ever sent: not the market exit, not a restoring stop (on a margin account each
+    # would open a short).
+    assert "POST /v2/orders" not in calls(exchange), calls(exchange)
+    assert len(system_sells(exchange)) == kept_before
+    closed = db.get_by_id("trade_journal", trade["id"])
+    assert (closed["status"], closed["exit_reason"], closed["exit_price"]) == ("CLOSED", "MANUAL_EXIT",
+                                                                              D("151.00"))
+    assert closed["actual_pnl"] == D("10.00")
+    assert summary.counts.get("closed_outside") == 1
+    assert exchange.positions() == {}
+    assert sold.id in {f["order_id"] for e in audit_events(db, "QUANTITY_MISMATCH")
+                       for f in e["details"]["outside_fills"]}
+
+
+def test_protection_repair_of_a_position_sold_outside_sends_no_oco_and_closes_it_as_outside(db, exchange, broker):
+    trade = open_position(db, exchange, broker)  # SWING: a repair would be an OCO
+    exchange.quotes(AAPL=("148.00", "148.10"))
+    close_outside(exchange, trade["id"], db, "dashboard-sell-swing")
+    exchange.reset_stats()
+
+    summary = run_monitor(db, broker)
+
+    assert "POST /v2/orders" not in calls(exchange), calls(exchange)
+    closed = db.get_by_id("trade_journal", trade["id"])
+    assert (closed["status"], closed["exit_reason"], closed["exit_price"], closed["actual_pnl"]) == (
+        "CLOSED", "MANUAL_EXIT", D("148.00"), D("-20.00"))
+    assert summary.counts.get("protection_not_open") == 1
+    assert audit_events(db, "PROTECTION_MISSING") == []
