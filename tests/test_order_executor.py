@@ -1160,3 +1160,57 @@ def test_second_amend_of_the_same_trade_cancels_the_first_replacement_and_leaves
     assert len(working) == 1, working
     assert (Decimal(working[0]["limit_price"]), Decimal(working[0]["qty"])) == (Decimal("147.00"), Decimal("11"))
     assert decision(db, amend)["existing_trade_journal_id"] == third["id"]
+
+
+class MonitorRacingBroker(AlpacaBroker):
+    """The executor's real client. The moment the executor learns that the bracket it canceled is
+    gone (the confirming look-up), the order monitor is started in another thread (its own
+    connection and client), and the executor goes on when the monitor is done or ``grace``
+    seconds pass: the CLOSE and the monitor run at once, in the window between cancel and sell."""
+
+    def __init__(self, *, start_monitor: Callable[[], threading.Thread], grace: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.start_monitor, self.grace = start_monitor, grace
+        self.monitor: threading.Thread | None = None
+
+    def get_order(self, order_id: str):
+        order = super().get_order(order_id)
+        if self.monitor is None and any(o.status == "canceled" for o in order.walk()):
+            self.monitor = self.start_monitor()
+            self.monitor.join(self.grace)
+        return order
+
+
+def test_close_decision_racing_the_order_monitor_ends_flat_and_the_monitor_places_no_oco(
+        db, make_db, exchange, broker):
+    import order_monitor
+
+    exchange.quotes(AAPL=FILLING_QUOTE)
+    trade_id = place_trade(db, broker, "AAPL")
+    exchange.quotes(AAPL=("151.20", "151.30"))
+    close = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
+    monitor_summaries: list[RunSummary] = []
+
+    def start_monitor() -> threading.Thread:
+        monitor_db = make_db()
+        monitor_broker = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, timeout=5)
+        thread = threading.Thread(target=lambda: monitor_summaries.append(order_monitor.run_once(
+            monitor_db, monitor_broker, settings=make_settings(), sleep=lambda _s: None)))
+        thread.start()
+        return thread
+
+    racing = MonitorRacingBroker(start_monitor=start_monitor, grace=1.5, base_url=exchange.url,
+                                 data_url=exchange.url, timeout=5)
+
+    summary = run(db, racing)
+    assert racing.monitor is not None
+    racing.monitor.join(30)
+
+    assert not racing.monitor.is_alive()
+    assert [s.outcome for s in monitor_summaries] != ["failed"], monitor_summaries
+    assert summary.counts.get("closing") == 1, summary.as_dict()
+    assert exchange.positions() == {}  # the CLOSE ended flat
+    trade = db.get_by_id("trade_journal", trade_id)
+    assert (trade["status"], trade["exit_reason"]) == ("CLOSED", "CLOSE_REQUESTED")
+    assert [o for o in exchange.orders() if o["order_class"] == "oco"] == []  # no repair raced the exit
+    assert audit_reasons(db, close, "DECISION_ACCEPTED") == [f"trade {trade_id}: protection canceled, market sell sent"]
