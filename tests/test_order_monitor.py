@@ -919,3 +919,42 @@ def test_protection_repair_of_a_position_sold_outside_sends_no_oco_and_closes_it
         "CLOSED", "MANUAL_EXIT", D("148.00"), D("-20.00"))
     assert summary.counts.get("protection_not_open") == 1
     assert audit_events(db, "PROTECTION_MISSING") == []
+
+
+def test_two_protection_repairs_at_once_place_one_group_and_neither_run_dies(db, make_db, exchange, broker):
+    trade = open_position(db, exchange, broker)
+    broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+    from trading.protection import Protector
+
+    # The cancel is recorded first, so both programs see the same unprotected position.
+    with db.transaction():
+        reconciler = Reconciler(db, Auditor(db, "test"))
+        locked = reconciler.trades.lock(trade["id"])
+        for row in rows(db, trade["id"]):
+            if row["order_type"] == "ENTRY":
+                reconciler.sync(locked, row, broker.get_order(row["alpaca_order_id"]), now=dt.datetime.now(dt.UTC))
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+
+    def repair(program: str) -> None:
+        own_db = make_db()
+        own_broker = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, timeout=5)
+        protector = Protector(own_db, own_broker, Reconciler(own_db, Auditor(own_db, program)), make_settings(),
+                              now=dt.datetime.now(dt.UTC), warn=lambda _note: None, sleep=lambda _s: None)
+        start.wait(5)
+        try:
+            outcomes.append(protector.ensure(trade["id"]))
+        except BaseException as exc:  # noqa: BLE001 - the test reports what a run would die of
+            errors.append(exc)
+
+    threads = [threading.Thread(target=repair, args=(name,)) for name in ("order_monitor", "position_monitor")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert sorted(outcomes) == ["protected", "repaired"]
+    assert len([g for g in open_groups(broker, "AAPL") if g.order_class == "oco"]) == 1
+    check_invariants(db, broker)
