@@ -945,7 +945,7 @@ def test_two_protection_repairs_at_once_place_one_group_and_neither_run_dies(db,
         start.wait(5)
         try:
             outcomes.append(protector.ensure(trade["id"]))
-        except BaseException as exc:  # noqa: BLE001 - the test reports what a run would die of
+        except BaseException as exc:  # the test reports what a run would die of
             errors.append(exc)
 
     threads = [threading.Thread(target=repair, args=(name,)) for name in ("order_monitor", "position_monitor")]
