@@ -288,7 +288,7 @@ def test_broker_failure_on_the_listing_ends_the_run_with_warning_and_the_next_ru
     assert db.get_by_id("trade_journal", trade["id"])["status"] == "POSITION"
 
 
-def test_repair_accepted_but_unanswered_is_found_next_run_and_never_placed_twice(db, exchange, broker):
+def test_repair_accepted_but_unanswered_is_found_at_once_by_its_id_and_never_placed_twice(db, exchange, broker):
     first = open_position(db, exchange, broker, "AAPL")
     second = open_position(db, exchange, broker, "MSFT", fill_at=("399.90", "400.00"), planned_entry=400,
                            planned_sl=390, planned_tp=420)
@@ -297,22 +297,15 @@ def test_repair_accepted_but_unanswered_is_found_next_run_and_never_placed_twice
     # The exchange accepts the first repair but the answer never arrives.
     exchange.fault(method="POST", path="/v2/orders", status=500, when="after")
 
-    summary = run_monitor(db, broker, check=False)
-
-    assert summary.outcome == "warning" and "HTTP 500" in summary.error
-    (intent,) = [r for r in rows(db, first["id"]) if r["order_status"] == "pending"]
-    assert intent["alpaca_order_id"] is None and "unanswered" in intent["error_message"]
-    assert [db.get_by_id("trade_journal", t["id"])["status"] for t in (first, second)] == ["POSITION", "POSITION"]
-    assert len(db.query("position_tracking")) == 2  # nothing half-written
-    assert len(open_groups(broker, "AAPL")) == 1 and open_groups(broker, "MSFT") == []
-
     summary = run_monitor(db, broker)
 
     assert summary.outcome == "success", summary.notes
-    intent = db.get_by_id("order_execution", intent["id"])
-    assert intent["order_status"] == "new" and intent["alpaca_order_id"]
+    assert summary.counts["protection_repaired"] == 2
+    assert broker.calls.counts["get_order_by_client_id"] >= 1  # looked up by its id, not sent again
+    (repair,) = [r for r in rows(db, first["id"]) if r["client_order_id"].endswith("-p1")]
+    assert repair["order_status"] == "new" and repair["alpaca_order_id"]
     assert len(open_groups(broker, "AAPL")) == 1 and len(open_groups(broker, "MSFT")) == 1
-    assert summary.counts["protection_repaired"] == 1  # MSFT only: AAPL's order was found, not resent
+    assert len([o for o in exchange.orders() if o["client_order_id"] == repair["client_order_id"]]) == 1
 
 
 # --------------------------------------------------------------------------- orders the broker does not know
@@ -559,32 +552,40 @@ def test_stop_replaced_with_fewer_shares_is_replaced_by_one_group_for_the_whole_
         ["protection covers 4 of 10 shares: replaced"]
 
 
-def test_repair_that_never_reached_the_broker_is_concluded_after_a_while_and_sent_again(db, exchange, broker):
+def test_repair_unanswered_through_a_whole_run_is_looked_up_and_sent_again_with_its_id_next_run(
+        db, exchange, broker):
     trade = open_position(db, exchange, broker)
     broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
-    exchange.fault(method="POST", path="/v2/orders", status=503)  # refused before the exchange saw it
+    exchange.fault(method="POST", path="/v2/orders", status=503, count=2)  # refused before the exchange saw it
 
     assert run_monitor(db, broker, check=False).outcome == "warning"
     (intent,) = [r for r in rows(db, trade["id"]) if r["order_status"] == "pending"]
-    assert intent["client_order_id"].endswith("-p1")
+    assert intent["client_order_id"].endswith("-p1") and "unanswered" in intent["error_message"]
+    assert broker.calls.counts["submit_order"] == 3  # the entry, then the repair twice with the same id
+    exchange.clear_faults()
 
-    summary = run_monitor(db, broker, check=False)  # moments later: it may still be on its way
-
-    assert summary.outcome == "warning" and summary.counts["protection_deferred"] == 1
-    assert db.get_by_id("order_execution", intent["id"])["order_status"] == "pending"
-    assert broker.calls.counts["submit_order"] == 2  # the entry and the lost repair: nothing sent since
-    db.execute_update("UPDATE order_execution SET created_at = created_at - interval '3 minutes' WHERE id = %s",
-                      (intent["id"],))
-
-    summary = run_monitor(db, broker)  # long enough: it never arrived
+    summary = run_monitor(db, broker)  # the next run, moments later: no two-minute wait
 
     intent = db.get_by_id("order_execution", intent["id"])
-    assert (intent["order_status"], intent["error_message"]) == \
-        ("not_found", "never reached the broker: not found at the broker after 1 direct look-ups "
-                      "(by id and client order id)")
-    assert summary.counts["protection_repaired"] == 1
+    assert intent["order_status"] == "new" and intent["alpaca_order_id"]
     (group,) = open_groups(broker, "AAPL")
-    assert group.client_order_id == intent["client_order_id"][:-1] + "2"
+    assert group.client_order_id == intent["client_order_id"]  # the same id, sent again
+    assert summary.counts["protection_repaired"] == 0 and summary.counts["protection_protected"] == 1
+
+
+@pytest.mark.parametrize("when", ["before", "after"], ids=["never-reached-the-exchange", "accepted-answer-lost"])
+def test_protective_order_answered_500_is_back_within_the_same_run(db, exchange, broker, when):
+    trade = open_position(db, exchange, broker)
+    broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+    exchange.fault(method="POST", path="/v2/orders", status=500, when=when, count=1)
+
+    summary = run_monitor(db, broker)  # the invariants hold after this very run: the position is protected
+
+    assert summary.counts["protection_repaired"] == 1, summary.as_dict()
+    (group,) = open_groups(broker, "AAPL")
+    assert group.order_class == "oco" and group.client_order_id.endswith("-p1")
+    (repair,) = [r for r in rows(db, trade["id"]) if r["client_order_id"] == group.client_order_id]
+    assert repair["order_status"] == "new"
 
 
 def test_protection_refused_by_the_broker_is_recorded_and_warned(db, exchange, broker):

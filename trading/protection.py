@@ -54,6 +54,8 @@ Row = dict[str, Any]
 
 #: How long a program waits for another program to finish with a trade's orders.
 TRADE_LOCK_WAIT_SECONDS = 30.0
+#: Submissions of one order (same client order id) within one call when the broker does not answer.
+SEND_ATTEMPTS = 2
 
 
 def _one_program_per_trade(busy: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -200,7 +202,8 @@ class Protector:
         repair; recorded).
         """
         found_cover: Decimal | None = None  # what the stops covered before this run canceled any
-        for _ in range(3):  # cancels can reveal fills that change the position; look again
+        resolved_pending = False
+        for _ in range(4):  # cancels can reveal fills that change the position; look again
             view = self.view(trade_id)
             trade = view.trade
             if found_cover is None:
@@ -210,9 +213,13 @@ class Protector:
             if view.exits_open:
                 return "exiting"
             if view.pending:
-                self.warn(f"trade {trade_id} {trade['symbol']}: an order awaits the broker's answer; "
-                          "protection checked next run")
-                return "deferred"
+                if resolved_pending:
+                    self.warn(f"trade {trade_id} {trade['symbol']}: an order awaits the broker's answer; "
+                              "protection checked next run")
+                    return "deferred"
+                self._resolve_pending(trade_id, view)
+                resolved_pending = True
+                continue
             if view.entry_working:
                 if self.settings.monitor.partial_entry_policy == "wait":
                     return "waiting"
@@ -296,24 +303,68 @@ class Protector:
     def _send(self, trade_id: int, row_id: int, request: OrderRequest) -> str:
         """Send a recorded intent and record the answer. Returns ``sent`` or why not.
 
-        A transient failure with an unclear outcome leaves the row ``pending`` for the next
-        run's look-up and re-raises (the run ends early, as for any outage).
+        An unanswered submission (5xx, timeout, dropped connection) is looked up at once by its
+        client order id: found, it is recorded; not found, the same request is sent again with
+        the same id (safe: the broker refuses a second order with that id), up to
+        ``SEND_ATTEMPTS`` times. Still unanswered, the row stays ``pending`` with the reason and
+        the error is re-raised (the run ends early, as for any outage); the next run's ``ensure``
+        looks it up and resends it the same way.
         """
-        try:
-            order = self.broker.submit_order(request)
-        except DuplicateClientOrderIdError:
-            order = find_order(self.broker, None, request.client_order_id)
-        except BrokerRejectedError as exc:
+        last: BrokerUnavailableError | None = None
+        for _ in range(SEND_ATTEMPTS):
+            try:
+                order = self.broker.submit_order(request)
+            except DuplicateClientOrderIdError:
+                order = find_order(self.broker, None, request.client_order_id)
+            except BrokerRejectedError as exc:
+                with self.db.transaction():
+                    row = self.db.get_by_id("order_execution", row_id)
+                    self.reconciler.orders.mark_refused(row, str(exc))
+                return f"refused by the broker: {exc}"
+            except BrokerUnavailableError as exc:
+                last = exc
+                try:  # did it land? the client order id says, before anything is sent again
+                    order = find_order(self.broker, None, request.client_order_id)
+                except NotFoundError:
+                    logger.info("order %s unanswered and not at the broker: sending it again with the same id",
+                                request.client_order_id)
+                    continue
+                except BrokerUnavailableError:
+                    break
+            self.record(trade_id, row_id, order)
+            return "sent"
+        assert last is not None
+        row = self.db.get_by_id("order_execution", row_id)
+        self.reconciler.orders.note_error(row, f"submission unanswered: {last}")
+        raise last
+
+    def _resolve_pending(self, trade_id: int, view: ProtectionView) -> None:
+        """Protective intents an earlier run sent without an answer: looked up by client order id
+        (found: recorded); not at the broker, the same request is sent again with the same id when
+        it still fits the shares the broker holds, else the intent is concluded ``not_found`` so a
+        new group is sized to the shares. Safe under the trade's lock: no other program is sending
+        this trade's orders now, and a late copy of the old request is refused for its id."""
+        for row in view.pending:
+            try:
+                order = find_order(self.broker, row.get("alpaca_order_id"), row["client_order_id"])
+            except NotFoundError:
+                order = None
+            if order is not None:
+                self.record(trade_id, row["id"], order)
+                continue
+            fresh, shares = self.broker_sized(trade_id)
+            if row["order_type"] in lifecycle.PROTECTIVE_ORDER_TYPES and shares == Decimal(row["qty"]) \
+                    and fresh.trade["status"] == TradeStatus.POSITION.value:
+                _, request = self.protection_request(fresh.trade, shares, row["client_order_id"])
+                self._send(trade_id, row["id"], request)
+                continue
             with self.db.transaction():
-                row = self.db.get_by_id("order_execution", row_id)
-                self.reconciler.orders.mark_refused(row, str(exc))
-            return f"refused by the broker: {exc}"
-        except BrokerUnavailableError as exc:
-            row = self.db.get_by_id("order_execution", row_id)
-            self.reconciler.orders.note_error(row, f"submission unanswered: {exc}")
-            raise
-        self.record(trade_id, row_id, order)
-        return "sent"
+                trade = self.reconciler.trades.lock(trade_id)
+                current = self.db.get_by_id("order_execution", row["id"])
+                assert trade is not None and current is not None
+                if current["order_status"] == lifecycle.PENDING:
+                    self.reconciler.mark_missing(trade, current, 1, "never reached the broker (looked up by "
+                                                 "client order id under the trade's lock)", self.now)
 
     def record(self, trade_id: int, row_id: int, order: BrokerOrder) -> SyncResult:
         """Apply a broker answer to its row and trade in one transaction."""
