@@ -90,8 +90,9 @@ class OrderMonitor:
     # ------------------------------------------------------------------ 1. sync
 
     def _sync(self, ctx: RunContext, reconciler: Reconciler, protector: Protector) -> None:
-        rows = reconciler.orders.open_rows()
+        rows = reconciler.orders.open_rows(ctx.now)
         ctx.summary.add("open_orders", len(rows))
+        recheck = {row["id"] for row in rows if row["order_status"] == lifecycle.NOT_FOUND}
         if not rows:
             return
         index: dict[str, BrokerOrder] = {}
@@ -127,7 +128,7 @@ class OrderMonitor:
                 continue
             if not any(row["id"] in missing or self._differs(row, index, by_client) for row in trade_rows):
                 continue
-            result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing)
+            result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing, recheck)
             if result.to_cancel:
                 protector.cancel_and_confirm(trade_id, result.to_cancel,
                                              reason="trade closed: its remaining orders are canceled")
@@ -198,8 +199,10 @@ class OrderMonitor:
         return None
 
     def _sync_trade(self, ctx: RunContext, reconciler: Reconciler, trade_id: int, index: dict[str, BrokerOrder],
-                    by_client: dict[str, BrokerOrder], missing: dict[int, str]) -> SyncResult:
-        """Apply the broker's state to one trade's open orders, in one transaction."""
+                    by_client: dict[str, BrokerOrder], missing: dict[int, str],
+                    recheck: set[int] | None = None) -> SyncResult:
+        """Apply the broker's state to one trade's open orders (and its ``not_found`` orders due
+        for another look-up, ``recheck``), in one transaction."""
         result = SyncResult()
         max_misses = self.settings.monitor.not_found_max_misses
         with self.db.transaction():
@@ -207,7 +210,7 @@ class OrderMonitor:
             if trade is None:
                 return result
             rows = [r for r in reconciler.orders.for_trade(trade_id)
-                    if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES]
+                    if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES or r["id"] in (recheck or ())]
             # Entries first: an exit fill needs the position its entry opened.
             rows.sort(key=lambda r: (r["order_type"] != OrderType.ENTRY.value, r["id"]))
             known = {r["alpaca_order_id"]: r for r in rows if r.get("alpaca_order_id")}

@@ -33,7 +33,7 @@ from tests.monitor_support import (
 from trading import lifecycle
 from trading.audit import Auditor
 from trading.broker import BrokerOrder
-from trading.errors import UnknownStatusError
+from trading.errors import NotFoundError, UnknownStatusError
 from trading.reconcile import Reconciler
 
 D = Decimal
@@ -959,3 +959,57 @@ def test_two_protection_repairs_at_once_place_one_group_and_neither_run_dies(db,
     assert sorted(outcomes) == ["protected", "repaired"]
     assert len([g for g in open_groups(broker, "AAPL") if g.order_class == "oco"]) == 1
     check_invariants(db, broker)
+
+
+class HidingBroker(AlpacaBroker):
+    """The real client, except that one order is invisible (omitted from listings, 404 on look-ups)
+    while ``hiding`` is set: a broker that loses an order for a while and then shows it again."""
+
+    def __init__(self, *, order_id: str, **kwargs):
+        super().__init__(**kwargs)
+        self.order_id, self.hiding = order_id, True
+
+    def _hidden(self, order: BrokerOrder) -> bool:
+        return self.hiding and order.id == self.order_id
+
+    def list_orders(self, **kwargs):
+        return [o for o in super().list_orders(**kwargs) if not self._hidden(o)]
+
+    def get_order(self, order_id: str):
+        order = super().get_order(order_id)
+        if self._hidden(order):
+            raise NotFoundError(f"get_order: HTTP 404 order {order_id} not found")
+        return order
+
+    def get_order_by_client_id(self, client_order_id: str):
+        order = super().get_order_by_client_id(client_order_id)
+        if self._hidden(order):
+            raise NotFoundError(f"get_order_by_client_id: HTTP 404 order {client_order_id} not found")
+        return order
+
+
+def test_order_marked_not_found_is_looked_up_again_later_and_its_late_fill_applied(db, exchange, broker):
+    settings = make_settings(ORDER_NOT_FOUND_MAX_MISSES=2)
+    exchange.quotes(AAPL=("150.90", "151.00"))  # the entry rests
+    trade = place_entry(db, broker)
+    entry = entry_row(db, trade["id"])
+    lossy = HidingBroker(order_id=entry["alpaca_order_id"], base_url=exchange.url, data_url=exchange.url, timeout=3)
+    for _ in range(2):
+        order_monitor.run_once(db, lossy, settings=settings, sleep=lambda _s: None)
+    assert entry_row(db, trade["id"])["order_status"] == "not_found"
+    assert db.get_by_id("trade_journal", trade["id"])["exit_reason"] == "ENTRY_NOT_FOUND"
+    exchange.quotes(AAPL=("149.90", "150.00"))  # meanwhile the entry fills at the broker
+    lossy.hiding = False  # and the broker shows it again
+
+    order_monitor.run_once(db, lossy, settings=settings, sleep=lambda _s: None)
+    assert entry_row(db, trade["id"])["order_status"] == "not_found"  # not due yet: looked up less often
+
+    exchange.clock(eastern("2026-11-20", "09:51"))
+    summary = order_monitor.run_once(db, lossy, settings=settings, sleep=lambda _s: None)
+
+    assert entry_row(db, trade["id"])["order_status"] == "filled"
+    reopened = db.get_by_id("trade_journal", trade["id"])
+    assert (reopened["status"], reopened["actual_qty"], reopened["actual_entry"], reopened["exit_reason"]) == (
+        "POSITION", D("10"), D("150"), None)
+    assert summary.counts["fills"] >= 1
+    check_invariants(db, broker)  # the position is recorded and protected by its bracket legs

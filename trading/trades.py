@@ -125,6 +125,10 @@ class TradeBook:
         if trade["status"] == TradeStatus.ORDERED.value:
             self._set_status(trade, TradeStatus.POSITION.value, values,
                              f"entry filled {actual_qty} @ {actual_entry}")
+        elif lifecycle.trade_may_reopen(trade["status"], trade.get("exit_reason")):
+            self._set_status(trade, TradeStatus.POSITION.value, {**values, "exit_reason": None, "exit_date": None},
+                             f"entry concluded {trade.get('exit_reason')} found filled {actual_qty} @ {actual_entry} "
+                             "after all: the broker is the truth, the trade holds the position")
         else:
             self.db.update("trade_journal", trade["id"], values)
             trade.update(values)
