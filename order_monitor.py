@@ -11,7 +11,8 @@ One run, under the monitor's advisory lock (a second run at the same time exits 
    legs, from just before the oldest order the database still considers open). Only the
    orders the listing did not return are looked up directly, by id then by client order id;
    an order the broker keeps not finding becomes ``not_found`` after
-   ``ORDER_NOT_FOUND_MAX_MISSES`` runs, with the reason. Each order is compared with its row
+   ``ORDER_NOT_FOUND_MAX_MISSES`` runs, with the reason, and is still looked up later, less
+   often (``next_lookup_at``, doubling per miss): if it reappears its fills are applied. Each order is compared with its row
    in memory; only trades where something changed are written, each in one transaction
    holding the trade's lock, through the transition table (``trading.lifecycle``).
    Consequences: an entry fill opens (or grows) the position; an entry that ends with
@@ -22,7 +23,10 @@ One run, under the monitor's advisory lock (a second run at the same time exits 
    sold (protection canceled first), exit reason DAY_END_EXIT. A day trade found open on a
    later day is flattened at the first run in the session.
 3. **Protection.** Every open position must end the run with a live broker-held stop for its
-   whole quantity; missing or wrong-sized protection is replaced by one order group.
+   whole quantity; missing or wrong-sized protection is replaced by one order group, sized from
+   the broker's position read at that moment (nothing held: nothing sold, the trade is closed as
+   outside). Repairs and exits hold the trade's lock (one program per trade); an unanswered
+   submission is looked up by its client order id at once and resent with the same id.
 
 A broker outage or rate limit ends the run early with a warning; everything already committed
 stays and the next run continues.

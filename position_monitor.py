@@ -21,8 +21,13 @@ One run, under its advisory lock:
      nothing is CLOSED with its P&L, its position row deleted and its remaining orders
      canceled; one left with fewer shares keeps the broker's quantity and its protection is
      resized here, at once (not left to order_monitor).
-   - the broker holds more shares: the newest trade takes the broker's quantity (recorded as
-     QUANTITY_MISMATCH) and its protection is resized here, at once.
+   - the broker holds more shares: bought outside the system. Fills are attributed by their
+     orders' ids only, never by symbol, so no trade takes them: recorded once per quantity as
+     ORPHAN_POSITION, never adopted, never sold.
+   Like with like: the trades' orders (ORDERED trades' entries included) are synced first, then
+   the broker's position is read again; a difference is booked only when a second
+   sync-then-read confirms it. This reconciliation lives in ``trading.positions``, which the
+   protection code also runs before every sell.
    - a broker position the database does not know is an orphan: recorded in the audit table
      (once per quantity) and reported by the health check; never adopted, never sold.
 3. **Revalue** every position: price = (bid + ask) / 2, or the one side present; no quote →
