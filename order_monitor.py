@@ -12,9 +12,9 @@ One run, under the monitor's advisory lock (a second run at the same time exits 
    orders the listing did not return are looked up directly, by id then by client order id;
    an order the broker keeps not finding becomes ``not_found`` after
    ``ORDER_NOT_FOUND_MAX_MISSES`` runs, with the reason, and is still looked up later, less
-   often (``next_lookup_at``, doubling per miss): if it reappears its fills are applied. Each order is compared with its row
-   in memory; only trades where something changed are written, each in one transaction
-   holding the trade's lock, through the transition table (``trading.lifecycle``).
+   often (``next_lookup_at``, doubling per miss): if it reappears its fills are applied.
+   Each order is compared with its row in memory; only trades where something changed are
+   written, each in one transaction holding the trade's lock, through the transition table (``trading.lifecycle``).
    Consequences: an entry fill opens (or grows) the position; an entry that ends with
    nothing filled cancels the trade; an exit fill books P&L and closes the trade when no share
    is left, and its remaining sibling orders are canceled.
