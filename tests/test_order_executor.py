@@ -1214,3 +1214,27 @@ def test_close_decision_racing_the_order_monitor_ends_flat_and_the_monitor_place
     assert (trade["status"], trade["exit_reason"]) == ("CLOSED", "CLOSE_REQUESTED")
     assert [o for o in exchange.orders() if o["order_class"] == "oco"] == []  # no repair raced the exit
     assert audit_reasons(db, close, "DECISION_ACCEPTED") == [f"trade {trade_id}: protection canceled, market sell sent"]
+
+
+def test_close_of_a_position_sold_outside_sends_no_sell_and_closes_it_as_outside(db, exchange, broker):
+    exchange.quotes(AAPL=FILLING_QUOTE)
+    trade_id = place_trade(db, broker, "AAPL")
+    person = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, api_key="dashboard", secret_key="operator",
+                          timeout=3)
+    (leg,) = [o for o in exchange.orders() if o["side"] == "sell" and o["type"] == "stop"]
+    person.cancel_order(leg["id"])
+    exchange.quotes(AAPL=("152.00", "152.10"))
+    person.submit_order(OrderRequest(symbol="AAPL", qty=Decimal("10"), side="sell", kind="market",
+                                     time_in_force="day", client_order_id="dashboard-close"))
+    assert exchange.positions() == {}
+    close = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
+    exchange.reset_stats()
+
+    run(db, broker)
+
+    assert "POST /v2/orders" not in exchange.stats()["routes"]  # nothing sold: nothing was held
+    trade = db.get_by_id("trade_journal", trade_id)
+    assert (trade["status"], trade["exit_reason"], trade["exit_price"], trade["actual_pnl"]) == (
+        "CLOSED", "MANUAL_EXIT", Decimal("152.00"), Decimal("20.00"))
+    assert decision(db, close)["executed"] is True
+    assert exchange.positions() == {}
