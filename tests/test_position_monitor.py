@@ -627,3 +627,24 @@ def test_fill_during_the_run_is_not_counted_twice_against_a_stale_position_snaps
     assert [p["qty"] for p in db.query("position_tracking")] == [Decimal(10)]  # no phantom shares
     assert audit_rows(db, audit.QUANTITY_MISMATCH) == [] and audit_rows(db, audit.ORPHAN_POSITION) == []
     assert summary.counts["synced_from_orders"] == 1
+
+
+def test_outside_sale_during_the_run_is_booked_against_the_position_read_after_the_sync(
+        db, broker, exchange, outside):
+    open_aapl(db, broker, exchange)
+    cancel_protection_outside(outside, exchange)
+    exchange.quotes(AAPL=("151.00", "151.10"))
+    first = sell_outside(outside, 4, "dashboard-sell-4")
+    later: list[Any] = []
+    racing = MidRunFillBroker(after_positions=lambda: later.append(sell_outside(outside, 2, "dashboard-sell-2")),
+                              base_url=exchange.url, data_url=exchange.url, timeout=3)
+
+    run_position_monitor(db, racing)
+
+    assert exchange.positions() == {"AAPL": Decimal(4)}
+    assert position(db)["qty"] == Decimal(4)  # the broker's quantity after the sync, not the snapshot's 6
+    [mismatch] = audit_rows(db, audit.QUANTITY_MISMATCH)
+    assert (mismatch["old_value"], mismatch["new_value"]) == ("10", "4")
+    assert [f["order_id"] for f in mismatch["details"]["outside_fills"]] == [first.id, later[0].id]
+    sells = [o for o in open_exchange_orders(exchange) if o["side"] == "sell"]
+    assert sorted((o["type"], Decimal(o["qty"])) for o in sells) == [("limit", Decimal(4)), ("stop", Decimal(4))]
