@@ -364,6 +364,24 @@ class AlpacaBroker:
         raw = self._call("list_positions", self._trading.get_all_positions)
         return [parse_position(item) for item in raw]
 
+    def get_position(self, symbol: str) -> BrokerPosition | None:
+        """The broker's position in ``symbol`` right now (one call); None when none is held.
+
+        Every sell is sized from this answer read at that moment, never from the database alone.
+        """
+        try:
+            raw = self._call("get_position", lambda: self._trading.get_open_position(symbol))
+        except NotFoundError:
+            return None
+        return parse_position(raw)
+
+    def get_account_configurations(self) -> dict[str, Any]:
+        """``GET /v2/account/configurations`` (``no_shorting``, ``suspend_trade``, ...) as sent.
+        Raises ``NotFoundError`` when the broker has no such endpoint."""
+        raw = self._call("get_account_configurations",
+                         lambda: self._trading.get("/account/configurations"))
+        return dict(raw)
+
     def get_latest_quotes(self, symbols: list[str]) -> dict[str, Quote]:
         """The latest quote of each symbol (one call per 1,000 symbols); symbols without a quote
         are absent from the result."""

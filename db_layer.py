@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -89,6 +90,13 @@ def _is_transient(exc: BaseException) -> bool:
 _ENSURED: set[tuple[str, int]] = set()
 #: Embedded (database, port) pairs whose schema this process has created.
 _SCHEMA_READY: set[tuple[str, int]] = set()
+
+
+#: First key of the per-trade advisory locks (``pg_advisory_lock(TRADE_LOCK_CLASS, trade_id)``).
+TRADE_LOCK_CLASS = 0x7472  # "tr"
+#: How long a program waits for another program to finish changing a trade's orders.
+TRADE_LOCK_WAIT_SECONDS = 30.0
+TRADE_LOCK_POLL_SECONDS = 0.05
 
 
 def lock_key(name: str) -> int:
@@ -398,6 +406,31 @@ class TradingDB:
                         holder.execute_query("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
         finally:
             holder.close()
+
+    @contextlib.contextmanager
+    def trade_lock(self, trade_id: int, *, wait_seconds: float = TRADE_LOCK_WAIT_SECONDS) -> Iterator[bool]:
+        """Hold the per-trade advisory lock while one program changes a trade's orders at the broker
+        (cancel, confirm, submit); yields whether it was taken within ``wait_seconds``.
+
+        A session lock on this connection (two-key form: ``TRADE_LOCK_CLASS``, the trade id), so it
+        spans the several short transactions of a cancel-confirm-submit sequence and is re-entrant
+        (nested holds by the same program stack). PostgreSQL releases it if the process dies.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            row = self.execute_one("SELECT pg_try_advisory_lock(%s, %s) AS taken", (TRADE_LOCK_CLASS, int(trade_id)))
+            if row and row["taken"]:
+                break
+            if time.monotonic() >= deadline:
+                yield False
+                return
+            time.sleep(TRADE_LOCK_POLL_SECONDS)
+        try:
+            yield True
+        finally:
+            if self.connected:
+                with contextlib.suppress(Exception):
+                    self.execute_query("SELECT pg_advisory_unlock(%s, %s)", (TRADE_LOCK_CLASS, int(trade_id)))
 
     # ------------------------------------------------------------------ schema
 

@@ -123,7 +123,8 @@ class OrderExecutor:
         self._assets = None
         self._risk = None
         reconciler = Reconciler(self.db, ctx.audit)
-        protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn)
+        protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
+                              count=ctx.summary.add)
         outages = 0
         for decision_id in ids:
             try:
@@ -440,6 +441,7 @@ class OrderExecutor:
                 _check_amendment(plan, old)
             except RejectedError as exc:
                 return self._refuse(ctx, row, exc)
+            old = self._latest_amendment(old, decision_id)
             amended_before = old["status"] == TradeStatus.CANCELLED.value and \
                 old.get("exit_reason") == ExitReason.AMENDED.value
             if not amended_before and old["status"] != TradeStatus.ORDERED.value:
@@ -475,6 +477,22 @@ class OrderExecutor:
                                                   "the position stays protected", code="ALREADY_FILLED")
             self._release(state, old)
         return self._new_trade(ctx, decision_id, reconciler, replaces=old)
+
+    def _latest_amendment(self, trade: Row, decision_id: int) -> Row:
+        """The trade an AMEND really amends: a decision naming a trade that an earlier AMEND already
+        replaced amends that replacement (followed down the chain), so the earlier replacement's
+        entry is canceled instead of left working beside the new one. A replacement placed by this
+        same decision (a crash after its cancel) is not followed: the decision finishes its own work."""
+        seen = {trade["id"]}
+        while trade["status"] == TradeStatus.CANCELLED.value and trade.get("exit_reason") == ExitReason.AMENDED.value:
+            successors = [t for t in self.db.query("trade_journal", {"replaces_trade_journal_id": trade["id"]},
+                                                   order_by="id")
+                          if t["initial_analysis_id"] != decision_id and t["id"] not in seen]
+            if not successors:
+                return trade
+            trade = successors[-1]
+            seen.add(trade["id"])
+        return trade
 
     def _close(self, ctx: RunContext, decision_id: int, protector: Protector) -> Outcome:
         trade, ended = self._claim_open_trade(ctx, decision_id, "close")

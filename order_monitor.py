@@ -11,9 +11,10 @@ One run, under the monitor's advisory lock (a second run at the same time exits 
    legs, from just before the oldest order the database still considers open). Only the
    orders the listing did not return are looked up directly, by id then by client order id;
    an order the broker keeps not finding becomes ``not_found`` after
-   ``ORDER_NOT_FOUND_MAX_MISSES`` runs, with the reason. Each order is compared with its row
-   in memory; only trades where something changed are written, each in one transaction
-   holding the trade's lock, through the transition table (``trading.lifecycle``).
+   ``ORDER_NOT_FOUND_MAX_MISSES`` runs, with the reason, and is still looked up later, less
+   often (``next_lookup_at``, doubling per miss): if it reappears its fills are applied.
+   Each order is compared with its row in memory; only trades where something changed are
+   written, each in one transaction holding the trade's lock, through the transition table (``trading.lifecycle``).
    Consequences: an entry fill opens (or grows) the position; an entry that ends with
    nothing filled cancels the trade; an exit fill books P&L and closes the trade when no share
    is left, and its remaining sibling orders are canceled.
@@ -22,7 +23,10 @@ One run, under the monitor's advisory lock (a second run at the same time exits 
    sold (protection canceled first), exit reason DAY_END_EXIT. A day trade found open on a
    later day is flattened at the first run in the session.
 3. **Protection.** Every open position must end the run with a live broker-held stop for its
-   whole quantity; missing or wrong-sized protection is replaced by one order group.
+   whole quantity; missing or wrong-sized protection is replaced by one order group, sized from
+   the broker's position read at that moment (nothing held: nothing sold, the trade is closed as
+   outside). Repairs and exits hold the trade's lock (one program per trade); an unanswered
+   submission is looked up by its client order id at once and resent with the same id.
 
 A broker outage or rate limit ends the run early with a warning; everything already committed
 stays and the next run continues.
@@ -82,7 +86,7 @@ class OrderMonitor:
     def execute(self, ctx: RunContext) -> None:
         reconciler = Reconciler(self.db, ctx.audit)
         protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
-                              sleep=self.sleep)
+                              sleep=self.sleep, count=ctx.summary.add)
         self._sync(ctx, reconciler, protector)
         self._day_end(ctx, protector)
         self._protect(ctx, reconciler, protector)
@@ -90,8 +94,9 @@ class OrderMonitor:
     # ------------------------------------------------------------------ 1. sync
 
     def _sync(self, ctx: RunContext, reconciler: Reconciler, protector: Protector) -> None:
-        rows = reconciler.orders.open_rows()
+        rows = reconciler.orders.open_rows(ctx.now)
         ctx.summary.add("open_orders", len(rows))
+        recheck = {row["id"] for row in rows if row["order_status"] == lifecycle.NOT_FOUND}
         if not rows:
             return
         index: dict[str, BrokerOrder] = {}
@@ -127,7 +132,7 @@ class OrderMonitor:
                 continue
             if not any(row["id"] in missing or self._differs(row, index, by_client) for row in trade_rows):
                 continue
-            result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing)
+            result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing, recheck)
             if result.to_cancel:
                 protector.cancel_and_confirm(trade_id, result.to_cancel,
                                              reason="trade closed: its remaining orders are canceled")
@@ -198,8 +203,10 @@ class OrderMonitor:
         return None
 
     def _sync_trade(self, ctx: RunContext, reconciler: Reconciler, trade_id: int, index: dict[str, BrokerOrder],
-                    by_client: dict[str, BrokerOrder], missing: dict[int, str]) -> SyncResult:
-        """Apply the broker's state to one trade's open orders, in one transaction."""
+                    by_client: dict[str, BrokerOrder], missing: dict[int, str],
+                    recheck: set[int] | None = None) -> SyncResult:
+        """Apply the broker's state to one trade's open orders (and its ``not_found`` orders due
+        for another look-up, ``recheck``), in one transaction."""
         result = SyncResult()
         max_misses = self.settings.monitor.not_found_max_misses
         with self.db.transaction():
@@ -207,7 +214,7 @@ class OrderMonitor:
             if trade is None:
                 return result
             rows = [r for r in reconciler.orders.for_trade(trade_id)
-                    if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES]
+                    if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES or r["id"] in (recheck or ())]
             # Entries first: an exit fill needs the position its entry opened.
             rows.sort(key=lambda r: (r["order_type"] != OrderType.ENTRY.value, r["id"]))
             known = {r["alpaca_order_id"]: r for r in rows if r.get("alpaca_order_id")}

@@ -17,6 +17,11 @@ Checks:
 - ``protection``: every open position has live stop orders for its whole quantity
   (``order_execution`` against ``position_tracking``); one that does not is critical.
 - ``orphan_positions``: the broker holds no symbol that no open trade explains (warning).
+- ``short_selling``: the broker account is long-only (Alpaca account configuration
+  ``no_shorting`` true). An account that allows short selling is a warning: a sell beyond the
+  shares held (the system sizes every sell from the broker's position, this is the second line
+  of defence) would open a short instead of being refused. A broker without the endpoint
+  (404) makes the check say it could not be evaluated (skipped).
 - ``recent_runs``: no ``failed`` run in the last 24 hours and no run left ``running`` for more
   than an hour (warning).
 
@@ -44,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config import ScheduleConfig, Settings, load_settings
 from db_layer import TradingDB
 from trading.broker import Broker
-from trading.errors import ConfigurationError, TradingError
+from trading.errors import ConfigurationError, NotFoundError, TradingError
 from trading.logs import configure_logging
 from trading.market_time import EASTERN, MarketTime, read_market_time, to_eastern
 from trading.program import register_secrets
@@ -209,6 +214,27 @@ def check_orphans(db: TradingDB, broker: Broker) -> Check:
     return Check("orphan_positions", OK, f"{len(held)} broker position{'s' if len(held) != 1 else ''}, all known")
 
 
+SHORTING_OFF_HOWTO = ("turn it off: PATCH /v2/account/configurations {\"no_shorting\": true}, or in Alpaca's "
+                      "dashboard (see docs/paper-trading-validation.md)")
+
+
+def check_short_selling(broker: Broker) -> Check:
+    """The account's ``no_shorting`` configuration: a long-only account refuses a sell beyond the
+    shares held instead of opening a short."""
+    try:
+        configuration = broker.get_account_configurations()
+    except NotFoundError:
+        return Check("short_selling", SKIPPED, "could not be evaluated: the broker has no account configurations "
+                                               "(GET /v2/account/configurations answered 404)")
+    except TradingError as exc:
+        return Check("short_selling", WARNING, f"could not be evaluated: {exc}")
+    if configuration.get("no_shorting") is True:
+        return Check("short_selling", OK, "the account is long-only (no_shorting=true)")
+    return Check("short_selling", WARNING, f"the account allows short selling (no_shorting="
+                                           f"{json.dumps(configuration.get('no_shorting'))}): a sell beyond the "
+                                           f"shares held would open a short; {SHORTING_OFF_HOWTO}")
+
+
 def check_recent_runs(db: TradingDB, wall_now: dt.datetime) -> Check:
     """No failed run in the last 24 hours, no run stuck in ``running``."""
     failed = db.execute_query(
@@ -273,6 +299,10 @@ def run_checks(settings: Settings, *, connect_db: Callable[[], TradingDB], conne
             checks.extend(_guarded("orphan_positions", lambda: check_orphans(db, broker)))
         else:
             checks.append(Check("orphan_positions", SKIPPED, skip_db if not db_ok else skip_broker))
+        if broker is not None and market is not None:
+            checks.extend(_guarded("short_selling", lambda: check_short_selling(broker)))
+        else:
+            checks.append(Check("short_selling", SKIPPED, skip_broker))
         checks.extend(_guarded("recent_runs", lambda: check_recent_runs(db, wall_now)) if db_ok
                       else [Check("recent_runs", SKIPPED, skip_db)])
     finally:

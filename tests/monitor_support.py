@@ -7,7 +7,7 @@ through a separate ``AlpacaBroker`` so the monitor's call counts are not disturb
 - every POSITION trade has one ``position_tracking`` row, and protecting STOP_LOSS rows whose
   remaining quantity (qty - filled_qty) equals the position's quantity; the position points at
   one of those stops;
-- the exchange holds exactly the shares the database says, per symbol;
+- the exchange holds exactly the shares the database says, per symbol, and never a short position;
 - the exchange's open sell orders for a symbol cover exactly the position: one stop (held or
   working) for every share, order groups that together never cover more than the position,
   and working (non-``held``) sells that never exceed the shares held;
@@ -128,6 +128,8 @@ def check_invariants(db: Any, broker: AlpacaBroker, *, waiting: Iterable[int] = 
     waiting = set(waiting)
     look = viewer(broker)
     exchange_positions = {p.symbol: p.qty for p in look.list_positions()}
+    shorts = {symbol: qty for symbol, qty in exchange_positions.items() if qty < ZERO}
+    assert not shorts, f"short positions at the exchange (a sell beyond the shares held): {shorts}"
     groups_by_symbol: dict[str, list[BrokerOrder]] = defaultdict(list)
     for group in open_groups(broker):
         if open_sells(group):

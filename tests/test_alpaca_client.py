@@ -179,3 +179,18 @@ def test_timestamps_keep_their_offset_whatever_their_precision(text, expected):
     from alpaca_client import _time
 
     assert _time(text) == expected
+
+
+def test_one_symbols_position_is_read_at_that_moment_and_none_when_nothing_is_held(broker, exchange):
+    assert broker.get_position("AAPL") is None
+    exchange.quotes(AAPL=("149.90", "150.00"))
+    broker.submit_order(limit_buy("pos-1", qty="7"))
+    position = broker.get_position("AAPL")
+    assert position is not None
+    assert (position.symbol, position.qty, position.avg_entry_price) == ("AAPL", Decimal("7"), Decimal("150"))
+    assert broker.calls.counts["get_position"] == 2
+
+
+def test_account_configurations_missing_at_the_broker_raise_not_found(broker):
+    with pytest.raises(NotFoundError, match="get_account_configurations: HTTP 404"):
+        broker.get_account_configurations()

@@ -1133,3 +1133,108 @@ def test_benchmark_script_places_one_order_per_decision_with_one_call_each(db, c
     assert "broker calls (client):   12 = 1.500 per decision (8 submit_order + 4 per run" in out
     assert "broker calls (exchange): 12 = 1.500 per decision" in out
     assert "second run, nothing to do" in out and "2 broker calls" in out
+
+
+# --------------------------------------------------------------------------- issue 11: trade safety
+
+
+def test_second_amend_of_the_same_trade_cancels_the_first_replacement_and_leaves_one_live_entry(
+        db, exchange, broker):
+    first_id = place_trade(db, broker, "AAPL")
+    add_decision(db, "AAPL", "AMEND", trade_id=first_id, planned_entry="148.00", planned_sl="143.00",
+                 planned_tp="158.00", planned_qty=12)
+    assert run(db, broker).counts["amended"] == 1
+    (second,) = db.query("trade_journal", {"status": "ORDERED"})
+    # A second AMEND still names the original trade (the upstream flow only knows that one).
+    amend = add_decision(db, "AAPL", "AMEND", trade_id=first_id, planned_entry="147.00", planned_sl="142.00",
+                         planned_tp="157.00", planned_qty=11)
+
+    summary = run(db, broker)
+
+    assert summary.counts["amended"] == 1
+    second = db.get_by_id("trade_journal", second["id"])
+    assert (second["status"], second["exit_reason"]) == ("CANCELLED", "AMENDED")
+    (third,) = db.query("trade_journal", {"status": "ORDERED"})
+    assert third["replaces_trade_journal_id"] == second["id"]
+    working = [o for o in exchange_entries(exchange) if o["status"] not in ("canceled", "filled", "expired")]
+    assert len(working) == 1, working
+    assert (Decimal(working[0]["limit_price"]), Decimal(working[0]["qty"])) == (Decimal("147.00"), Decimal("11"))
+    assert decision(db, amend)["existing_trade_journal_id"] == third["id"]
+
+
+class MonitorRacingBroker(AlpacaBroker):
+    """The executor's real client. The moment the executor learns that the bracket it canceled is
+    gone (the confirming look-up), the order monitor is started in another thread (its own
+    connection and client), and the executor goes on when the monitor is done or ``grace``
+    seconds pass: the CLOSE and the monitor run at once, in the window between cancel and sell."""
+
+    def __init__(self, *, start_monitor: Callable[[], threading.Thread], grace: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.start_monitor, self.grace = start_monitor, grace
+        self.monitor: threading.Thread | None = None
+
+    def get_order(self, order_id: str):
+        order = super().get_order(order_id)
+        if self.monitor is None and any(o.status == "canceled" for o in order.walk()):
+            self.monitor = self.start_monitor()
+            self.monitor.join(self.grace)
+        return order
+
+
+def test_close_decision_racing_the_order_monitor_ends_flat_and_the_monitor_places_no_oco(
+        db, make_db, exchange, broker):
+    import order_monitor
+
+    exchange.quotes(AAPL=FILLING_QUOTE)
+    trade_id = place_trade(db, broker, "AAPL")
+    exchange.quotes(AAPL=("151.20", "151.30"))
+    close = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
+    monitor_summaries: list[RunSummary] = []
+
+    def start_monitor() -> threading.Thread:
+        monitor_db = make_db()
+        monitor_broker = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, timeout=5)
+        thread = threading.Thread(target=lambda: monitor_summaries.append(order_monitor.run_once(
+            monitor_db, monitor_broker, settings=make_settings(), sleep=lambda _s: None)))
+        thread.start()
+        return thread
+
+    racing = MonitorRacingBroker(start_monitor=start_monitor, grace=1.5, base_url=exchange.url,
+                                 data_url=exchange.url, timeout=5)
+
+    summary = run(db, racing)
+    assert racing.monitor is not None
+    racing.monitor.join(30)
+
+    assert not racing.monitor.is_alive()
+    assert [s.outcome for s in monitor_summaries] != ["failed"], monitor_summaries
+    assert summary.counts.get("closing") == 1, summary.as_dict()
+    assert exchange.positions() == {}  # the CLOSE ended flat
+    trade = db.get_by_id("trade_journal", trade_id)
+    assert (trade["status"], trade["exit_reason"]) == ("CLOSED", "CLOSE_REQUESTED")
+    assert [o for o in exchange.orders() if o["order_class"] == "oco"] == []  # no repair raced the exit
+    assert audit_reasons(db, close, "DECISION_ACCEPTED") == [f"trade {trade_id}: protection canceled, market sell sent"]
+
+
+def test_close_of_a_position_sold_outside_sends_no_sell_and_closes_it_as_outside(db, exchange, broker):
+    exchange.quotes(AAPL=FILLING_QUOTE)
+    trade_id = place_trade(db, broker, "AAPL")
+    person = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, api_key="dashboard", secret_key="operator",
+                          timeout=3)
+    (leg,) = [o for o in exchange.orders() if o["side"] == "sell" and o["type"] == "stop"]
+    person.cancel_order(leg["id"])
+    exchange.quotes(AAPL=("152.00", "152.10"))
+    person.submit_order(OrderRequest(symbol="AAPL", qty=Decimal("10"), side="sell", kind="market",
+                                     time_in_force="day", client_order_id="dashboard-close"))
+    assert exchange.positions() == {}
+    close = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
+    exchange.reset_stats()
+
+    run(db, broker)
+
+    assert "POST /v2/orders" not in exchange.stats()["routes"]  # nothing sold: nothing was held
+    trade = db.get_by_id("trade_journal", trade_id)
+    assert (trade["status"], trade["exit_reason"], trade["exit_price"], trade["actual_pnl"]) == (
+        "CLOSED", "MANUAL_EXIT", Decimal("152.00"), Decimal("20.00"))
+    assert decision(db, close)["executed"] is True
+    assert exchange.positions() == {}

@@ -33,7 +33,7 @@ from tests.monitor_support import (
 from trading import lifecycle
 from trading.audit import Auditor
 from trading.broker import BrokerOrder
-from trading.errors import UnknownStatusError
+from trading.errors import NotFoundError, UnknownStatusError
 from trading.reconcile import Reconciler
 
 D = Decimal
@@ -288,7 +288,7 @@ def test_broker_failure_on_the_listing_ends_the_run_with_warning_and_the_next_ru
     assert db.get_by_id("trade_journal", trade["id"])["status"] == "POSITION"
 
 
-def test_repair_accepted_but_unanswered_is_found_next_run_and_never_placed_twice(db, exchange, broker):
+def test_repair_accepted_but_unanswered_is_found_at_once_by_its_id_and_never_placed_twice(db, exchange, broker):
     first = open_position(db, exchange, broker, "AAPL")
     second = open_position(db, exchange, broker, "MSFT", fill_at=("399.90", "400.00"), planned_entry=400,
                            planned_sl=390, planned_tp=420)
@@ -297,22 +297,15 @@ def test_repair_accepted_but_unanswered_is_found_next_run_and_never_placed_twice
     # The exchange accepts the first repair but the answer never arrives.
     exchange.fault(method="POST", path="/v2/orders", status=500, when="after")
 
-    summary = run_monitor(db, broker, check=False)
-
-    assert summary.outcome == "warning" and "HTTP 500" in summary.error
-    (intent,) = [r for r in rows(db, first["id"]) if r["order_status"] == "pending"]
-    assert intent["alpaca_order_id"] is None and "unanswered" in intent["error_message"]
-    assert [db.get_by_id("trade_journal", t["id"])["status"] for t in (first, second)] == ["POSITION", "POSITION"]
-    assert len(db.query("position_tracking")) == 2  # nothing half-written
-    assert len(open_groups(broker, "AAPL")) == 1 and open_groups(broker, "MSFT") == []
-
     summary = run_monitor(db, broker)
 
     assert summary.outcome == "success", summary.notes
-    intent = db.get_by_id("order_execution", intent["id"])
-    assert intent["order_status"] == "new" and intent["alpaca_order_id"]
+    assert summary.counts["protection_repaired"] == 2
+    assert broker.calls.counts["get_order_by_client_id"] >= 1  # looked up by its id, not sent again
+    (repair,) = [r for r in rows(db, first["id"]) if r["client_order_id"].endswith("-p1")]
+    assert repair["order_status"] == "new" and repair["alpaca_order_id"]
     assert len(open_groups(broker, "AAPL")) == 1 and len(open_groups(broker, "MSFT")) == 1
-    assert summary.counts["protection_repaired"] == 1  # MSFT only: AAPL's order was found, not resent
+    assert len([o for o in exchange.orders() if o["client_order_id"] == repair["client_order_id"]]) == 1
 
 
 # --------------------------------------------------------------------------- orders the broker does not know
@@ -559,32 +552,40 @@ def test_stop_replaced_with_fewer_shares_is_replaced_by_one_group_for_the_whole_
         ["protection covers 4 of 10 shares: replaced"]
 
 
-def test_repair_that_never_reached_the_broker_is_concluded_after_a_while_and_sent_again(db, exchange, broker):
+def test_repair_unanswered_through_a_whole_run_is_looked_up_and_sent_again_with_its_id_next_run(
+        db, exchange, broker):
     trade = open_position(db, exchange, broker)
     broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
-    exchange.fault(method="POST", path="/v2/orders", status=503)  # refused before the exchange saw it
+    exchange.fault(method="POST", path="/v2/orders", status=503, count=2)  # refused before the exchange saw it
 
     assert run_monitor(db, broker, check=False).outcome == "warning"
     (intent,) = [r for r in rows(db, trade["id"]) if r["order_status"] == "pending"]
-    assert intent["client_order_id"].endswith("-p1")
+    assert intent["client_order_id"].endswith("-p1") and "unanswered" in intent["error_message"]
+    assert broker.calls.counts["submit_order"] == 3  # the entry, then the repair twice with the same id
+    exchange.clear_faults()
 
-    summary = run_monitor(db, broker, check=False)  # moments later: it may still be on its way
-
-    assert summary.outcome == "warning" and summary.counts["protection_deferred"] == 1
-    assert db.get_by_id("order_execution", intent["id"])["order_status"] == "pending"
-    assert broker.calls.counts["submit_order"] == 2  # the entry and the lost repair: nothing sent since
-    db.execute_update("UPDATE order_execution SET created_at = created_at - interval '3 minutes' WHERE id = %s",
-                      (intent["id"],))
-
-    summary = run_monitor(db, broker)  # long enough: it never arrived
+    summary = run_monitor(db, broker)  # the next run, moments later: no two-minute wait
 
     intent = db.get_by_id("order_execution", intent["id"])
-    assert (intent["order_status"], intent["error_message"]) == \
-        ("not_found", "never reached the broker: not found at the broker after 1 direct look-ups "
-                      "(by id and client order id)")
-    assert summary.counts["protection_repaired"] == 1
+    assert intent["order_status"] == "new" and intent["alpaca_order_id"]
     (group,) = open_groups(broker, "AAPL")
-    assert group.client_order_id == intent["client_order_id"][:-1] + "2"
+    assert group.client_order_id == intent["client_order_id"]  # the same id, sent again
+    assert summary.counts["protection_repaired"] == 0 and summary.counts["protection_protected"] == 1
+
+
+@pytest.mark.parametrize("when", ["before", "after"], ids=["never-reached-the-exchange", "accepted-answer-lost"])
+def test_protective_order_answered_500_is_back_within_the_same_run(db, exchange, broker, when):
+    trade = open_position(db, exchange, broker)
+    broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+    exchange.fault(method="POST", path="/v2/orders", status=500, when=when, count=1)
+
+    summary = run_monitor(db, broker)  # the invariants hold after this very run: the position is protected
+
+    assert summary.counts["protection_repaired"] == 1, summary.as_dict()
+    (group,) = open_groups(broker, "AAPL")
+    assert group.order_class == "oco" and group.client_order_id.endswith("-p1")
+    (repair,) = [r for r in rows(db, trade["id"]) if r["client_order_id"] == group.client_order_id]
+    assert repair["order_status"] == "new"
 
 
 def test_protection_refused_by_the_broker_is_recorded_and_warned(db, exchange, broker):
@@ -813,3 +814,202 @@ def test_two_monitor_runs_at_once_one_runs_the_other_is_skipped(db, make_db, exc
     assert "another run holds the lock" in caplog.text
     assert results["first"].outcome == "success"
     assert [r["outcome"] for r in db.query("program_run", {"program": "order_monitor"})] == ["success"]
+
+
+# --------------------------------------------------------------------------- issue 11: trade safety
+
+
+def test_replaced_entry_keeps_its_fills_and_the_trade_holds_the_whole_chain_at_the_weighted_price(
+        db, exchange, broker):
+    trade = place_entry(db, broker)
+    entry = entry_row(db, trade["id"])
+    real = broker.get_order(entry["alpaca_order_id"])
+    reconciler = Reconciler(db, Auditor(db, "test"))
+    now = dt.datetime.fromisoformat(eastern("2026-11-20", "10:00"))
+    one_filled = dataclasses.replace(real, status="partially_filled", filled_qty=D("1"), filled_avg_price=D("150.00"))
+    successor_id = str(uuid.uuid4())
+    replaced = dataclasses.replace(one_filled, status="replaced", replaced_by=successor_id)
+    # A person replaced the limit: the new order starts with nothing filled, then 9 fill @ 149.50.
+    successor = dataclasses.replace(real, id=successor_id, client_order_id=f"dash-{successor_id[:8]}",
+                                    status="new", filled_qty=D("0"), filled_avg_price=None, limit_price=D("149.50"),
+                                    replaces=real.id, legs=())
+    nine_filled = dataclasses.replace(successor, status="filled", filled_qty=D("9"), filled_avg_price=D("149.50"))
+
+    for order, index in ((one_filled, {}), (replaced, {successor_id: successor})):
+        with db.transaction():
+            locked = reconciler.trades.lock(trade["id"])
+            reconciler.sync(locked, entry_row_by_id(db, entry["id"]), order, now=now, index=index)
+    (successor_row,) = [r for r in rows(db, trade["id"], "ENTRY") if r["alpaca_order_id"] == successor_id]
+    with db.transaction():
+        locked = reconciler.trades.lock(trade["id"])
+        reconciler.sync(locked, successor_row, nine_filled, now=now)
+
+    after = db.get_by_id("trade_journal", trade["id"])
+    assert (after["status"], after["actual_qty"], after["actual_entry"]) == ("POSITION", D("10"), D("149.55"))
+    (position,) = db.query("position_tracking", {"trade_journal_id": trade["id"]})
+    assert (position["qty"], position["avg_entry_price"], position["cost_basis"]) == \
+        (D("10"), D("149.55"), D("1495.50"))
+    buys = [(f["qty"], f["price"]) for f in db.query("trade_fill", order_by="id")]
+    assert buys == [(D("1"), D("150.00")), (D("9"), D("149.50"))]
+
+
+def entry_row_by_id(db, row_id: int) -> dict:
+    return db.get_by_id("order_execution", row_id)
+
+
+def outside_client(exchange) -> AlpacaBroker:
+    """A person in Alpaca's app: a separate client with other keys the system knows nothing of."""
+    return AlpacaBroker(base_url=exchange.url, data_url=exchange.url, api_key="dashboard", secret_key="operator",
+                        timeout=3)
+
+
+def close_outside(exchange, trade_id: int, db, client_order_id: str, symbol: str = "AAPL") -> BrokerOrder:
+    """Cancel the trade's protection and sell every share in Alpaca's app (the system is not told)."""
+    person = outside_client(exchange)
+    protective = [r for r in rows(db, trade_id) if r["order_type"] in ("STOP_LOSS", "TAKE_PROFIT")
+                  and r["order_status"] in lifecycle.OPEN_ORDER_STATUSES]
+    person.cancel_order(protective[0]["alpaca_order_id"])
+    from trading.broker import OrderRequest
+
+    sold = person.submit_order(OrderRequest(symbol=symbol, qty=exchange.positions()[symbol], side="sell",
+                                            kind="market", time_in_force="day", client_order_id=client_order_id))
+    assert sold.status == "filled" and exchange.positions() == {}
+    return sold
+
+
+def system_sells(exchange) -> list[dict]:
+    """Sell orders the exchange received from this system (its client order ids) and kept."""
+    return [o for o in exchange.orders() if o["side"] == "sell" and str(o["client_order_id"]).startswith("tm-")]
+
+
+def test_day_end_exit_of_a_position_sold_outside_sells_nothing_and_closes_it_as_outside(db, exchange, broker):
+    trade = open_position(db, exchange, broker, trade_style="DAYTRADE", planned_tp=None)
+    exchange.quotes(AAPL=("151.00", "151.10"))
+    sold = close_outside(exchange, trade["id"], db, "dashboard-sell-all")
+    exchange.clock(eastern("2026-11-20", "15:51"))
+    exchange.reset_stats()
+    kept_before = len(system_sells(exchange))
+
+    summary = run_monitor(db, broker)
+
+    # No sell was ever sent: not the market exit, not a restoring stop (on a margin account each
+    # would open a short).
+    assert "POST /v2/orders" not in calls(exchange), calls(exchange)
+    assert len(system_sells(exchange)) == kept_before
+    closed = db.get_by_id("trade_journal", trade["id"])
+    assert (closed["status"], closed["exit_reason"], closed["exit_price"]) == ("CLOSED", "MANUAL_EXIT",
+                                                                              D("151.00"))
+    assert closed["actual_pnl"] == D("10.00")
+    assert summary.counts.get("closed_outside") == 1
+    assert exchange.positions() == {}
+    assert sold.id in {f["order_id"] for e in audit_events(db, "QUANTITY_MISMATCH")
+                       for f in e["details"]["outside_fills"]}
+
+
+def test_protection_repair_of_a_position_sold_outside_sends_no_oco_and_closes_it_as_outside(db, exchange, broker):
+    trade = open_position(db, exchange, broker)  # SWING: a repair would be an OCO
+    exchange.quotes(AAPL=("148.00", "148.10"))
+    close_outside(exchange, trade["id"], db, "dashboard-sell-swing")
+    exchange.reset_stats()
+
+    summary = run_monitor(db, broker)
+
+    assert "POST /v2/orders" not in calls(exchange), calls(exchange)
+    closed = db.get_by_id("trade_journal", trade["id"])
+    assert (closed["status"], closed["exit_reason"], closed["exit_price"], closed["actual_pnl"]) == (
+        "CLOSED", "MANUAL_EXIT", D("148.00"), D("-20.00"))
+    assert summary.counts.get("protection_not_open") == 1
+    assert audit_events(db, "PROTECTION_MISSING") == []
+
+
+def test_two_protection_repairs_at_once_place_one_group_and_neither_run_dies(db, make_db, exchange, broker):
+    trade = open_position(db, exchange, broker)
+    broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+    from trading.protection import Protector
+
+    # The cancel is recorded first, so both programs see the same unprotected position.
+    with db.transaction():
+        reconciler = Reconciler(db, Auditor(db, "test"))
+        locked = reconciler.trades.lock(trade["id"])
+        for row in rows(db, trade["id"]):
+            if row["order_type"] == "ENTRY":
+                reconciler.sync(locked, row, broker.get_order(row["alpaca_order_id"]), now=dt.datetime.now(dt.UTC))
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+
+    def repair(program: str) -> None:
+        own_db = make_db()
+        own_broker = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, timeout=5)
+        protector = Protector(own_db, own_broker, Reconciler(own_db, Auditor(own_db, program)), make_settings(),
+                              now=dt.datetime.now(dt.UTC), warn=lambda _note: None, sleep=lambda _s: None)
+        start.wait(5)
+        try:
+            outcomes.append(protector.ensure(trade["id"]))
+        except BaseException as exc:  # the test reports what a run would die of
+            errors.append(exc)
+
+    threads = [threading.Thread(target=repair, args=(name,)) for name in ("order_monitor", "position_monitor")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert sorted(outcomes) == ["protected", "repaired"]
+    assert len([g for g in open_groups(broker, "AAPL") if g.order_class == "oco"]) == 1
+    check_invariants(db, broker)
+
+
+class HidingBroker(AlpacaBroker):
+    """The real client, except that one order is invisible (omitted from listings, 404 on look-ups)
+    while ``hiding`` is set: a broker that loses an order for a while and then shows it again."""
+
+    def __init__(self, *, order_id: str, **kwargs):
+        super().__init__(**kwargs)
+        self.order_id, self.hiding = order_id, True
+
+    def _hidden(self, order: BrokerOrder) -> bool:
+        return self.hiding and order.id == self.order_id
+
+    def list_orders(self, **kwargs):
+        return [o for o in super().list_orders(**kwargs) if not self._hidden(o)]
+
+    def get_order(self, order_id: str):
+        order = super().get_order(order_id)
+        if self._hidden(order):
+            raise NotFoundError(f"get_order: HTTP 404 order {order_id} not found")
+        return order
+
+    def get_order_by_client_id(self, client_order_id: str):
+        order = super().get_order_by_client_id(client_order_id)
+        if self._hidden(order):
+            raise NotFoundError(f"get_order_by_client_id: HTTP 404 order {client_order_id} not found")
+        return order
+
+
+def test_order_marked_not_found_is_looked_up_again_later_and_its_late_fill_applied(db, exchange, broker):
+    settings = make_settings(ORDER_NOT_FOUND_MAX_MISSES=2)
+    exchange.quotes(AAPL=("150.90", "151.00"))  # the entry rests
+    trade = place_entry(db, broker)
+    entry = entry_row(db, trade["id"])
+    lossy = HidingBroker(order_id=entry["alpaca_order_id"], base_url=exchange.url, data_url=exchange.url, timeout=3)
+    for _ in range(2):
+        order_monitor.run_once(db, lossy, settings=settings, sleep=lambda _s: None)
+    assert entry_row(db, trade["id"])["order_status"] == "not_found"
+    assert db.get_by_id("trade_journal", trade["id"])["exit_reason"] == "ENTRY_NOT_FOUND"
+    exchange.quotes(AAPL=("149.90", "150.00"))  # meanwhile the entry fills at the broker
+    lossy.hiding = False  # and the broker shows it again
+
+    order_monitor.run_once(db, lossy, settings=settings, sleep=lambda _s: None)
+    assert entry_row(db, trade["id"])["order_status"] == "not_found"  # not due yet: looked up less often
+
+    exchange.clock(eastern("2026-11-20", "09:51"))
+    summary = order_monitor.run_once(db, lossy, settings=settings, sleep=lambda _s: None)
+
+    assert entry_row(db, trade["id"])["order_status"] == "filled"
+    reopened = db.get_by_id("trade_journal", trade["id"])
+    assert (reopened["status"], reopened["actual_qty"], reopened["actual_entry"], reopened["exit_reason"]) == (
+        "POSITION", D("10"), D("150"), None)
+    assert summary.counts["fills"] >= 1
+    check_invariants(db, broker)  # the position is recorded and protected by its bracket legs

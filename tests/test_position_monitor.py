@@ -408,8 +408,10 @@ def test_quantity_mismatch_takes_the_brokers_quantity_and_resizes_protection_at_
     assert [r["new_value"] for r in audit_rows(db, audit.QUANTITY_MISMATCH)] == ["6", "0"]
 
 
-def test_broker_holding_more_shares_grows_the_position_and_its_protection(db, broker, exchange, outside):
+def test_shares_bought_outside_are_recorded_not_adopted_and_the_trade_keeps_its_own_protection(
+        db, broker, exchange, outside):
     open_aapl(db, broker, exchange)
+    before_orders = {(o["id"], o["status"]) for o in open_exchange_orders(exchange)}
     exchange.quotes(AAPL=("151.00", "151.10"))
     outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(5), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-5"))
@@ -417,14 +419,18 @@ def test_broker_holding_more_shares_grows_the_position_and_its_protection(db, br
 
     summary = run_position_monitor(db, broker)
 
-    assert summary.counts["quantity_mismatch"] == 1
-    row = position(db)
-    assert row["qty"] == Decimal(15)
-    [mismatch] = audit_rows(db, audit.QUANTITY_MISMATCH)
-    assert (mismatch["old_value"], mismatch["new_value"]) == ("10", "15")
-    sells = [o for o in open_exchange_orders(exchange) if o["side"] == "sell"]
-    assert sorted((o["type"], Decimal(o["qty"])) for o in sells) == [("limit", Decimal(15)), ("stop", Decimal(15))]
-    assert exchange.positions() == {"AAPL": Decimal(15)}
+    # Fills are attributed by their orders' ids, never by symbol: no trade takes the 5 shares.
+    assert summary.outcome == "warning" and summary.counts["unexplained_shares"] == 1
+    assert position(db)["qty"] == Decimal(10) and trade(db)["actual_qty"] == Decimal(10)
+    assert audit_rows(db, audit.QUANTITY_MISMATCH) == []
+    [excess] = audit_rows(db, audit.ORPHAN_POSITION)
+    assert (excess["symbol"], excess["new_value"]) == ("AAPL", "5")
+    assert {(o["id"], o["status"]) for o in open_exchange_orders(exchange)} == before_orders  # untouched
+    assert exchange.positions() == {"AAPL": Decimal(15)}  # never sold
+
+    again = snapshot(db)
+    run_position_monitor(db, broker)
+    assert snapshot(db) == again  # recorded once per quantity
 
 
 def test_orphan_broker_position_is_recorded_once_and_never_sold(db, broker, exchange, outside):
@@ -555,3 +561,90 @@ def test_run_is_skipped_while_another_holds_the_position_monitor_lock(db, broker
     assert broker.calls.total == 0
     assert run_position_monitor(db, broker).outcome == "success"
     assert position(db)["current_price"] == Decimal("152.05")
+
+
+# --------------------------------------------------------------------------- issue 11: trade safety
+
+
+def test_unrecorded_entry_fill_of_another_trade_of_the_symbol_is_booked_on_its_own_trade(db, broker, exchange):
+    settings = make_settings(ALLOW_SAME_SYMBOL="true")
+    open_aapl(db, broker, exchange)
+    first = trade(db)
+    first_orders = {(o["id"], o["status"]) for o in open_exchange_orders(exchange)}
+    second_decision = add_decision(db, "AAPL", planned_entry="152.00", planned_sl="147.00", planned_tp="165.00",
+                                   planned_qty=5)
+    exchange.quotes(AAPL=("152.90", "153.00"))  # the second entry rests
+    assert order_executor.run_once(db, broker, settings=settings).counts["placed"] == 1
+    exchange.quotes(AAPL=("151.90", "152.00"))  # the second entry fills; order_monitor has not run
+    assert exchange.positions() == {"AAPL": Decimal(15)}
+
+    position_monitor.run_once(db, broker, settings=settings, sleep=no_sleep)
+
+    (second,) = db.query("trade_journal", {"initial_analysis_id": second_decision})
+    assert (second["status"], second["actual_qty"], second["actual_entry"]) == ("POSITION", Decimal(5),
+                                                                              Decimal("152"))
+    first_now = db.get_by_id("trade_journal", first["id"])
+    assert (first_now["status"], first_now["actual_qty"]) == ("POSITION", Decimal(10))
+    assert [p["qty"] for p in db.query("position_tracking", order_by="trade_journal_id")] == [Decimal(10),
+                                                                                           Decimal(5)]
+    assert audit_rows(db, audit.QUANTITY_MISMATCH) == []
+    still_open = {(o["id"], o["status"]) for o in open_exchange_orders(exchange)}
+    assert first_orders <= still_open  # the first trade's protection was never touched
+
+
+class MidRunFillBroker(AlpacaBroker):
+    """The real client; right after it has read the positions, a price move fills an order at the
+    exchange (a fill landing while the run works from its snapshot)."""
+
+    def __init__(self, *, after_positions, **kwargs):
+        super().__init__(**kwargs)
+        self.after_positions = after_positions
+
+    def list_positions(self):
+        positions = super().list_positions()
+        self.after_positions()
+        return positions
+
+
+def test_fill_during_the_run_is_not_counted_twice_against_a_stale_position_snapshot(db, broker, exchange):
+    settings = make_settings(ALLOW_SAME_SYMBOL="true")
+    for target in ("160", "165", "175"):
+        add_decision(db, "AAPL", planned_entry="150", planned_sl="145", planned_tp=target, planned_qty=10)
+    assert order_executor.run_once(db, broker, settings=settings).counts["placed"] == 3
+    exchange.quotes(AAPL=("149.90", "150.00"))
+    assert order_monitor.run_once(db, broker, settings=settings, sleep=no_sleep).counts["positions_opened"] == 3
+    exchange.quotes(AAPL=("160.00", "160.10"))  # the first target fills before the run
+    assert exchange.positions() == {"AAPL": Decimal(20)}
+    racing = MidRunFillBroker(after_positions=lambda: exchange.quotes(AAPL=("165.00", "165.10")),
+                              base_url=exchange.url, data_url=exchange.url, timeout=3)
+
+    summary = position_monitor.run_once(db, racing, settings=settings, sleep=no_sleep)
+
+    assert exchange.positions() == {"AAPL": Decimal(10)}
+    trades = db.query("trade_journal", {"symbol": "AAPL"}, order_by="id")
+    assert [(t["status"], t["exit_reason"]) for t in trades] == [
+        ("CLOSED", "PROFIT_TAKEN"), ("CLOSED", "PROFIT_TAKEN"), ("POSITION", None)]
+    assert [p["qty"] for p in db.query("position_tracking")] == [Decimal(10)]  # no phantom shares
+    assert audit_rows(db, audit.QUANTITY_MISMATCH) == [] and audit_rows(db, audit.ORPHAN_POSITION) == []
+    assert summary.counts["synced_from_orders"] == 1
+
+
+def test_outside_sale_during_the_run_is_booked_against_the_position_read_after_the_sync(
+        db, broker, exchange, outside):
+    open_aapl(db, broker, exchange)
+    cancel_protection_outside(outside, exchange)
+    exchange.quotes(AAPL=("151.00", "151.10"))
+    first = sell_outside(outside, 4, "dashboard-sell-4")
+    later: list[Any] = []
+    racing = MidRunFillBroker(after_positions=lambda: later.append(sell_outside(outside, 2, "dashboard-sell-2")),
+                              base_url=exchange.url, data_url=exchange.url, timeout=3)
+
+    run_position_monitor(db, racing)
+
+    assert exchange.positions() == {"AAPL": Decimal(4)}
+    assert position(db)["qty"] == Decimal(4)  # the broker's quantity after the sync, not the snapshot's 6
+    [mismatch] = audit_rows(db, audit.QUANTITY_MISMATCH)
+    assert (mismatch["old_value"], mismatch["new_value"]) == ("10", "4")
+    assert [f["order_id"] for f in mismatch["details"]["outside_fills"]] == [first.id, later[0].id]
+    sells = [o for o in open_exchange_orders(exchange) if o["side"] == "sell"]
+    assert sorted((o["type"], Decimal(o["qty"])) for o in sells) == [("limit", Decimal(4)), ("stop", Decimal(4))]

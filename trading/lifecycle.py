@@ -133,7 +133,9 @@ TRADE_TRANSITIONS: Final[dict[str, frozenset[str]]] = {
     TradeStatus.ORDERED.value: frozenset({TradeStatus.POSITION.value, TradeStatus.CANCELLED.value}),
     TradeStatus.POSITION.value: frozenset({TradeStatus.CLOSED.value}),
     TradeStatus.CLOSED.value: frozenset(),
-    TradeStatus.CANCELLED.value: frozenset(),
+    # Only a trade cancelled on our own conclusion that its entry was not at the broker
+    # (``trade_may_reopen``): the entry showing up filled after all makes it a position.
+    TradeStatus.CANCELLED.value: frozenset({TradeStatus.POSITION.value}),
 }
 OPEN_TRADE_STATUSES: Final = frozenset({TradeStatus.ORDERED.value, TradeStatus.POSITION.value})
 TRADE_STATUSES: Final = frozenset(TRADE_TRANSITIONS)
@@ -177,6 +179,15 @@ class ExitReason(StrEnum):
 
 
 EXIT_REASONS: Final = frozenset(reason.value for reason in ExitReason)
+
+#: Cancel reasons that were only the system's conclusion, not the broker's word: such a trade
+#: reopens when its entry is found filled later (the broker is the truth).
+REOPENABLE_CANCEL_REASONS: Final = frozenset({ExitReason.ENTRY_NOT_FOUND.value})
+
+
+def trade_may_reopen(status: str, exit_reason: str | None) -> bool:
+    """Whether a finished trade takes a late entry fill as its position (CANCELLED as ENTRY_NOT_FOUND)."""
+    return status == TradeStatus.CANCELLED.value and exit_reason in REOPENABLE_CANCEL_REASONS
 
 #: The exit reason a filled exit order gives its trade, by order type.
 EXIT_REASON_BY_ORDER_TYPE: Final = {

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
+#: A ``not_found`` order is looked up again this long after the marking, doubling per miss.
+NOT_FOUND_RECHECK = dt.timedelta(minutes=5)
+NOT_FOUND_RECHECK_MAX = dt.timedelta(days=1)
+
 
 # --------------------------------------------------------------------------- client order ids
 
@@ -100,11 +104,13 @@ class OrderBook:
     def for_trade(self, trade_id: int) -> list[Row]:
         return self.db.query("order_execution", {"trade_journal_id": trade_id}, order_by="id")
 
-    def open_rows(self) -> list[Row]:
-        """Every order the database still considers open (or not yet answered)."""
+    def open_rows(self, now: dt.datetime | None = None) -> list[Row]:
+        """Every order the database still considers open (or not yet answered), and the
+        ``not_found`` orders due for another look-up at ``now`` (they may reappear)."""
         return self.db.execute_query(
-            "SELECT * FROM order_execution WHERE order_status <> ALL(%s) ORDER BY id",
-            (sorted(lifecycle.TERMINAL_ORDER_STATUSES),))
+            "SELECT * FROM order_execution WHERE order_status <> ALL(%s) OR (order_status = %s AND %s::timestamptz "
+            "IS NOT NULL AND (next_lookup_at IS NULL OR next_lookup_at <= %s)) ORDER BY id",
+            (sorted(lifecycle.TERMINAL_ORDER_STATUSES), lifecycle.NOT_FOUND, now, now))
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -167,6 +173,7 @@ class OrderBook:
             "canceled_at": order.ended_at,
             "replaced_by_order_id": order.replaced_by,
             "not_found_count": 0,
+            "next_lookup_at": None,
         }
         if row.get("client_order_id") in (None, ""):
             values["client_order_id"] = order.client_order_id or None
@@ -218,10 +225,21 @@ class OrderBook:
         return OrderChange(row["id"], row["order_type"], old_status, new_status, fill_qty, fill_price,
                            order.filled_qty, True)
 
-    def record_missing(self, row: Row, max_misses: int, reason: str) -> bool:
+    def record_missing(self, row: Row, max_misses: int, reason: str, now: dt.datetime | None = None) -> bool:
         """One more direct look-up found nothing; after ``max_misses`` the row becomes ``not_found``.
-        Returns True when the row was marked."""
+        Returns True when the row was marked.
+
+        A ``not_found`` row is still looked up, less and less often: the next look-up is due
+        ``NOT_FOUND_RECHECK`` after the marking, doubling with every further miss (at most
+        ``NOT_FOUND_RECHECK_MAX``), kept in ``next_lookup_at``."""
         misses = int(row.get("not_found_count") or 0) + 1
+        due = None
+        if now is not None and misses >= max_misses:
+            due = now + min(NOT_FOUND_RECHECK * 2 ** min(misses - max_misses, 16), NOT_FOUND_RECHECK_MAX)
+        if row["order_status"] == lifecycle.NOT_FOUND:
+            self.db.update("order_execution", row["id"], {"not_found_count": misses, "next_lookup_at": due})
+            row.update(not_found_count=misses, next_lookup_at=due)
+            return False
         if misses < max_misses:
             self.db.update("order_execution", row["id"], {"not_found_count": misses,
                                                           "error_message": f"{reason} (miss {misses} of {max_misses})"})
@@ -229,10 +247,10 @@ class OrderBook:
             return False
         message = f"{reason}: not found at the broker after {misses} direct look-ups (by id and client order id)"
         self.db.update("order_execution", row["id"], {"not_found_count": misses, "order_status": lifecycle.NOT_FOUND,
-                                                      "error_message": message})
+                                                      "error_message": message, "next_lookup_at": due})
         self.audit.record("order", row["id"], audit.ORDER_NOT_FOUND, symbol=row["symbol"], old=row["order_status"],
                           new=lifecycle.NOT_FOUND, reason=message)
-        row.update(order_status=lifecycle.NOT_FOUND, not_found_count=misses)
+        row.update(order_status=lifecycle.NOT_FOUND, not_found_count=misses, next_lookup_at=due)
         return True
 
     def ensure_leg(self, trade: Row, parent: BrokerOrder, leg: BrokerOrder, *, now: dt.datetime) -> Row:

@@ -12,11 +12,21 @@ canceled and confirmed canceled first, then one new group is sent for the exact 
 ``Protector.flatten()`` exits a trade now: cancel its working orders, confirm, then sell the
 shares with one market order. Both record their intent before each broker call with a
 deterministic client order id, so a crash is resolved by looking the order up.
+
+One program at a time per trade: ``ensure``, ``flatten``, ``cancel_entry`` and
+``cancel_and_confirm`` hold the trade's advisory lock (``TradingDB.trade_lock``) across the
+whole cancel -> confirm -> submit sequence, so a CLOSE in the executor and a repair in a
+monitor can never interleave (the second waits, bounded, then sees the first one's result).
+
+Every sell (repair stop or OCO, exit, flatten, day-end exit) is sized from the broker's
+position read at that moment (``trading.positions``): the symbol's trades are reconciled with
+it first, and with nothing held nothing is sold (the trade is reconciled as closed outside).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -41,6 +51,27 @@ from trading.reconcile import Reconciler, SyncResult
 logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+
+#: How long a program waits for another program to finish with a trade's orders.
+TRADE_LOCK_WAIT_SECONDS = 30.0
+#: Submissions of one order (same client order id) within one call when the broker does not answer.
+SEND_ATTEMPTS = 2
+
+
+def _one_program_per_trade(busy: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run the method holding the trade's lock; ``busy`` is returned when another program keeps
+    it longer than the protector's ``lock_wait`` (warned; the next run tries again)."""
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def holding(self: Protector, trade_id: int, *args: Any, **kwargs: Any) -> Any:
+            with self.db.trade_lock(trade_id, wait_seconds=self.lock_wait) as taken:
+                if not taken:
+                    self.warn(f"trade {trade_id}: another program is changing its orders; "
+                              f"left for the next run")
+                    return busy
+                return method(self, trade_id, *args, **kwargs)
+        return holding
+    return wrap
 
 
 def find_order(broker: Broker, alpaca_order_id: str | None, client_order_id: str | None) -> BrokerOrder:
@@ -118,7 +149,8 @@ class Protector:
     def __init__(self, db: Any, broker: Broker, reconciler: Reconciler, settings: Settings, *,
                  now: dt.datetime, warn: Callable[[str], None],
                  sleep: Callable[[float], None] = time.sleep, confirm_attempts: int = 10,
-                 confirm_interval: float = 0.2) -> None:
+                 confirm_interval: float = 0.2, count: Callable[..., None] | None = None,
+                 lock_wait: float = TRADE_LOCK_WAIT_SECONDS) -> None:
         self.db = db
         self.broker = broker
         self.reconciler = reconciler
@@ -128,6 +160,8 @@ class Protector:
         self.sleep = sleep
         self.confirm_attempts = confirm_attempts
         self.confirm_interval = confirm_interval
+        self.count: Callable[..., None] = count or (lambda *_args: None)
+        self.lock_wait = lock_wait
 
     @property
     def audit(self) -> Any:
@@ -139,17 +173,37 @@ class Protector:
         return ProtectionView(trade, self.reconciler.trades.position(trade_id),
                               self.reconciler.orders.for_trade(trade_id))
 
+    def broker_sized(self, trade_id: int) -> tuple[ProtectionView, Decimal]:
+        """The trade after its symbol was compared with the broker's position read now, and the
+        shares of it the broker holds: what any sell of this trade may be sized to.
+
+        The symbol's trades are reconciled first (their orders synced by id, outside sales booked),
+        so with nothing held the trade comes back closed outside and nothing is sold. Shares the
+        other open trades of the symbol hold are not this trade's to sell."""
+        from trading.positions import PositionReconciler  # the two modules use each other
+
+        symbol = self.view(trade_id).trade["symbol"]
+        book = PositionReconciler(self.db, self.broker, self, count=self.count, warn=self.warn)
+        held = book.reconcile(symbol, resize=False)
+        others = sum((Decimal(r["qty"]) for r in book.positions(symbol) if r["trade_journal_id"] != trade_id), ZERO)
+        view = self.view(trade_id)
+        return view, min(view.position_qty, max(ZERO, held - others))
+
     # -- checking and repairing --------------------------------------------------------------
 
+    @_one_program_per_trade("busy")
     def ensure(self, trade_id: int) -> str:
         """Make sure the trade's position has a live stop for its whole quantity.
 
-        Returns ``protected``, ``repaired``, ``not_open``, ``exiting`` (an exit order works on the
-        shares), ``waiting`` (policy ``wait``: the entry still works), ``deferred`` (an answer is
-        pending; next run) or ``failed`` (the broker refused the repair; recorded).
+        Returns ``protected``, ``repaired``, ``not_open`` (no position, or none left at the broker:
+        reconciled as closed outside), ``exiting`` (an exit order works on the shares), ``waiting``
+        (policy ``wait``: the entry still works), ``deferred`` (an answer is pending; next run),
+        ``busy`` (another program holds the trade's lock) or ``failed`` (the broker refused the
+        repair; recorded).
         """
         found_cover: Decimal | None = None  # what the stops covered before this run canceled any
-        for _ in range(3):  # cancels can reveal fills that change the position; look again
+        resolved_pending = False
+        for _ in range(4):  # cancels can reveal fills that change the position; look again
             view = self.view(trade_id)
             trade = view.trade
             if found_cover is None:
@@ -159,9 +213,13 @@ class Protector:
             if view.exits_open:
                 return "exiting"
             if view.pending:
-                self.warn(f"trade {trade_id} {trade['symbol']}: an order awaits the broker's answer; "
-                          "protection checked next run")
-                return "deferred"
+                if resolved_pending:
+                    self.warn(f"trade {trade_id} {trade['symbol']}: an order awaits the broker's answer; "
+                              "protection checked next run")
+                    return "deferred"
+                self._resolve_pending(trade_id, view)
+                resolved_pending = True
+                continue
             if view.entry_working:
                 if self.settings.monitor.partial_entry_policy == "wait":
                     return "waiting"
@@ -211,53 +269,102 @@ class Protector:
             client_order_id=client_order_id, stop_price=stop)
 
     def _submit_protection(self, trade_id: int, view: ProtectionView, found_cover: Decimal | None = None) -> str:
+        view, shares = self.broker_sized(trade_id)
+        if view.trade["status"] != TradeStatus.POSITION.value or shares <= ZERO:
+            return "not_open"  # nothing held at the broker: reconciled, nothing sold
+        if view.exits_open or view.protective_open or view.pending:
+            return "deferred"  # the reconciliation changed the picture: look again next run
         with self.db.transaction():
             trade = self.reconciler.trades.lock(trade_id)
             assert trade is not None
             if trade["status"] != TradeStatus.POSITION.value:
                 return "not_open"
             coid = self._next_client_order_id(trade, view.orders, "p")
-            order_type, request = self.protection_request(trade, view.position_qty, coid)
+            order_type, request = self.protection_request(trade, shares, coid)
             row_id = self.reconciler.orders.insert_intent(trade, order_type, request)
         outcome = self._send(trade_id, row_id, request)
         if outcome == "sent":
             trade = self.reconciler.trades.get(trade_id)
             self.audit.record("trade", trade_id, audit.PROTECTION_REPAIRED, symbol=view.trade["symbol"],
-                              reason=f"no stop covered all {view.position_qty} shares (stop covered "
+                              reason=f"no stop covered all {shares} shares (stop covered "
                                      f"{view.stop_qty if found_cover is None else found_cover}): "
                                      f"placed {request.order_class if request.order_class != 'simple' else 'stop'} "
-                                     f"for {view.position_qty}",
+                                     f"for {shares}",
                               details={"client_order_id": request.client_order_id,
                                        "stop": request.stop_price or request.stop_loss_price,
                                        "take_profit": request.take_profit_price})
             self.point_position(self.view(trade_id))
             return "repaired"
         self.audit.record("trade", trade_id, audit.PROTECTION_MISSING, symbol=view.trade["symbol"],
-                          reason=f"could not place protection for {view.position_qty} shares: {outcome}")
+                          reason=f"could not place protection for {shares} shares: {outcome}")
         self.warn(f"trade {trade_id} {view.trade['symbol']}: UNPROTECTED, {outcome}")
         return "failed"
 
     def _send(self, trade_id: int, row_id: int, request: OrderRequest) -> str:
         """Send a recorded intent and record the answer. Returns ``sent`` or why not.
 
-        A transient failure with an unclear outcome leaves the row ``pending`` for the next
-        run's look-up and re-raises (the run ends early, as for any outage).
+        An unanswered submission (5xx, timeout, dropped connection) is looked up at once by its
+        client order id: found, it is recorded; not found, the same request is sent again with
+        the same id (safe: the broker refuses a second order with that id), up to
+        ``SEND_ATTEMPTS`` times. Still unanswered, the row stays ``pending`` with the reason and
+        the error is re-raised (the run ends early, as for any outage); the next run's ``ensure``
+        looks it up and resends it the same way.
         """
-        try:
-            order = self.broker.submit_order(request)
-        except DuplicateClientOrderIdError:
-            order = find_order(self.broker, None, request.client_order_id)
-        except BrokerRejectedError as exc:
+        last: BrokerUnavailableError | None = None
+        for _ in range(SEND_ATTEMPTS):
+            try:
+                order = self.broker.submit_order(request)
+            except DuplicateClientOrderIdError:
+                order = find_order(self.broker, None, request.client_order_id)
+            except BrokerRejectedError as exc:
+                with self.db.transaction():
+                    row = self.db.get_by_id("order_execution", row_id)
+                    self.reconciler.orders.mark_refused(row, str(exc))
+                return f"refused by the broker: {exc}"
+            except BrokerUnavailableError as exc:
+                last = exc
+                try:  # did it land? the client order id says, before anything is sent again
+                    order = find_order(self.broker, None, request.client_order_id)
+                except NotFoundError:
+                    logger.info("order %s unanswered and not at the broker: sending it again with the same id",
+                                request.client_order_id)
+                    continue
+                except BrokerUnavailableError:
+                    break
+            self.record(trade_id, row_id, order)
+            return "sent"
+        assert last is not None
+        row = self.db.get_by_id("order_execution", row_id)
+        self.reconciler.orders.note_error(row, f"submission unanswered: {last}")
+        raise last
+
+    def _resolve_pending(self, trade_id: int, view: ProtectionView) -> None:
+        """Protective intents an earlier run sent without an answer: looked up by client order id
+        (found: recorded); not at the broker, the same request is sent again with the same id when
+        it still fits the shares the broker holds, else the intent is concluded ``not_found`` so a
+        new group is sized to the shares. Safe under the trade's lock: no other program is sending
+        this trade's orders now, and a late copy of the old request is refused for its id."""
+        for row in view.pending:
+            try:
+                order = find_order(self.broker, row.get("alpaca_order_id"), row["client_order_id"])
+            except NotFoundError:
+                order = None
+            if order is not None:
+                self.record(trade_id, row["id"], order)
+                continue
+            fresh, shares = self.broker_sized(trade_id)
+            if row["order_type"] in lifecycle.PROTECTIVE_ORDER_TYPES and shares == Decimal(row["qty"]) \
+                    and fresh.trade["status"] == TradeStatus.POSITION.value:
+                _, request = self.protection_request(fresh.trade, shares, row["client_order_id"])
+                self._send(trade_id, row["id"], request)
+                continue
             with self.db.transaction():
-                row = self.db.get_by_id("order_execution", row_id)
-                self.reconciler.orders.mark_refused(row, str(exc))
-            return f"refused by the broker: {exc}"
-        except BrokerUnavailableError as exc:
-            row = self.db.get_by_id("order_execution", row_id)
-            self.reconciler.orders.note_error(row, f"submission unanswered: {exc}")
-            raise
-        self.record(trade_id, row_id, order)
-        return "sent"
+                trade = self.reconciler.trades.lock(trade_id)
+                current = self.db.get_by_id("order_execution", row["id"])
+                assert trade is not None and current is not None
+                if current["order_status"] == lifecycle.PENDING:
+                    self.reconciler.mark_missing(trade, current, 1, "never reached the broker (looked up by "
+                                                 "client order id under the trade's lock)", self.now)
 
     def record(self, trade_id: int, row_id: int, order: BrokerOrder) -> SyncResult:
         """Apply a broker answer to its row and trade in one transaction."""
@@ -272,6 +379,7 @@ class Protector:
 
     # -- canceling ----------------------------------------------------------------------------
 
+    @_one_program_per_trade(False)
     def cancel_and_confirm(self, trade_id: int, rows: list[Row], *, reason: str,
                            entry_reason: str | None = None) -> bool:
         """Cancel the orders of ``rows`` (one request per order group) and wait, briefly, until the
@@ -323,6 +431,7 @@ class Protector:
 
     # -- exiting --------------------------------------------------------------------------------
 
+    @_one_program_per_trade("deferred")
     def flatten(self, trade_id: int, exit_reason: str, *, entry_reason: str) -> str:
         """Exit the trade now: cancel its working orders (entry remainder and protection), confirm,
         then sell every share with one market order. Returns ``exit_submitted``, ``cancelled``
@@ -342,11 +451,14 @@ class Protector:
             return "cancelled"
         if view.trade["status"] != TradeStatus.POSITION.value or view.position_qty <= ZERO:
             return "closed"
+        view, shares = self.broker_sized(trade_id)
+        if view.trade["status"] != TradeStatus.POSITION.value or shares <= ZERO:
+            return "closed"  # nothing held at the broker: reconciled as closed outside, nothing sold
         with self.db.transaction():
             trade = self.reconciler.trades.lock(trade_id)
             assert trade is not None
             coid = self._next_client_order_id(trade, view.orders, "x")
-            request = OrderRequest(symbol=trade["symbol"], qty=view.position_qty, side="sell", kind="market",
+            request = OrderRequest(symbol=trade["symbol"], qty=shares, side="sell", kind="market",
                                    time_in_force="day", client_order_id=coid)
             row_id = self.reconciler.orders.insert_intent(trade, OrderType.EXIT.value, request,
                                                           exit_reason=exit_reason)
@@ -357,6 +469,7 @@ class Protector:
         self.ensure(trade_id)
         return "failed"
 
+    @_one_program_per_trade("deferred")
     def cancel_entry(self, trade_id: int, entry_reason: str, reason: str) -> str:
         """Cancel a trade's working entry (and its held legs). Returns ``cancelled`` (nothing was
         filled: the trade is CANCELLED), ``filled`` (shares were bought: the position stays,

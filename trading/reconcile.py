@@ -95,7 +95,7 @@ class Reconciler:
         """One more miss for ``row``; when it becomes ``not_found``, apply that like any ending."""
         result = SyncResult()
         old_status = row["order_status"]
-        if self.orders.record_missing(row, max_misses, reason):
+        if self.orders.record_missing(row, max_misses, reason, now):
             change = OrderChange(row["id"], row["order_type"], old_status, lifecycle.NOT_FOUND,
                                  filled_qty=Decimal(row.get("filled_qty") or 0), changed=True)
             result.changes.append(change)
@@ -116,8 +116,9 @@ class Reconciler:
     def _apply_entry(self, trade: Row, row: Row, change: OrderChange, when: dt.datetime, now: dt.datetime,
                      result: SyncResult) -> None:
         if change.fill_qty > ZERO:
-            if trade["status"] in (TradeStatus.ORDERED.value, TradeStatus.POSITION.value):
-                opened = trade["status"] == TradeStatus.ORDERED.value
+            if trade["status"] in (TradeStatus.ORDERED.value, TradeStatus.POSITION.value) or \
+                    lifecycle.trade_may_reopen(trade["status"], trade.get("exit_reason")):
+                opened = trade["status"] != TradeStatus.POSITION.value
                 self.trades.apply_entry_fill(trade, row, change.fill_qty, when, change.fill_price)
                 result.opened |= opened
             else:

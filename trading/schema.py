@@ -152,6 +152,8 @@ ORDER_EXECUTION = Table(
         Column("exit_reason", "TEXT"),
         Column("not_found_count", "INTEGER", "0", not_null=True),
         Column("last_synced_at", "TIMESTAMPTZ"),
+        # A ``not_found`` order is looked up again from this time on (backoff doubling per miss).
+        Column("next_lookup_at", "TIMESTAMPTZ"),
         CREATED_AT,
         UPDATED_AT,
     ),

@@ -118,14 +118,17 @@ class TradeBook:
         """Shares bought: the trade holds a position (created on the first fill, grown after)."""
         self._ledger(trade, "buy", fill_qty, fill_price if fill_price is not None else
                      Decimal(entry_row["filled_avg_price"]), when, None, entry_row.get("id"), "entry fill")
-        actual_qty = Decimal(entry_row["filled_qty"])
-        actual_entry = Decimal(entry_row["filled_avg_price"])
+        actual_qty, actual_entry = self.entry_totals(trade["id"], entry_row)
         entry_date = entry_row.get("filled_at") or trade.get("entry_date") or when
         values = {"actual_entry": actual_entry, "actual_qty": actual_qty, "entry_date": trade.get("entry_date") or
                   entry_date}
         if trade["status"] == TradeStatus.ORDERED.value:
             self._set_status(trade, TradeStatus.POSITION.value, values,
                              f"entry filled {actual_qty} @ {actual_entry}")
+        elif lifecycle.trade_may_reopen(trade["status"], trade.get("exit_reason")):
+            self._set_status(trade, TradeStatus.POSITION.value, {**values, "exit_reason": None, "exit_date": None},
+                             f"entry concluded {trade.get('exit_reason')} found filled {actual_qty} @ {actual_entry} "
+                             "after all: the broker is the truth, the trade holds the position")
         else:
             self.db.update("trade_journal", trade["id"], values)
             trade.update(values)
@@ -143,6 +146,26 @@ class TradeBook:
         else:
             self._revalue(position, Decimal(position["qty"]) + fill_qty, actual_entry, when,
                           reason=f"entry filled {fill_qty} more")
+
+    def entry_totals(self, trade_id: int, entry_row: Row) -> tuple[Decimal, Decimal]:
+        """Shares bought and their average price over the trade's whole entry chain.
+
+        A person may replace a partly filled entry at the broker: the replacement is a new
+        order whose ``filled_qty`` starts at zero while the replaced one keeps its fills. Both
+        are the trade's entry, so the trade holds the sum, at the quantity-weighted average
+        (exact in Decimal; shown as ``average_price``)."""
+        rows = {r["id"]: r for r in self.db.query("order_execution", {"trade_journal_id": trade_id,
+                                                                      "order_type": "ENTRY"})}
+        if entry_row.get("id") is not None:
+            rows[entry_row["id"]] = entry_row  # the caller's copy carries the fill just recorded
+        filled = [r for r in rows.values()
+                  if Decimal(r.get("filled_qty") or 0) > ZERO and r.get("filled_avg_price") is not None]
+        if len(filled) <= 1:  # one order: its own figures, exactly as the broker sent them
+            only = filled[0] if filled else entry_row
+            return Decimal(only["filled_qty"]), Decimal(only["filled_avg_price"])
+        qty = sum((Decimal(r["filled_qty"]) for r in filled), ZERO)
+        notional = sum((Decimal(r["filled_qty"]) * Decimal(r["filled_avg_price"]) for r in filled), ZERO)
+        return qty, average_price(notional / qty)
 
     def apply_exit_fill(self, trade: Row, fill_qty: Decimal, fill_price: Decimal, when: dt.datetime,
                         exit_reason: str, source: str, order_row_id: int | None = None) -> bool:
