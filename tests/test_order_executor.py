@@ -554,6 +554,24 @@ def test_invalid_new_trade_is_refused_with_its_reason_and_sends_nothing(db, exch
     assert db.query("trade_journal") == [] and db.query("order_execution") == []
 
 
+@pytest.mark.parametrize(("overrides", "words"), [
+    pytest.param({"planned_qty": "1e40"}, "planned_qty 1E+40 is too large", id="qty_1e40"),
+    pytest.param({"planned_entry": "1e30", "planned_tp": "1e31", "planned_sl": "1"}, "planned_entry 1E+30 is too large",
+                 id="entry_1e30"),
+    pytest.param({"planned_entry": "1,05"}, "ambiguous", id="comma"),
+])
+def test_odd_numbers_are_refused_once_with_a_reason_not_failed_every_run(db, exchange, broker, overrides, words):
+    decision_id = add_decision(db, "AAPL", **overrides)
+
+    first = run(db, broker)
+    second = run(db, broker)
+
+    assert first.counts["refused"] == 1 and "failed" not in first.counts
+    assert words in refusal(db, decision_id)
+    assert dict(second.counts) == {}
+    assert exchange.orders() == []
+
+
 def test_untradable_symbol_is_refused(db, exchange, broker):
     exchange.symbols(HALTD={"price": "12.50", "tradable": False})
     decision_id = add_decision(db, "HALTD", planned_entry="12.50", planned_sl="12.00", planned_tp="13.50")
