@@ -57,7 +57,7 @@ from trading.pricing import ZERO
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
 from trading.protection import Protector, find_order
 from trading.reconcile import Reconciler
-from trading.risk import RiskState, Sizing, check_entry, size_position
+from trading.risk import Reservation, RiskState, Sizing, check_entry, size_position
 from trading.trades import TradeBook
 
 logger = logging.getLogger(__name__)
@@ -300,13 +300,14 @@ class OrderExecutor:
                                         + (f"; {sizing.note}" if sizing.note else ""),
                                  details={"trade_journal_id": trade["id"], "client_order_id": coid,
                                           "notional": notional})
-                state.accept(plan.symbol, notional)
+                reservation: Reservation | None = state.accept(plan.symbol, notional)
                 intent_row: Row | None = None
             else:
                 # A previous run recorded this intent and did not finish: resolve, never resend blindly.
                 trade = reconciler.trades.get(intent["trade_journal_id"])
                 assert trade is not None, f"intent {intent['id']} has no trade"
                 row_id, intent_row = intent["id"], intent
+                reservation = None
                 request = OrderRequest(symbol=intent["symbol"], qty=Decimal(intent["qty"]), side="buy", kind="limit",
                                        time_in_force=intent["time_in_force"], client_order_id=coid,
                                        limit_price=intent["limit_price"], order_class=intent["order_class"],
@@ -326,6 +327,8 @@ class OrderExecutor:
                 if locked is not None and locked["status"] == TradeStatus.ORDERED.value:
                     reconciler.trades.cancel(locked, ExitReason.BROKER_REFUSED.value, ctx.now,
                                              f"broker refused the entry: {exc}")
+                if reservation is not None and self._risk is not None:
+                    self._risk.release(reservation)  # nothing was placed: later decisions may use the room
                 return self._refuse(ctx, row, exc, code=exc.code)
         except BrokerUnavailableError as exc:
             intent_now = self.db.get_by_id("order_execution", row_id)

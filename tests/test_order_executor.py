@@ -815,6 +815,29 @@ def test_broker_refusal_is_recorded_and_the_decision_is_not_retried(db, exchange
     assert dict(again.counts) == {}
 
 
+@pytest.mark.parametrize(("second_ticker", "second_plan", "limits"), [
+    pytest.param("MSFT", {"planned_entry": "400", "planned_sl": "390", "planned_tp": "420", "planned_qty": 2},
+                 {"MAX_TOTAL_EXPOSURE_PCT": "2"}, id="exposure"),
+    pytest.param("MSFT", {"planned_entry": "400", "planned_sl": "390", "planned_tp": "420", "planned_qty": 2},
+                 {"MAX_OPEN_TRADES": 1}, id="open_trades"),
+    pytest.param("AAPL", {"planned_entry": "149"}, {}, id="same_symbol"),
+    pytest.param("MSFT", {"planned_entry": "400", "planned_sl": "390", "planned_tp": "420", "planned_qty": 200},
+                 {"MAX_POSITION_NOTIONAL": "90000", "MAX_POSITION_PCT_OF_EQUITY": "90"}, id="buying_power"),
+])
+def test_entry_refused_by_the_broker_does_not_count_toward_the_batch_limits(db, exchange, broker, second_ticker,
+                                                                           second_plan, limits):
+    exchange.fault(status=403, message="insufficient buying power", method="POST", path="/v2/orders", count=1)
+    refused = add_decision(db, "AAPL", planned_qty=150 if "MAX_POSITION_NOTIONAL" in limits else 10)
+    later = add_decision(db, second_ticker, **second_plan)
+
+    summary = run(db, broker, **limits)
+
+    assert (summary.counts["refused"], summary.counts["placed"]) == (1, 1)
+    assert refusal_code(db, refused) == "BROKER_403"
+    assert decision(db, later)["existing_order_id"] is not None
+    assert [o["symbol"] for o in exchange_entries(exchange)] == [second_ticker]
+
+
 def test_broker_500_leaves_the_decision_for_the_next_run_which_sends_it_once(db, exchange, broker):
     exchange.fault(status=500, method="POST", path="/v2/orders", count=1)
     decision_id = add_decision(db, "AAPL")
