@@ -46,7 +46,7 @@ from typing import Any
 from config import Settings, load_settings
 from trading import audit, lifecycle
 from trading.broker import Broker, BrokerOrder, BrokerPosition, Quote
-from trading.errors import NotFoundError
+from trading.errors import NotFoundError, TransientError
 from trading.lifecycle import ExitReason, TradeStatus
 from trading.market_time import MarketTime
 from trading.pricing import ZERO, mid_price, money
@@ -133,9 +133,17 @@ class PositionMonitor:
         by_symbol: dict[str, list[Row]] = defaultdict(list)
         for row in positions:
             by_symbol[row["symbol"]].append(row)
+        still_open: set[str] = set()
         for symbol, rows in by_symbol.items():
-            self._reconcile_symbol(ctx, reconciler, protector, symbol, rows, held.get(symbol))
-        self._orphans(ctx, held, set(by_symbol))
+            # One symbol's failure (an outage on its look-ups, a bug) is recorded and the batch goes on:
+            # the other symbols are reconciled and the snapshot is written (invariant 6).
+            try:
+                if self._reconcile_symbol(ctx, reconciler, protector, symbol, rows, held.get(symbol)):
+                    still_open.add(symbol)
+            except Exception as exc:  # recorded per symbol, retried next run
+                still_open.add(symbol)  # nothing concluded: its broker shares are not an orphan
+                self._record_symbol_failure(ctx, symbol, exc)
+        self._orphans(ctx, held, still_open)
         self._revalue(ctx, quotes)
         self._snapshot(ctx, account)
 
@@ -145,12 +153,30 @@ class PositionMonitor:
         """Open positions with their trades' columns; one symbol's only when ``symbol`` is given."""
         return self.db.execute_query(POSITIONS_SQL, {"symbol": symbol})
 
+    def _record_symbol_failure(self, ctx: RunContext, symbol: str, exc: Exception) -> None:
+        """Note a symbol the run could not reconcile (warning, count, audit row) and go on."""
+        transient = isinstance(exc, TransientError)
+        reason = f"{symbol} not reconciled this run, retried next run: {type(exc).__name__}: {exc}"
+        if transient:
+            logger.warning("%s: %s", PROGRAM, reason)
+        else:
+            logger.exception("%s: %s", PROGRAM, reason)
+        ctx.summary.add("symbols_failed")
+        ctx.summary.warn(reason)
+        try:
+            ctx.audit.record("position", None, audit.RECONCILE_FAILED, symbol=symbol, reason=reason,
+                             details={"error": type(exc).__name__, "transient": transient})
+        except TransientError:
+            logger.warning("%s: could not record the failure of %s (database unavailable)", PROGRAM, symbol)
+
     def _reconcile_symbol(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, symbol: str,
-                          rows: list[Row], broker_position: BrokerPosition | None) -> None:
+                          rows: list[Row], broker_position: BrokerPosition | None) -> bool:
+        """Make the symbol's open trades agree with the broker's position. Returns False when no
+        trade of the symbol is open any more (the broker's shares, if any, are then an orphan)."""
         broker_qty = broker_position.qty if broker_position else ZERO
         db_qty = sum((Decimal(r["qty"]) for r in rows), ZERO)
         if broker_qty == db_qty:
-            return
+            return True
         # A fill order_monitor has not recorded yet explains most differences: sync first.
         for row in rows:
             self._sync_trade_orders(ctx, reconciler, protector, row["trade_journal_id"])
@@ -158,11 +184,17 @@ class PositionMonitor:
         db_qty = sum((Decimal(r["qty"]) for r in rows), ZERO)
         if broker_qty == db_qty:
             ctx.summary.add("synced_from_orders")
-            return
+            return bool(rows)
+        if not rows:
+            # The trades closed by their own orders (a stop-out) and the broker still holds shares:
+            # bought outside after the exit. Not adopted onto a closed trade: an orphan.
+            ctx.summary.add("synced_from_orders")
+            return False
         if broker_qty < db_qty:
             self._shares_gone(ctx, reconciler, protector, rows, broker_qty, db_qty)
         else:
             self._shares_added(ctx, reconciler, protector, rows, broker_qty, db_qty)
+        return True
 
     def _sync_trade_orders(self, ctx: RunContext, reconciler: Reconciler, protector: Protector,
                            trade_id: int) -> None:

@@ -555,3 +555,49 @@ def test_run_is_skipped_while_another_holds_the_position_monitor_lock(db, broker
     assert broker.calls.total == 0
     assert run_position_monitor(db, broker).outcome == "success"
     assert position(db)["current_price"] == Decimal("152.05")
+
+
+# --------------------------------------------------------------------------- one symbol's failure
+
+
+def test_outside_buy_after_a_stop_out_is_an_orphan_and_later_symbols_are_still_reconciled(
+        db, broker, exchange, outside):
+    open_trades(db, broker, exchange, AAPL=("150", "145", "160", "149.90", 10), MSFT=("400", "390", "420", "399.90", 2))
+    exchange.quotes(AAPL=("144.00", "144.10"), MSFT=("401.00", "401.10"))  # AAPL's stop fills at the broker
+    outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(5), side="buy", kind="market",
+                                      time_in_force="day", client_order_id="dashboard-buy-after-stop"))
+    outside.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(1), side="buy", kind="market",
+                                      time_in_force="day", client_order_id="dashboard-buy-msft"))
+    assert exchange.positions() == {"AAPL": Decimal(5), "MSFT": Decimal(3)}
+
+    summary = run_position_monitor(db, broker)
+
+    assert summary.outcome == "warning", summary.error
+    stopped = trade(db, "AAPL")
+    assert (stopped["status"], stopped["exit_reason"]) == ("CLOSED", "STOPPED_OUT")
+    [orphan] = audit_rows(db, audit.ORPHAN_POSITION)
+    assert (orphan["symbol"], orphan["new_value"]) == ("AAPL", "5")
+    assert position(db, "MSFT")["qty"] == Decimal(3)  # the later symbol was reconciled
+    assert len(portfolio_snapshots(db)) == 1
+    assert exchange.positions() == {"AAPL": Decimal(5), "MSFT": Decimal(3)}  # nothing sold
+
+
+def test_one_symbols_failure_is_recorded_and_the_batch_goes_on_to_the_snapshot(db, broker, exchange, outside):
+    open_trades(db, broker, exchange, AAPL=("150", "145", "160", "149.90", 10), MSFT=("400", "390", "420", "399.90", 2))
+    for symbol in ("AAPL", "MSFT"):  # both positions changed outside: both need a look at their orders
+        outside.submit_order(OrderRequest(symbol=symbol, qty=Decimal(1), side="buy", kind="market",
+                                          time_in_force="day", client_order_id=f"dashboard-buy-{symbol}"))
+    [aapl_entry] = db.query("order_execution", {"symbol": "AAPL", "order_type": "ENTRY"})
+    aapl_root = aapl_entry["alpaca_order_id"]
+    exchange.fault(status=500, method="GET", path=f"/v2/orders/{aapl_root}", count=10)
+
+    summary = run_position_monitor(db, broker)
+
+    assert summary.outcome == "warning"
+    assert any("AAPL" in note and "500" in note for note in summary.notes), summary.notes
+    assert summary.counts["symbols_failed"] == 1
+    [failed] = audit_rows(db, audit.RECONCILE_FAILED)
+    assert failed["symbol"] == "AAPL" and "500" in failed["reason"]
+    assert position(db, "AAPL")["qty"] == Decimal(10)  # left for the next run, nothing concluded
+    assert position(db, "MSFT")["qty"] == Decimal(3)
+    assert len(portfolio_snapshots(db)) == 1
