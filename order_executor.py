@@ -278,8 +278,10 @@ class OrderExecutor:
             row = self._claim(decision_id)
             if row is None:
                 return Outcome("skipped", "claimed by another run or no longer pending")
-            coid = entry_client_order_id(prefix, row)
-            intent = reconciler.orders.by_client_order_id(coid)
+            # An earlier run's intent is found by the decision, not by rebuilding its client order id:
+            # CLIENT_ORDER_PREFIX may have changed since, and a rebuilt id would send a second entry.
+            intent = reconciler.orders.entry_of_decision(row["id"])
+            coid = intent["client_order_id"] if intent is not None else entry_client_order_id(prefix, row)
             trade: Row | None
             if intent is None:
                 try:

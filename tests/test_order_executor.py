@@ -968,6 +968,30 @@ def test_timeout_before_the_order_lands_defers_and_the_late_order_is_adopted_not
 # --------------------------------------------------------------------------- crashes and concurrency
 
 
+@pytest.mark.parametrize("accepted", [pytest.param(False, id="not_at_the_broker"),
+                                      pytest.param(True, id="accepted_answer_lost")])
+def test_changed_client_order_prefix_still_recovers_the_decision_in_flight(db, exchange, broker, accepted):
+    decision_id = add_decision(db, "AAPL")
+    if accepted:  # the order lands, its answer is lost and the look-up fails too: outcome unknown
+        exchange.fault(when="after", status=500, method="POST", path="/v2/orders", count=1)
+        exchange.fault(status=500, method="GET", path="/v2/orders:by_client_order_id", count=1)
+    else:
+        exchange.fault(status=500, method="POST", path="/v2/orders", count=1)
+    assert run(db, broker).counts["deferred"] == 1
+    [intent] = entries(db)
+    assert intent["client_order_id"].startswith("tm-")
+
+    second = run(db, broker, CLIENT_ORDER_PREFIX="alt")
+
+    assert second.counts["placed"] == 1
+    sent = [o for o in exchange.orders() if o["side"] == "buy"]
+    assert [o["client_order_id"] for o in sent] == [intent["client_order_id"]]  # one entry, the recorded id
+    [entry] = entries(db)
+    assert (entry["id"], entry["alpaca_order_id"]) == (intent["id"], sent[0]["id"])
+    assert len(db.query("trade_journal")) == 1
+    assert decision(db, decision_id)["existing_order_id"] == sent[0]["id"]
+
+
 def _wait_until_disconnected(db: TradingDB, application_name: str, timeout: float = 10) -> None:
     wait_for(lambda: db.execute_one("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE %s",
                                     (f"{application_name}%",))["n"] == 0, timeout,
