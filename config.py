@@ -178,12 +178,28 @@ def env_url(env: Mapping[str, str], name: str) -> str | None:
 
 
 def _redact_url(url: str) -> str:
-    """A URL with any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    """A URL with its user information replaced by ***: everything between the scheme's ``://``
+    and the *last* ``@`` goes. Text-based on purpose: a URL parser splits an unencoded ``#`` or
+    ``?`` in a password off as a fragment or query and would leave the rest of it in view."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url else url
+    if "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def url_userinfo_secrets(url: str | None) -> list[str]:
+    """The user information of a URL and its password part, as written (for the log scrubber,
+    before the URL is even parsed)."""
+    if not url or "://" not in url:
+        return []
+    rest = url.partition("://")[2]
+    if "@" not in rest:
+        return []
+    userinfo = rest.rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    return [value for value in (userinfo, password, unquote(password)) if value]
 
 
 # --------------------------------------------------------------------------- database
@@ -225,6 +241,11 @@ def parse_database_url(url: str, variable: str) -> PostgresConfig:
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigurationError(f"{variable} must start with postgresql://, got {_redact_url(url)!r}")
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    if any(char in userinfo for char in "#?/"):
+        raise ConfigurationError(
+            f"{variable}: the user or password contains '#', '?' or '/', which end the address part of a URL; "
+            f"percent-encode them (# is %23, ? is %3F, / is %2F, @ is %40), got {_redact_url(url)!r}")
     dbname = unquote(parts.path.lstrip("/"))
     if not parts.hostname or not dbname:
         raise ConfigurationError(f"{variable} must name a host and a database "
@@ -503,6 +524,22 @@ class Settings:
             for item in fields(group):
                 shown[item.name] = str(getattr(group, item.name))
         return shown
+
+
+SECRET_VARIABLES = ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "POSTGRES_PASSWORD")
+URL_VARIABLES = ("DATABASE_URL", "TEST_DATABASE_URL")
+
+
+def raw_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """Every secret as written in the environment (and ``.env``), read before any validation, so
+    the log scrubber knows them before the first message (a configuration error) can be printed."""
+    if env is None:
+        load_environment()
+        env = os.environ
+    values = [(env.get(name) or "").strip() for name in SECRET_VARIABLES]
+    for name in URL_VARIABLES:
+        values.extend(url_userinfo_secrets((env.get(name) or "").strip()))
+    return [value for value in values if value]
 
 
 def load_settings(test_mode: bool = False, env: Mapping[str, str] | None = None) -> Settings:

@@ -57,7 +57,7 @@ from trading.pricing import ZERO
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
 from trading.protection import Protector, find_order
 from trading.reconcile import Reconciler
-from trading.risk import RiskState, Sizing, check_entry, size_position
+from trading.risk import Reservation, RiskState, Sizing, check_entry, size_position
 from trading.trades import TradeBook
 
 logger = logging.getLogger(__name__)
@@ -279,8 +279,10 @@ class OrderExecutor:
             row = self._claim(decision_id)
             if row is None:
                 return Outcome("skipped", "claimed by another run or no longer pending")
-            coid = entry_client_order_id(prefix, row)
-            intent = reconciler.orders.by_client_order_id(coid)
+            # An earlier run's intent is found by the decision, not by rebuilding its client order id:
+            # CLIENT_ORDER_PREFIX may have changed since, and a rebuilt id would send a second entry.
+            intent = reconciler.orders.entry_of_decision(row["id"])
+            coid = intent["client_order_id"] if intent is not None else entry_client_order_id(prefix, row)
             trade: Row | None
             if intent is None:
                 try:
@@ -301,13 +303,14 @@ class OrderExecutor:
                                         + (f"; {sizing.note}" if sizing.note else ""),
                                  details={"trade_journal_id": trade["id"], "client_order_id": coid,
                                           "notional": notional})
-                state.accept(plan.symbol, notional)
+                reservation: Reservation | None = state.accept(plan.symbol, notional)
                 intent_row: Row | None = None
             else:
                 # A previous run recorded this intent and did not finish: resolve, never resend blindly.
                 trade = reconciler.trades.get(intent["trade_journal_id"])
                 assert trade is not None, f"intent {intent['id']} has no trade"
                 row_id, intent_row = intent["id"], intent
+                reservation = None
                 request = OrderRequest(symbol=intent["symbol"], qty=Decimal(intent["qty"]), side="buy", kind="limit",
                                        time_in_force=intent["time_in_force"], client_order_id=coid,
                                        limit_price=intent["limit_price"], order_class=intent["order_class"],
@@ -327,6 +330,8 @@ class OrderExecutor:
                 if locked is not None and locked["status"] == TradeStatus.ORDERED.value:
                     reconciler.trades.cancel(locked, ExitReason.BROKER_REFUSED.value, ctx.now,
                                              f"broker refused the entry: {exc}")
+                if reservation is not None and self._risk is not None:
+                    self._risk.release(reservation)  # nothing was placed: later decisions may use the room
                 return self._refuse(ctx, row, exc, code=exc.code)
         except BrokerUnavailableError as exc:
             intent_now = self.db.get_by_id("order_execution", row_id)

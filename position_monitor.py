@@ -49,6 +49,7 @@ from typing import Any
 from config import Settings, load_settings
 from trading import audit
 from trading.broker import Broker, BrokerPosition, Quote
+from trading.errors import TransientError
 from trading.lifecycle import TradeStatus
 from trading.market_time import MarketTime
 from trading.positions import POSITIONS_SQL, PositionReconciler
@@ -111,12 +112,33 @@ class PositionMonitor:
             by_symbol[row["symbol"]].append(row)
         for symbol in by_symbol:
             position = held.get(symbol)
-            book.reconcile(symbol, position.qty if position else ZERO)
+            # One symbol's failure (an outage on its look-ups, a bug) is recorded and the batch goes on:
+            # the other symbols are reconciled and the snapshot is written (invariant 6).
+            try:
+                book.reconcile(symbol, position.qty if position else ZERO)
+            except Exception as exc:  # recorded per symbol, retried next run
+                self._record_symbol_failure(ctx, symbol, exc)
         self._orphans(ctx, held, set(by_symbol))
         self._revalue(ctx, quotes)
         self._snapshot(ctx, account)
 
     # ------------------------------------------------------------------ reconciliation
+
+    def _record_symbol_failure(self, ctx: RunContext, symbol: str, exc: Exception) -> None:
+        """Note a symbol the run could not reconcile (warning, count, audit row) and go on."""
+        transient = isinstance(exc, TransientError)
+        reason = f"{symbol} not reconciled this run, retried next run: {type(exc).__name__}: {exc}"
+        if transient:
+            logger.warning("%s: %s", PROGRAM, reason)
+        else:
+            logger.exception("%s: %s", PROGRAM, reason)
+        ctx.summary.add("symbols_failed")
+        ctx.summary.warn(reason)
+        try:
+            ctx.audit.record("position", None, audit.RECONCILE_FAILED, symbol=symbol, reason=reason,
+                             details={"error": type(exc).__name__, "transient": transient})
+        except TransientError:
+            logger.warning("%s: could not record the failure of %s (database unavailable)", PROGRAM, symbol)
 
     def _orphans(self, ctx: RunContext, held: dict[str, BrokerPosition], known: set[str]) -> None:
         """Broker positions no open trade explains: recorded once per quantity, never touched."""

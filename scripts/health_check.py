@@ -52,7 +52,7 @@ from trading.broker import Broker
 from trading.errors import ConfigurationError, NotFoundError, TradingError
 from trading.logs import configure_logging
 from trading.market_time import EASTERN, MarketTime, read_market_time, to_eastern
-from trading.program import register_secrets
+from trading.program import register_raw_secrets, register_secrets
 from trading.protection import ProtectionView
 
 OK, WARNING, CRITICAL, SKIPPED = "ok", "warning", "critical", "skipped"
@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "live account")
     args = parser.parse_args(argv)
     configure_logging("ERROR", "health_check")
+    register_raw_secrets()
     try:
         settings = load_settings(test_mode=args.test_mode)
     except ConfigurationError as exc:

@@ -155,3 +155,24 @@ def test_secret_hides_its_value():
     secret = Secret("abc")
     assert "abc" not in repr(secret) and "abc" not in str(secret) and f"{secret}" != "abc"
     assert secret.reveal() == "abc" and secret == Secret("abc") and bool(Secret("")) is False
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:Pw@x#55@host/db",            # an unencoded '#' cuts the URL in two
+    "postgresql://u:Pw@x#55@host:port/db",
+    "postgresql://u:Pw@x?55@host/db",
+    "postgres://u:Pw@x/55@host/db",
+])
+def test_password_with_an_unencoded_hash_is_never_printed_in_the_configuration_error(url):
+    with pytest.raises(ConfigurationError) as caught:
+        get_postgres_config(env={"DATABASE_URL": url})
+    message = str(caught.value)
+    for fragment in ("Pw", "x#", "#55", "55@", "?55"):
+        assert fragment not in message, message
+    assert "://***@" in message and "percent-encode" in message, message
+
+
+def test_wrong_scheme_error_redacts_up_to_the_last_at_sign():
+    with pytest.raises(ConfigurationError) as caught:
+        get_postgres_config(env={"DATABASE_URL": "mysql://u:Pw@x#55@host/db"})
+    assert "'mysql://***@host/db'" in str(caught.value)

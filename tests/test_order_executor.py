@@ -554,6 +554,24 @@ def test_invalid_new_trade_is_refused_with_its_reason_and_sends_nothing(db, exch
     assert db.query("trade_journal") == [] and db.query("order_execution") == []
 
 
+@pytest.mark.parametrize(("overrides", "words"), [
+    pytest.param({"planned_qty": "1e40"}, "planned_qty 1E+40 is too large", id="qty_1e40"),
+    pytest.param({"planned_entry": "1e30", "planned_tp": "1e31", "planned_sl": "1"}, "planned_entry 1E+30 is too large",
+                 id="entry_1e30"),
+    pytest.param({"planned_entry": "1,05"}, "ambiguous", id="comma"),
+])
+def test_odd_numbers_are_refused_once_with_a_reason_not_failed_every_run(db, exchange, broker, overrides, words):
+    decision_id = add_decision(db, "AAPL", **overrides)
+
+    first = run(db, broker)
+    second = run(db, broker)
+
+    assert first.counts["refused"] == 1 and "failed" not in first.counts
+    assert words in refusal(db, decision_id)
+    assert dict(second.counts) == {}
+    assert exchange.orders() == []
+
+
 def test_untradable_symbol_is_refused(db, exchange, broker):
     exchange.symbols(HALTD={"price": "12.50", "tradable": False})
     decision_id = add_decision(db, "HALTD", planned_entry="12.50", planned_sl="12.00", planned_tp="13.50")
@@ -797,6 +815,29 @@ def test_broker_refusal_is_recorded_and_the_decision_is_not_retried(db, exchange
     assert dict(again.counts) == {}
 
 
+@pytest.mark.parametrize(("second_ticker", "second_plan", "limits"), [
+    pytest.param("MSFT", {"planned_entry": "400", "planned_sl": "390", "planned_tp": "420", "planned_qty": 2},
+                 {"MAX_TOTAL_EXPOSURE_PCT": "2"}, id="exposure"),
+    pytest.param("MSFT", {"planned_entry": "400", "planned_sl": "390", "planned_tp": "420", "planned_qty": 2},
+                 {"MAX_OPEN_TRADES": 1}, id="open_trades"),
+    pytest.param("AAPL", {"planned_entry": "149"}, {}, id="same_symbol"),
+    pytest.param("MSFT", {"planned_entry": "400", "planned_sl": "390", "planned_tp": "420", "planned_qty": 200},
+                 {"MAX_POSITION_NOTIONAL": "90000", "MAX_POSITION_PCT_OF_EQUITY": "90"}, id="buying_power"),
+])
+def test_entry_refused_by_the_broker_does_not_count_toward_the_batch_limits(db, exchange, broker, second_ticker,
+                                                                           second_plan, limits):
+    exchange.fault(status=403, message="insufficient buying power", method="POST", path="/v2/orders", count=1)
+    refused = add_decision(db, "AAPL", planned_qty=150 if "MAX_POSITION_NOTIONAL" in limits else 10)
+    later = add_decision(db, second_ticker, **second_plan)
+
+    summary = run(db, broker, **limits)
+
+    assert (summary.counts["refused"], summary.counts["placed"]) == (1, 1)
+    assert refusal_code(db, refused) == "BROKER_403"
+    assert decision(db, later)["existing_order_id"] is not None
+    assert [o["symbol"] for o in exchange_entries(exchange)] == [second_ticker]
+
+
 def test_broker_500_leaves_the_decision_for_the_next_run_which_sends_it_once(db, exchange, broker):
     exchange.fault(status=500, method="POST", path="/v2/orders", count=1)
     decision_id = add_decision(db, "AAPL")
@@ -925,6 +966,30 @@ def test_timeout_before_the_order_lands_defers_and_the_late_order_is_adopted_not
 
 
 # --------------------------------------------------------------------------- crashes and concurrency
+
+
+@pytest.mark.parametrize("accepted", [pytest.param(False, id="not_at_the_broker"),
+                                      pytest.param(True, id="accepted_answer_lost")])
+def test_changed_client_order_prefix_still_recovers_the_decision_in_flight(db, exchange, broker, accepted):
+    decision_id = add_decision(db, "AAPL")
+    if accepted:  # the order lands, its answer is lost and the look-up fails too: outcome unknown
+        exchange.fault(when="after", status=500, method="POST", path="/v2/orders", count=1)
+        exchange.fault(status=500, method="GET", path="/v2/orders:by_client_order_id", count=1)
+    else:
+        exchange.fault(status=500, method="POST", path="/v2/orders", count=1)
+    assert run(db, broker).counts["deferred"] == 1
+    [intent] = entries(db)
+    assert intent["client_order_id"].startswith("tm-")
+
+    second = run(db, broker, CLIENT_ORDER_PREFIX="alt")
+
+    assert second.counts["placed"] == 1
+    sent = [o for o in exchange.orders() if o["side"] == "buy"]
+    assert [o["client_order_id"] for o in sent] == [intent["client_order_id"]]  # one entry, the recorded id
+    [entry] = entries(db)
+    assert (entry["id"], entry["alpaca_order_id"]) == (intent["id"], sent[0]["id"])
+    assert len(db.query("trade_journal")) == 1
+    assert decision(db, decision_id)["existing_order_id"] == sent[0]["id"]
 
 
 def _wait_until_disconnected(db: TradingDB, application_name: str, timeout: float = 10) -> None:

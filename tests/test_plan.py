@@ -98,3 +98,30 @@ def test_referenced_ids_come_from_columns_then_json():
     assert referenced_ids({"decision": "not json", "existing_order_id": "x-1"}) == (None, "x-1")
     with pytest.raises(RejectedError, match="is not a number"):
         referenced_ids({"existing_trade_journal_id": "seven", "decision": {}})
+
+
+@pytest.mark.parametrize("value", ["1,05", "1,050.00", "150,25"])
+def test_number_with_a_comma_is_refused_as_ambiguous_not_stripped(value):
+    assert "ambiguous" in refusal({"planned_entry": value, "planned_sl": "1", "planned_tp": "2000"})
+
+
+@pytest.mark.parametrize("key, value", [
+    ("planned_entry", D("1e30")), ("planned_entry", "1e40"), ("planned_qty", "1e40"), ("planned_qty", 1e30),
+    ("planned_tp", "1e28"), ("planned_sl", "1e-30"),
+])
+def test_absurd_magnitudes_are_refused_once_with_a_reason_not_an_arithmetic_error(key, value):
+    # the other prices are scaled so that only the magnitude itself can be the reason
+    wide = {"planned_entry": "100", "planned_sl": "50", "planned_tp": "1e29"} if key == "planned_tp" else \
+        {"planned_entry": "1e31", "planned_sl": "1", "planned_tp": "1e32"} if key == "planned_entry" else {}
+    reason = refusal({**wide, key: value})
+    assert key in reason and ("too large" in reason or "too small" in reason or "precision" in reason), reason
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "nan", "inf"])
+def test_not_a_number_and_infinity_are_refused(value):
+    assert "planned_entry" in refusal({"planned_entry": value})
+
+
+def test_nan_written_as_a_json_constant_is_refused():
+    text = '{"planned_entry": NaN, "planned_sl": 145, "planned_tp": 160, "trade_style": "SWING"}'
+    assert "planned_entry" in refusal(text)

@@ -648,3 +648,50 @@ def test_outside_sale_during_the_run_is_booked_against_the_position_read_after_t
     assert [f["order_id"] for f in mismatch["details"]["outside_fills"]] == [first.id, later[0].id]
     sells = [o for o in open_exchange_orders(exchange) if o["side"] == "sell"]
     assert sorted((o["type"], Decimal(o["qty"])) for o in sells) == [("limit", Decimal(4)), ("stop", Decimal(4))]
+
+
+# --------------------------------------------------------------------------- one symbol's failure
+
+
+def test_outside_buy_after_a_stop_out_is_an_orphan_and_later_symbols_are_still_reconciled(
+        db, broker, exchange, outside):
+    open_trades(db, broker, exchange, AAPL=("150", "145", "160", "149.90", 10), MSFT=("400", "390", "420", "399.90", 2))
+    exchange.quotes(AAPL=("144.00", "144.10"), MSFT=("401.00", "401.10"))  # AAPL's stop fills at the broker
+    outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(5), side="buy", kind="market",
+                                      time_in_force="day", client_order_id="dashboard-buy-after-stop"))
+    outside.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(1), side="buy", kind="market",
+                                      time_in_force="day", client_order_id="dashboard-buy-msft"))
+    assert exchange.positions() == {"AAPL": Decimal(5), "MSFT": Decimal(3)}
+
+    summary = run_position_monitor(db, broker)
+
+    assert summary.outcome == "warning", summary.error
+    stopped = trade(db, "AAPL")
+    assert (stopped["status"], stopped["exit_reason"]) == ("CLOSED", "STOPPED_OUT")
+    orphans = audit_rows(db, audit.ORPHAN_POSITION)
+    assert sorted((o["symbol"], o["new_value"]) for o in orphans) == [("AAPL", "5"), ("MSFT", "1")]
+    assert position(db, "MSFT")["qty"] == Decimal(2)  # the later symbol was reconciled: extra shares not adopted
+    assert len(portfolio_snapshots(db)) == 1
+    assert exchange.positions() == {"AAPL": Decimal(5), "MSFT": Decimal(3)}  # nothing sold
+
+
+def test_one_symbols_failure_is_recorded_and_the_batch_goes_on_to_the_snapshot(db, broker, exchange, outside):
+    open_trades(db, broker, exchange, AAPL=("150", "145", "160", "149.90", 10), MSFT=("400", "390", "420", "399.90", 2))
+    for symbol in ("AAPL", "MSFT"):  # both positions changed outside: both need a look at their orders
+        outside.submit_order(OrderRequest(symbol=symbol, qty=Decimal(1), side="buy", kind="market",
+                                          time_in_force="day", client_order_id=f"dashboard-buy-{symbol}"))
+    [aapl_entry] = db.query("order_execution", {"symbol": "AAPL", "order_type": "ENTRY"})
+    aapl_root = aapl_entry["alpaca_order_id"]
+    exchange.fault(status=500, method="GET", path=f"/v2/orders/{aapl_root}", count=10)
+
+    summary = run_position_monitor(db, broker)
+
+    assert summary.outcome == "warning"
+    assert any("AAPL" in note and "500" in note for note in summary.notes), summary.notes
+    assert summary.counts["symbols_failed"] == 1
+    [failed] = audit_rows(db, audit.RECONCILE_FAILED)
+    assert failed["symbol"] == "AAPL" and "500" in failed["reason"]
+    assert position(db, "AAPL")["qty"] == Decimal(10)  # left for the next run, nothing concluded
+    assert position(db, "MSFT")["qty"] == Decimal(2)  # reconciled: the outside share recorded, not adopted
+    assert [(o["symbol"], o["new_value"]) for o in audit_rows(db, audit.ORPHAN_POSITION)] == [("MSFT", "1")]
+    assert len(portfolio_snapshots(db)) == 1

@@ -38,14 +38,14 @@ def test_tick_is_a_cent_from_one_dollar_and_a_hundredth_of_a_cent_below():
 
 
 @pytest.mark.parametrize("value, expected", [
-    (150.1, D("150.1")), (10, D("10")), ("152.05", D("152.05")), (" $1,234.50 ", D("1234.50")),
+    (150.1, D("150.1")), (10, D("10")), ("152.05", D("152.05")), (" $1234.50 ", D("1234.50")),
     (D("3.3"), D("3.3")), (None, None), ("  ", None),
 ])
 def test_numbers_from_json_or_text_become_exact_decimals(value, expected):
     assert to_decimal(value) == expected
 
 
-@pytest.mark.parametrize("value", ["abc", True, "NaN", "Infinity", [1], {"a": 1}])
+@pytest.mark.parametrize("value", ["abc", True, "NaN", "Infinity", [1], {"a": 1}, "1,05", "1,234.50"])
 def test_non_numbers_are_refused(value):
     with pytest.raises(ValueError):
         to_decimal(value)

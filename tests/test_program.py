@@ -139,3 +139,25 @@ def test_a_run_that_died_is_marked_failed_by_the_next_run(db, broker):
     row = db.get_by_id("program_run", dead)
     assert row["outcome"] == "failed" and "without finishing" in row["error"] and row["finished_at"] is not None
     assert db.get_by_id("program_run", summary.run_id)["outcome"] == "success"
+
+
+def test_secrets_are_registered_before_a_configuration_error_is_printed(monkeypatch, capsys):
+    from trading import logs
+    from trading.program import start
+
+    monkeypatch.setattr(logs, "_secrets", set())
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:Pw@x#55@host/db")
+    monkeypatch.setenv("ALPACA_SECRET_KEY", "a-secret-without-its-key")
+
+    assert start("order_monitor", test_mode=False, log_level=None) is None
+
+    handler = logs._handler
+    assert isinstance(handler, logging.StreamHandler)
+    original = handler.stream
+    handler.stream = sys.stderr  # capsys's stream
+    try:
+        logging.getLogger("tests").error("late echo of %s and %s", "Pw@x#55", "a-secret-without-its-key")
+    finally:
+        handler.stream = original
+    err = capsys.readouterr().err
+    assert "Pw@x#55" not in err and "a-secret-without-its-key" not in err and "late echo of *** and ***" in err

@@ -97,6 +97,14 @@ class OrderBook:
         rows = self.db.query("order_execution", {"client_order_id": client_order_id})
         return rows[0] if rows else None
 
+    def entry_of_decision(self, decision_id: int) -> Row | None:
+        """The entry recorded for a decision (through its trade's ``initial_analysis_id``), whatever
+        client order id it was sent with: recovery must not rebuild the id from today's prefix."""
+        return self.db.execute_one(
+            "SELECT o.* FROM order_execution o JOIN trade_journal t ON t.id = o.trade_journal_id "
+            "WHERE t.initial_analysis_id = %s AND o.order_type = 'ENTRY' ORDER BY o.id DESC LIMIT 1",
+            (decision_id,))
+
     def by_alpaca_id(self, alpaca_order_id: str) -> Row | None:
         rows = self.db.query("order_execution", {"alpaca_order_id": alpaca_order_id})
         return rows[0] if rows else None

@@ -26,6 +26,13 @@ from trading.pricing import ZERO, round_to_tick, to_decimal
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,5}([./][A-Z]{1,2})?$")
 HUNDRED = Decimal("100")
+# Bounds that no real plan reaches (the dearest US share trades below $1M; ten million shares is
+# beyond any single order this system places). Past them a number is a typo or garbage, and
+# Decimal arithmetic on it (rounding 1e30 to the cent) would raise on every run instead of
+# refusing the decision once.
+MAX_PRICE = Decimal("1000000")
+MIN_PRICE = Decimal("0.0001")
+MAX_QTY = Decimal("10000000")
 
 
 def refuse(message: str) -> RejectedError:
@@ -93,6 +100,10 @@ def _price(payload: dict[str, Any], key: str, *, required: bool) -> Decimal | No
         return None
     if value <= ZERO:
         raise refuse(f"{key} must be positive, got {value}")
+    if value > MAX_PRICE:
+        raise refuse(f"{key} {value} is too large: prices above {MAX_PRICE:,} are refused as a typo")
+    if value < MIN_PRICE:
+        raise refuse(f"{key} {value} is too small: the smallest price Alpaca takes is {MIN_PRICE}")
     return value
 
 
@@ -133,6 +144,8 @@ def parse_plan(row: dict[str, Any]) -> TradePlan:
         raise refuse(f"quantity: {exc}") from None
     if qty is not None and qty <= ZERO:
         raise refuse(f"planned_qty must be positive, got {qty}")
+    if qty is not None and qty > MAX_QTY:
+        raise refuse(f"planned_qty {qty} is too large: more than {MAX_QTY:,} shares is refused as a typo")
     if size_pct is not None and not (ZERO < size_pct <= HUNDRED):
         raise refuse(f"position_size_pct must be a percent between 0 and 100, got {size_pct}")
 

@@ -38,7 +38,9 @@ def is_on_tick(price: Decimal) -> bool:
 
 def to_decimal(value: Any) -> Decimal | None:
     """A number from JSON or text as Decimal (None if absent); floats go through their shortest
-    text form, so 150.1 stays 150.1. Raises ValueError for anything that is not a finite number."""
+    text form, so 150.1 stays 150.1. Raises ValueError for anything that is not a finite number,
+    and for text with a comma: "1,05" is a decimal comma in much of Europe and a thousands
+    separator in the US, so guessing (stripping it to 105) could buy a hundred times the plan."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):
@@ -48,8 +50,11 @@ def to_decimal(value: Any) -> Decimal | None:
     elif isinstance(value, (int, float)):
         number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     elif isinstance(value, str):
+        if "," in value:
+            raise ValueError(f"{value!r} is ambiguous: a comma may be a decimal or a thousands separator; "
+                             "write the number with a point and no separators (1.05 or 1050)")
         try:
-            number = Decimal(value.strip().replace(",", "").lstrip("$"))
+            number = Decimal(value.strip().lstrip("$"))
         except InvalidOperation:
             raise ValueError(f"{value!r} is not a number") from None
     else:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from config import Settings, load_settings
+from config import Settings, load_settings, raw_secrets
 from trading import audit
 from trading.audit import Auditor
 from trading.broker import Broker
@@ -222,6 +222,7 @@ def start(prog: str, *, test_mode: bool, log_level: str | None) -> Settings | No
     """What every entry point does first: read and validate the settings, configure logging once,
     register the real secrets with the log scrubber. Returns None after logging a configuration
     error (the caller exits 2)."""
+    register_raw_secrets()  # first: the configuration error below may quote the environment
     try:
         settings = load_settings(test_mode=test_mode)
     except ConfigurationError as exc:
@@ -231,6 +232,12 @@ def start(prog: str, *, test_mode: bool, log_level: str | None) -> Settings | No
     configure_logging(log_level or settings.log_level, prog)
     register_secrets(settings)
     return settings
+
+
+def register_raw_secrets() -> None:
+    """Give the log scrubber every secret as written in the environment, before it is validated."""
+    for value in raw_secrets():
+        register_secret(value)
 
 
 def register_secrets(settings: Settings) -> None:

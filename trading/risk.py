@@ -39,13 +39,35 @@ class RiskState:
     entries_today: int = 0
     realized_pnl_today: Decimal = ZERO
 
-    def accept(self, symbol: str, notional: Decimal) -> None:
-        """Count an accepted entry against the limits for the rest of the batch."""
+    def accept(self, symbol: str, notional: Decimal) -> Reservation:
+        """Count an accepted entry against the limits for the rest of the batch; the returned
+        reservation gives it back with ``release`` if the broker then refuses the entry."""
+        reservation = Reservation(symbol, notional, new_symbol=symbol not in self.open_symbols)
         self.open_trades += 1
         self.open_symbols.add(symbol)
         self.exposure += notional
         self.entries_today += 1
         self.buying_power -= notional
+        return reservation
+
+    def release(self, reservation: Reservation) -> None:
+        """Undo ``accept`` for an entry that was never placed (the broker refused it), so a refused
+        entry does not take buying power, exposure, a trade slot or its symbol from later decisions."""
+        self.open_trades -= 1
+        if reservation.new_symbol:
+            self.open_symbols.discard(reservation.symbol)
+        self.exposure -= reservation.notional
+        self.entries_today -= 1
+        self.buying_power += reservation.notional
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one accepted entry took from the batch's limits."""
+
+    symbol: str
+    notional: Decimal
+    new_symbol: bool
 
 
 @dataclass(frozen=True)
