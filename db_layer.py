@@ -27,6 +27,7 @@ import decimal
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
@@ -142,8 +143,12 @@ class TradingDB:
         return conn
 
     def _connect(self) -> psycopg2.extensions.connection:
+        # trading.program marks the session as one of the programs: the schema's outside-change
+        # trigger records only sessions without it (NocoDB, psql), so no write is audited twice.
+        program = re.sub(r"[^A-Za-z0-9_.:-]", "_", self.application_name) or "trading-monitor"
         return psycopg2.connect(**self.config.connect_kwargs(), connect_timeout=self.connect_timeout,
-                                application_name=self.application_name, options="-c timezone=UTC")
+                                application_name=self.application_name,
+                                options=f"-c timezone=UTC -c {schema.PROGRAM_SETTING}={program}")
 
     def _connect_or_explain(self) -> psycopg2.extensions.connection:
         try:
