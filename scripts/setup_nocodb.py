@@ -11,8 +11,11 @@ NocoDB's REST meta API (v2), for every base connected to the trading database:
 - every date-time column as ``YYYY-MM-DD HH:mm:ss`` (24 hours).
 
 Only NocoDB's own column metadata changes: the PostgreSQL columns keep their types, defaults
-and CHECK constraints (checked by ``make nocodb-test``). Safe to run again: the second run
-says there is nothing to do. ::
+and CHECK constraints (checked by ``make nocodb-test``). One NocoDB fact: turning a column with
+a default (``status``, ``order_status``, ``outcome``) into a single-select makes NocoDB re-send
+``ALTER COLUMN ... SET DEFAULT`` with the same default, which only the table's owner may run; with
+the base connected as ``trading_viewer`` those columns are refused, listed, and the exit code is
+1 (the rest is done). Safe to run again: the second run says there is nothing to do. ::
 
     .venv/bin/python scripts/setup_nocodb.py --url http://localhost:8080 --token "$NOCODB_TOKEN"
     .venv/bin/python scripts/setup_nocodb.py --url ... --token ... --dry-run   # print, change nothing
@@ -136,7 +139,9 @@ def plan_changes(noco: NocoDB) -> list[tuple[str, str, dict[str, Any], str]]:
                 wanted = desired_column(table["table_name"], column)
                 if wanted:
                     changes.append((f"{base['title']}.{table['table_name']}", column["column_name"], *wanted))
-    return changes
+    # Single-selects first: NocoDB re-reads a table after a refused column change, which was seen
+    # to undo display settings made on the same table just before.
+    return sorted(changes, key=lambda change: change[2]["uidt"] != "SingleSelect")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,17 +158,31 @@ def main(argv: list[str] | None = None) -> int:
     noco = NocoDB(args.url, args.token)
     try:
         changes = plan_changes(noco)
-        if not changes:
-            print("nothing to do: every column already shows as it should")
-            return 0
-        for table, column, wanted, what in changes:
-            if not args.dry_run:
-                noco.update_column(wanted)
-            print(f"{'would set' if args.dry_run else 'set'} {table}.{column}: {what}")
     except NocoDBError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{'would change' if args.dry_run else 'changed'} {len(changes)} column(s)")
+    if not changes:
+        print("nothing to do: every column already shows as it should")
+        return 0
+    refused: list[str] = []
+    for table, column, wanted, what in changes:
+        if not args.dry_run:
+            try:
+                noco.update_column(wanted)
+            except NocoDBError as exc:
+                # Going on: one refused column must not leave the others undone.
+                refused.append(f"{table}.{column}")
+                print(f"refused {table}.{column}: {what}: {exc}", file=sys.stderr)
+                continue
+        print(f"{'would set' if args.dry_run else 'set'} {table}.{column}: {what}")
+    done = len(changes) - len(refused)
+    print(f"{'would change' if args.dry_run else 'changed'} {done} column(s)")
+    if refused:
+        print(f"{len(refused)} column(s) refused ({', '.join(refused)}). NocoDB re-sets a column's default "
+              "when it becomes a single-select, which only the table's owner may do. In a base connected as "
+              "trading_viewer they stay text (their CHECK constraints still refuse other values); a base "
+              "connected as the owner gets them. See docs/database-setup.md.", file=sys.stderr)
+        return 1
     return 0
 
 

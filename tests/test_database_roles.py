@@ -23,14 +23,14 @@ SUFFIX = f"_t{os.getpid()}"
 APP, VIEWER = "trading_app" + SUFFIX, "trading_viewer" + SUFFIX
 
 
-def documented_role_statements(dbname: str) -> list[str]:
-    """The page's role SQL, one statement each, for database ``dbname`` and this session's role names."""
+def documented_role_statements(dbname: str, suffix: str = SUFFIX) -> list[str]:
+    """The page's role SQL, one statement each, for database ``dbname``, role names ending in ``suffix``."""
     text = DOC.read_text()
     block = text.split("<!-- roles:begin -->", 1)[1].split("<!-- roles:end -->", 1)[0]
     block = block.replace("```sql", "").replace("```", "")
     block = "\n".join(line for line in block.splitlines() if not line.strip().startswith("--"))
     block = block.replace("DATABASE nocodb", f'DATABASE "{dbname}"')
-    block = re.sub(r"\btrading_(app|viewer)\b", lambda m: m.group(0) + SUFFIX, block)
+    block = re.sub(r"\btrading_(app|viewer)\b", lambda m: m.group(0) + suffix, block)
     return [statement.strip() for statement in block.split(";") if statement.strip()]
 
 
