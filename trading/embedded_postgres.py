@@ -330,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("stopped" if cluster.stop() else "not running")
         else:
             state = cluster.status()
-            print(f"running on 127.0.0.1:{state.port} (data {state.data_dir})" if state.running
+            print(f"running on 127.0.0.1:{state.port} (data {state.data_dir}); connect with: "
+                  f"psql -h 127.0.0.1 -p {state.port} -U postgres {EMBEDDED_DB_NAME}" if state.running
                   else f"not running (data {state.data_dir})")
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
