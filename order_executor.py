@@ -30,6 +30,10 @@ failures (broker or database outage) leave the decision for the next run.
 
 from __future__ import annotations
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 import argparse
 import logging
 import sys

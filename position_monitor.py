@@ -33,6 +33,10 @@ One run, under its advisory lock:
 
 from __future__ import annotations
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 import datetime as dt
 import logging
 import sys

@@ -39,6 +39,10 @@ advisory lock taken and skips.
 
 from __future__ import annotations
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 import argparse
 import datetime as dt
 import heapq

@@ -45,6 +45,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 import order_executor
 import order_monitor
 import position_monitor

@@ -33,9 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
+import requests
 
 from trading import lifecycle, schema
 

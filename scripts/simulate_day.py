@@ -38,6 +38,10 @@ from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 from apscheduler.triggers.cron import CronTrigger
 
 from alpaca_client import AlpacaBroker

@@ -31,6 +31,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import trading.preflight  # noqa: F401, E402  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 import requests  # noqa: E402
 
 import order_executor  # noqa: E402

@@ -17,6 +17,10 @@ database. Production uses ``DATABASE_URL``.
 
 from __future__ import annotations
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 import argparse
 import contextlib
 import fcntl
