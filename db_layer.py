@@ -448,10 +448,18 @@ class TradingDB:
         missing = self.missing_schema()
         self.check_decision_schema()
         if missing:
+            hint = ""
+            if "analysis_decision" in missing:
+                elsewhere = [row["table_schema"] for row in self.execute_query(
+                    "SELECT table_schema FROM information_schema.tables WHERE table_name = 'analysis_decision' "
+                    "ORDER BY 1")]
+                if elsewhere:
+                    hint = (f" (analysis_decision exists in schema {', '.join(elsewhere)}: set "
+                            f"DECISION_SCHEMA={elsewhere[0]})")
             raise ConfigurationError(
                 f"the database {self.config.dbname!r} lacks {', '.join(missing[:8])}"
-                f"{' and more' if len(missing) > 8 else ''}: run python scripts/create_production_tables.py")
-
+                f"{' and more' if len(missing) > 8 else ''}{hint}: run "
+                ".venv/bin/python scripts/create_production_tables.py")
 
     def table_schema(self, table: str) -> str | None:
         """The schema that ``table`` resolves to on this connection's search path (``None``: not found)."""

@@ -160,3 +160,14 @@ def test_decision_schema_shadowed_by_a_public_table_is_refused(nocodb_base):
     result = run_script("--schema", "p_base", url=url)
     assert result.returncode == 2
     assert "resolves to schema 'public' first" in result.stderr
+
+
+def test_programs_without_decision_schema_are_told_where_the_table_is(nocodb_base):
+    from trading.errors import ConfigurationError
+
+    cfg, url = nocodb_base
+    assert run_script("--schema", "p_base", url=url).returncode == 0
+    with TradingDB(config=cfg) as db, pytest.raises(ConfigurationError,
+                                                    match="analysis_decision exists in schema p_base: set "
+                                                          "DECISION_SCHEMA=p_base"):
+        db.ensure_schema()
