@@ -1,9 +1,9 @@
 """Command line: run the paper exchange, or manage it as a background service.
 
-    python -m paper_exchange [options]              serve in the foreground (Ctrl-C stops)
-    python -m paper_exchange start --state-dir DIR  start in the background (if not running)
-    python -m paper_exchange stop --state-dir DIR   stop the background exchange
-    python -m paper_exchange status --state-dir DIR show whether it runs
+    .venv/bin/python -m paper_exchange [options]              serve in the foreground (Ctrl-C stops)
+    .venv/bin/python -m paper_exchange start --state-dir DIR  start in the background (if not running)
+    .venv/bin/python -m paper_exchange stop --state-dir DIR   stop the background exchange
+    .venv/bin/python -m paper_exchange status --state-dir DIR show whether it runs
 """
 
 from __future__ import annotations
@@ -40,16 +40,16 @@ service commands:
   status --state-dir DIR [--port P]   print whether it runs (exit code 3 when not)
 
 examples:
-  python -m paper_exchange --port 8765
-  python -m paper_exchange --simulated-clock --start-time 2026-11-20T14:30:00Z --seed 7
-  python -m paper_exchange --port 8765 --state-file var/paper_exchange/state.json
+  .venv/bin/python -m paper_exchange --port 8765
+  .venv/bin/python -m paper_exchange --simulated-clock --start-time 2026-11-20T14:30:00Z --seed 7
+  .venv/bin/python -m paper_exchange --port 8765 --state-file var/paper_exchange/state.json
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the serve command (the default)."""
     parser = argparse.ArgumentParser(
-        prog="python -m paper_exchange",
+        prog=".venv/bin/python -m paper_exchange",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -178,7 +178,7 @@ def serve(argv: Sequence[str]) -> int:
 
 def manage(command: str, argv: Sequence[str]) -> int:
     """The start/stop/status service commands."""
-    parser = argparse.ArgumentParser(prog=f"python -m paper_exchange {command}")
+    parser = argparse.ArgumentParser(prog=f".venv/bin/python -m paper_exchange {command}")
     parser.add_argument("--state-dir", type=Path, required=True,
                         help="directory of state.json, exchange.log and exchange.pid")
     parser.add_argument("--port", type=int, default=service.DEFAULT_PORT)

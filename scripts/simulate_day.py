@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A simulated trading day: the whole system on a fresh machine, in about ten seconds.
 
-    python scripts/simulate_day.py [--date 2026-11-20] [--seed 42]      # or: make demo
+    .venv/bin/python scripts/simulate_day.py [--date 2026-11-20] [--seed 42]      # or: make demo
 
 What happens:
 

@@ -4,7 +4,7 @@ With no database configured, the programs use a cluster whose data lives in
 ``var/postgres/`` of the checkout, listening on 127.0.0.1 only. It is started on first use,
 reused while it runs, kept across restarts and stopped with one command::
 
-    python -m trading.embedded_postgres stop      # or: make db-stop
+    .venv/bin/python -m trading.embedded_postgres stop      # or: make db-stop
 
 PostgreSQL's ``initdb`` and ``postgres`` refuse to run as root. When this process is root,
 the server programs run as the unprivileged ``postgres`` user through
@@ -307,7 +307,7 @@ def ensure_embedded_database(dbname: str, port: int, root: Path = DEFAULT_ROOT) 
     if actual_port != port:
         raise ConfigurationError(f"the embedded PostgreSQL in {cluster.data_dir} already runs on port {actual_port}, "
                                  f"but EMBEDDED_PG_PORT asks for {port}: stop it first "
-                                 "(python -m trading.embedded_postgres stop) or use that port")
+                                 "(make db-stop) or use that port")
     cluster.ensure_database(dbname, port)
 
 
@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_environment()
     parser = argparse.ArgumentParser(
-        prog="python -m trading.embedded_postgres",
+        prog=".venv/bin/python -m trading.embedded_postgres",
         description="Start, stop or inspect the embedded PostgreSQL cluster kept in var/postgres.")
     parser.add_argument("action", choices=("start", "stop", "status"))
     args = parser.parse_args(argv)
