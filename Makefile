@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-requirements
 
-.PHONY: install demo test lint health bench db-stop exchange-stop stop clean
+.PHONY: install demo test lint health bench nocodb-test db-stop exchange-stop stop clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ bench: $(STAMP)    ## print the speed figures (paper exchange, executor, monitor
 	$(BIN)/python scripts/benchmark_executor.py
 	$(BIN)/python scripts/benchmark_order_monitor.py
 	$(BIN)/python scripts/benchmark_position_monitor.py
+
+NOCODB_DIR := var/nocodb
+$(NOCODB_DIR)/.installed: scripts/nocodb/package.json
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	mkdir -p $(NOCODB_DIR) && cp scripts/nocodb/package.json $(NOCODB_DIR)/package.json
+	cd $(NOCODB_DIR) && npm install --ignore-scripts --no-audit --no-fund
+	cd $(NOCODB_DIR)/node_modules/sqlite3 && ../.bin/node-gyp rebuild $$(test -f /usr/include/node/common.gypi && echo --nodedir=/usr)
+	@touch $@
+
+nocodb-test: $(STAMP) $(NOCODB_DIR)/.installed  ## optional: the schema, roles and setup_nocodb.py against a real NocoDB 0.262.5 (~620 MB in var/nocodb)
+	$(BIN)/python tests/nocodb_check.py
 
 db-stop: $(STAMP)  ## stop the embedded PostgreSQL (data stays in var/postgres)
 	$(BIN)/python -m trading.embedded_postgres stop

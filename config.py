@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,9 @@ class PostgresConfig:
     password: Secret = field(default_factory=lambda: Secret(""))
     sslmode: str | None = None
     source: str = "embedded"
+    #: The schema of the upstream ``analysis_decision`` when it is not in ``public`` (a table
+    #: created inside NocoDB lives in the base's own schema); from ``DECISION_SCHEMA``.
+    decision_schema: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -295,7 +298,7 @@ def get_postgres_config(test_mode: bool = False, env: Mapping[str, str] | None =
         return embedded_postgres_config(test_mode=True, env=env)
     url = env_str(env, "DATABASE_URL")
     if url:
-        return parse_database_url(url, "DATABASE_URL")
+        return replace(parse_database_url(url, "DATABASE_URL"), decision_schema=decision_schema_setting(env))
     host = env_str(env, "POSTGRES_HOST")
     if host:
         dbname = env_str(env, "POSTGRES_DB")
@@ -311,8 +314,19 @@ def get_postgres_config(test_mode: bool = False, env: Mapping[str, str] | None =
             password=Secret(env_str(env, "POSTGRES_PASSWORD", "") or ""),
             sslmode=env_str(env, "POSTGRES_SSLMODE"),
             source="POSTGRES_HOST",
+            decision_schema=decision_schema_setting(env),
         )
     return embedded_postgres_config(test_mode=False, env=env)
+
+
+def decision_schema_setting(env: Mapping[str, str], name: str = "DECISION_SCHEMA") -> str | None:
+    """The validated schema name of ``analysis_decision`` (``None``: the default search path)."""
+    value = env_str(env, name)
+    if value is None:
+        return None
+    if not value.replace("_", "").isalnum() or value[0].isdigit():
+        raise ConfigurationError(f"{name} must be a plain schema name (letters, digits, _), got {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- broker

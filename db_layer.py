@@ -27,6 +27,7 @@ import decimal
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -147,11 +148,21 @@ class TradingDB:
                 self._ensure_embedded(again=True)  # stopped since it was checked? (no-op when configured)
             conn = self._connect_or_explain()
         conn.autocommit = True
+        if self.config.decision_schema:
+            # NocoDB keeps a table created in a base in the base's schema: analysis_decision is
+            # found there, the system's own tables stay in the first schema (public).
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT set_config('search_path', current_setting('search_path') || ', ' "
+                               "|| quote_ident(%s), false)", (self.config.decision_schema,))
         return conn
 
     def _connect(self) -> psycopg2.extensions.connection:
+        # trading.program marks the session as one of the programs: the schema's outside-change
+        # trigger records only sessions without it (NocoDB, psql), so no write is audited twice.
+        program = re.sub(r"[^A-Za-z0-9_.:-]", "_", self.application_name) or "trading-monitor"
         return psycopg2.connect(**self.config.connect_kwargs(), connect_timeout=self.connect_timeout,
-                                application_name=self.application_name, options="-c timezone=UTC")
+                                application_name=self.application_name,
+                                options=f"-c timezone=UTC -c {schema.PROGRAM_SETTING}={program}")
 
     def _connect_or_explain(self) -> psycopg2.extensions.connection:
         try:
@@ -285,8 +296,13 @@ class TradingDB:
     def columns(self, table: str) -> set[str]:
         """The columns of ``table`` from the live catalog; ``ValueError`` for an unknown table."""
         if self._columns is None or table not in self._columns:
+            # Every table the search path resolves (analysis_decision may live in DECISION_SCHEMA).
             rows = self.execute_query(
-                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()")
+                "SELECT c.relname AS table_name, a.attname AS column_name FROM pg_class c "
+                "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+                "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relnamespace = ANY("
+                "SELECT oid FROM pg_namespace WHERE nspname = ANY(current_schemas(false))) "
+                "AND pg_table_is_visible(c.oid)")
             catalog: dict[str, set[str]] = {}
             for row in rows:
                 catalog.setdefault(row["table_name"], set()).add(row["column_name"])
@@ -463,10 +479,35 @@ class TradingDB:
             self.create_schema()
             return
         missing = self.missing_schema()
+        self.check_decision_schema()
         if missing:
+            hint = ""
+            if "analysis_decision" in missing:
+                elsewhere = [row["table_schema"] for row in self.execute_query(
+                    "SELECT table_schema FROM information_schema.tables WHERE table_name = 'analysis_decision' "
+                    "ORDER BY 1")]
+                if elsewhere:
+                    hint = (f" (analysis_decision exists in schema {', '.join(elsewhere)}: set "
+                            f"DECISION_SCHEMA={elsewhere[0]})")
             raise ConfigurationError(
                 f"the database {self.config.dbname!r} lacks {', '.join(missing[:8])}"
-                f"{' and more' if len(missing) > 8 else ''}: run python scripts/create_production_tables.py")
+                f"{' and more' if len(missing) > 8 else ''}{hint}: run "
+                ".venv/bin/python scripts/create_production_tables.py")
+
+    def table_schema(self, table: str) -> str | None:
+        """The schema that ``table`` resolves to on this connection's search path (``None``: not found)."""
+        row = self.execute_one("SELECT n.nspname AS schema FROM pg_class c JOIN pg_namespace n "
+                               "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)", (table,))
+        return row["schema"] if row else None
+
+    def check_decision_schema(self) -> None:
+        """Refuse a ``DECISION_SCHEMA`` whose analysis_decision is shadowed by one earlier on the path."""
+        wanted = self.config.decision_schema
+        found = self.table_schema("analysis_decision")
+        if wanted and found not in (None, wanted):
+            raise ConfigurationError(
+                f"DECISION_SCHEMA is {wanted!r} but analysis_decision resolves to schema {found!r} first: "
+                f"rename or drop {found}.analysis_decision, or unset DECISION_SCHEMA")
 
 
 def is_unique_violation(exc: BaseException) -> bool:

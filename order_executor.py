@@ -4,7 +4,7 @@ recorded refusal.
 
 Runs once a day at 09:45 ET under the scheduler, or by hand::
 
-    python order_executor.py [--test-mode] [--dry-run] [--json]
+    .venv/bin/python order_executor.py [--test-mode] [--dry-run] [--json]
 
 Decisions are read with ``executed = false AND "Approve" = true`` and claimed one at a time
 with ``FOR UPDATE SKIP LOCKED``; the whole run holds the executor's advisory lock.
@@ -29,6 +29,10 @@ failures (broker or database outage) leave the decision for the next run.
 """
 
 from __future__ import annotations
+
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
 
 import argparse
 import logging

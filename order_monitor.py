@@ -34,6 +34,10 @@ stays and the next run continues.
 
 from __future__ import annotations
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 import datetime as dt
 import logging
 import sys

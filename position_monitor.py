@@ -38,6 +38,10 @@ One run, under its advisory lock:
 
 from __future__ import annotations
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 import logging
 import sys
 import time

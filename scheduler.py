@@ -16,8 +16,8 @@ job id                     program         when (Mon-Fri, NYSE trading days only
 order_executor             order_executor  09:45 (``EXECUTOR_TIME``)
 daytrade_exit              order_monitor   10 min before each session's close: 15:50,
                                            12:50 on early closes (``DAYTRADE_EXIT_...``)
-order_monitor              order_monitor   every 5 min 09:30-16:00
-position_monitor           position_mon.   every 10 min 09:30-16:00
+order_monitor              order_monitor   every 5 min 09:30-16:00 (to 13:00 on early closes)
+position_monitor           position_mon.   every 10 min 09:30-16:00 (to 13:00 on early closes)
 order_monitor_evening      order_monitor   18:00
 position_monitor_evening   position_mon.   18:15
 =========================  ==============  ============================================
@@ -38,6 +38,10 @@ advisory lock taken and skips.
 """
 
 from __future__ import annotations
+
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
 
 import argparse
 import datetime as dt
@@ -194,23 +198,30 @@ class TradingDaysOnly(BaseTrigger):
 
     Weekends are already excluded by the cron expressions; the calendar removes NYSE holidays
     such as Thanksgiving (2026-11-26), so a holiday is not even a "missed" run.
+    ``until_close``: also drop fire times after that day's session close (the monitors' session
+    grid ends at 13:00 on an early close, as the day-trade exit already moves).
     """
 
-    def __init__(self, inner: BaseTrigger, calendar: TradingCalendar) -> None:
+    def __init__(self, inner: BaseTrigger, calendar: TradingCalendar, *, until_close: bool = False) -> None:
         self.inner = inner
         self.calendar = calendar
+        self.until_close = until_close
+
+    def _allowed(self, fire: dt.datetime) -> bool:
+        session = self.calendar.session(eastern_date(fire))
+        return session is not None and (not self.until_close or fire <= session.close)
 
     def get_next_fire_time(self, previous_fire_time: dt.datetime | None, now: dt.datetime) -> dt.datetime | None:
         fire = self.inner.get_next_fire_time(previous_fire_time, now)
         for _ in range(MAX_DAYS_AHEAD):
-            if fire is None or self.calendar.is_trading_day(eastern_date(fire)):
+            if fire is None or self._allowed(fire):
                 return fire
-            # Skip the rest of the closed day: ask again from the next midnight.
+            # Skip the rest of the closed (or closed-early) day: ask again from the next midnight.
             fire = self.inner.get_next_fire_time(None, _midnight_after(fire))
         return fire
 
     def __str__(self) -> str:
-        return f"{self.inner} on trading days"
+        return f"{self.inner} on trading days{', until the close' if self.until_close else ''}"
 
     def __repr__(self) -> str:
         return f"<TradingDaysOnly({self.inner!r})>"
@@ -301,8 +312,8 @@ def build_job_table(schedule: ScheduleConfig, calendar: TradingCalendar) -> list
     exit_minutes = schedule.daytrade_exit_minutes_before_close
     session = f"{schedule.session_start:%H:%M}-{schedule.session_end:%H:%M} ET"
 
-    def days(trigger: BaseTrigger) -> BaseTrigger:
-        return TradingDaysOnly(trigger, calendar)
+    def days(trigger: BaseTrigger, *, until_close: bool = False) -> BaseTrigger:
+        return TradingDaysOnly(trigger, calendar, until_close=until_close)
 
     return [
         JobSpec("order_executor", "order_executor", days(daily_trigger(schedule.executor_time)),
@@ -316,15 +327,17 @@ def build_job_table(schedule: ScheduleConfig, calendar: TradingCalendar) -> list
                             "early closes move it)"),
         JobSpec("order_monitor", "order_monitor",
                 days(session_grid_trigger(schedule.session_start, schedule.session_end,
-                                          schedule.order_monitor_interval_minutes)),
+                                          schedule.order_monitor_interval_minutes), until_close=True),
                 # a run later than one interval is replaced by the next one (coalesced)
                 misfire_grace_seconds=schedule.order_monitor_interval_minutes * 60,
-                description=f"every {schedule.order_monitor_interval_minutes} min {session}"),
+                description=f"every {schedule.order_monitor_interval_minutes} min {session} "
+                            "(until the close on early closes)"),
         JobSpec("position_monitor", "position_monitor",
                 days(session_grid_trigger(schedule.session_start, schedule.session_end,
-                                          schedule.position_monitor_interval_minutes)),
+                                          schedule.position_monitor_interval_minutes), until_close=True),
                 misfire_grace_seconds=schedule.position_monitor_interval_minutes * 60,
-                description=f"every {schedule.position_monitor_interval_minutes} min {session}"),
+                description=f"every {schedule.position_monitor_interval_minutes} min {session} "
+                            "(until the close on early closes)"),
         JobSpec("order_monitor_evening", "order_monitor", days(daily_trigger(schedule.order_monitor_evening)),
                 misfire_grace_seconds=3600,
                 description=f"daily at {schedule.order_monitor_evening:%H:%M} ET"),
@@ -467,6 +480,23 @@ class JobRunner:
         finally:
             db.close()
 
+    def completed_since(self, spec: JobSpec, moment: dt.datetime) -> int | None:
+        """The id of a finished (not failed) run of ``spec``'s program at or after ``moment`` (a restarted
+        scheduler then does not repeat it), or None; None too when the database cannot say
+        (running again is safe: every program is idempotent)."""
+        db = self.db_factory(spec)
+        try:
+            db.connect()
+            row = db.execute_one(
+                "SELECT id FROM program_run WHERE program = %s AND finished_at IS NOT NULL AND outcome <> 'failed' "
+                "AND coalesce(market_time, started_at) >= %s ORDER BY id DESC LIMIT 1", (spec.program, moment))
+            return int(row["id"]) if row else None
+        except Exception as exc:
+            logger.warning("job %s: cannot read program_run (%s); a missed run is run again", spec.id, exc)
+            return None
+        finally:
+            db.close()
+
     def _record_crash(self, spec: JobSpec, summary: RunSummary, now: dt.datetime) -> int | None:
         """A ``program_run`` row for a run that died outside the program's own harness."""
         db = self.db_factory(spec)
@@ -514,7 +544,11 @@ class TradingScheduler:
         for spec in self.jobs:
             options: dict[str, Any] = {}
             missed = missed_run(spec, now)
-            if missed is not None:
+            done = self.runner.completed_since(spec, missed) if missed is not None else None
+            if missed is not None and done is not None:
+                logger.info("job %s: the run of %s was already done by the previous scheduler (program_run %s): "
+                            "not repeated", spec.id, f"{missed.astimezone(EASTERN):%H:%M}", done)
+            elif missed is not None:
                 logger.info("job %s: the run of %s was missed (started late): running it now",
                             spec.id, f"{missed.astimezone(EASTERN):%H:%M}")
                 options["next_run_time"] = missed
@@ -591,7 +625,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     database or broker cannot be reached at start (a service manager restarts it)."""
     from alpaca_client import connect_broker
 
-    args = build_arg_parser().parse_args(argv)
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    if args.json and not args.list:
+        parser.error("--json only goes with --list (the scheduler itself logs lines, not JSON)")
     settings = start(PROGRAM, test_mode=args.test_mode, log_level=args.log_level)
     if settings is None:
         return 2

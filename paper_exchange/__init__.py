@@ -13,6 +13,10 @@ The real alpaca-py clients trade against it with ``url_override``::
 See ``paper_exchange/README.md`` for the HTTP and admin APIs.
 """
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 from .engine import PaperExchange
 from .errors import ExchangeError
 from .server import ExchangeServer, start_server

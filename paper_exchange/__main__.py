@@ -1,9 +1,9 @@
 """Command line: run the paper exchange, or manage it as a background service.
 
-    python -m paper_exchange [options]              serve in the foreground (Ctrl-C stops)
-    python -m paper_exchange start --state-dir DIR  start in the background (if not running)
-    python -m paper_exchange stop --state-dir DIR   stop the background exchange
-    python -m paper_exchange status --state-dir DIR show whether it runs
+    .venv/bin/python -m paper_exchange [options]              serve in the foreground (Ctrl-C stops)
+    .venv/bin/python -m paper_exchange start --state-dir DIR  start in the background (if not running)
+    .venv/bin/python -m paper_exchange stop --state-dir DIR   stop the background exchange
+    .venv/bin/python -m paper_exchange status --state-dir DIR show whether it runs
 """
 
 from __future__ import annotations
@@ -40,16 +40,16 @@ service commands:
   status --state-dir DIR [--port P]   print whether it runs (exit code 3 when not)
 
 examples:
-  python -m paper_exchange --port 8765
-  python -m paper_exchange --simulated-clock --start-time 2026-11-20T14:30:00Z --seed 7
-  python -m paper_exchange --port 8765 --state-file var/paper_exchange/state.json
+  .venv/bin/python -m paper_exchange --port 8765
+  .venv/bin/python -m paper_exchange --simulated-clock --start-time 2026-11-20T14:30:00Z --seed 7
+  .venv/bin/python -m paper_exchange --port 8765 --state-file var/paper_exchange/state.json
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the serve command (the default)."""
     parser = argparse.ArgumentParser(
-        prog="python -m paper_exchange",
+        prog=".venv/bin/python -m paper_exchange",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -91,6 +91,30 @@ def _parse_symbols(text: str) -> dict[str, Decimal | None]:
     return symbols
 
 
+#: Where the programs keep their background exchanges (``make exchange-stop`` stops both).
+KNOWN_STATE_DIRS = (Path("var/paper_exchange"), Path("var/paper_exchange_test"))
+
+
+def port_in_use_message(host: str, port: int, exc: OSError) -> str:
+    """What is on the port and how to stop it, instead of an ``OSError`` traceback."""
+    url = f"http://{host if host not in ('', '0.0.0.0') else '127.0.0.1'}:{port}"  # noqa: S104 (a wildcard host is reached on loopback)
+    if not service.is_healthy(url):
+        return (f"error: cannot listen on {host}:{port}: {exc.strerror or exc}; something that is not a paper "
+                f"exchange holds the port (see: ss -ltnp 'sport = :{port}'); choose another with --port")
+    owner = ""
+    for state_dir in KNOWN_STATE_DIRS:
+        info = service.status(state_dir, port)
+        if info.get("running") and info.get("healthy"):
+            owner = (f" (started in the background by a program: pid {info['pid']}, state in {state_dir}/); "
+                     f"stop it with: make exchange-stop (or .venv/bin/python -m paper_exchange stop "
+                     f"--state-dir {state_dir})")
+            break
+    if not owner:
+        owner = " (a foreground one, or one started from another checkout: stop it with Ctrl-C where it runs)"
+    return (f"a paper exchange already runs on {url}{owner}; use it as it is "
+            f"(ALPACA_BASE_URL={url}) or start this one with another --port")
+
+
 def serve(argv: Sequence[str]) -> int:
     """Run the exchange in the foreground until SIGINT/SIGTERM."""
     args = build_parser().parse_args(argv)
@@ -113,7 +137,13 @@ def serve(argv: Sequence[str]) -> int:
     if state_file is not None:
         state_file.load()
         state_file.start()
-    server = ExchangeServer(exchange=exchange, host=args.host, port=args.port)
+    try:
+        server = ExchangeServer(exchange=exchange, host=args.host, port=args.port)
+    except OSError as exc:
+        if state_file is not None:
+            state_file.stop()
+        print(port_in_use_message(args.host, args.port, exc), file=sys.stderr)
+        return 2
     if args.pid_file:
         args.pid_file.parent.mkdir(parents=True, exist_ok=True)
         args.pid_file.write_text(f"{os.getpid()}\n")
@@ -148,7 +178,7 @@ def serve(argv: Sequence[str]) -> int:
 
 def manage(command: str, argv: Sequence[str]) -> int:
     """The start/stop/status service commands."""
-    parser = argparse.ArgumentParser(prog=f"python -m paper_exchange {command}")
+    parser = argparse.ArgumentParser(prog=f".venv/bin/python -m paper_exchange {command}")
     parser.add_argument("--state-dir", type=Path, required=True,
                         help="directory of state.json, exchange.log and exchange.pid")
     parser.add_argument("--port", type=int, default=service.DEFAULT_PORT)

@@ -1,6 +1,6 @@
 """Benchmark position_monitor: N open positions (500 by default) valued in one run.
 
-    .venv/bin/python scripts/benchmark_position_monitor.py                  # 500 positions, budget 3 s
+    .venv/bin/python scripts/benchmark_position_monitor.py                  # 500 positions, goal 3 s
     .venv/bin/python scripts/benchmark_position_monitor.py --positions 1000 --budget 5
 
 Set-up (not timed), through the production path: N symbols are added to an in-process paper
@@ -20,8 +20,10 @@ the exchange's request statistics) and the seconds.
 Database: ``TEST_DATABASE_URL`` if set (its tables are TRUNCATED first), else a throwaway
 testing.postgresql cluster (``tests/pg_server.RootSafePostgresql``, which also works as root).
 
-Exit status 0 when the run took at most ``--budget`` seconds with exactly one latest-quotes call
-and one positions call, else 1 (``alpaca_client`` asks for quotes in chunks of 1,000 symbols, so
+The seconds are printed beside the goal (``--budget``) and never fail the run: timings on a
+shared machine are figures, not pass/fail. Exit status 0 with exactly one latest-quotes call
+and one positions call and every position revalued, else 1 (``alpaca_client`` asks for
+quotes in chunks of 1,000 symbols, so
 more than 1,000 positions take one quote call per thousand and report as a failure here).
 
 Measured on the development machine: 500 positions, run 1 (all revalued) 0.07 s, run 2 0.10 s;
@@ -44,6 +46,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
 
 import order_executor
 import order_monitor
@@ -151,8 +157,10 @@ def main() -> int:
                       f"revalued={summary.counts.get('revalued', 0)}")
                 print(f"  broker calls:      {calls_line(broker.calls.counts)}")
                 print(f"  exchange requests: {calls_line(requests_seen)}")
-                print(f"  seconds:           {seconds:.3f} (budget {args.budget:g})")
-                ok &= (summary.outcome == "success" and seconds <= args.budget
+                slower = "" if seconds <= args.budget else ", slower"
+                print(f"  seconds:           {seconds:.3f} (goal <= {args.budget:g}{slower})")
+                # Timings are figures, never pass/fail (a shared machine); calls and outcome are.
+                ok &= (summary.outcome == "success"
                        and broker.calls.counts.get("get_latest_quotes") == 1
                        and broker.calls.counts.get("list_positions") == 1
                        and requests_seen.get("GET /v2/stocks/quotes/latest") == 1
@@ -161,7 +169,7 @@ def main() -> int:
             assert revalued is not None
             print(f"positions at the new price (+0.51 x 10 = 5.10 unrealized): {revalued['n']} of {count}")
             ok &= revalued["n"] == count
-            print("OK" if ok else "OVER BUDGET OR WRONG CALLS")
+            print("OK" if ok else "WRONG CALLS OR OUTCOME")
             return 0 if ok else 1
     finally:
         handle.stop()

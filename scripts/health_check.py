@@ -46,6 +46,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
+
 from config import ScheduleConfig, Settings, load_settings
 from db_layer import TradingDB
 from trading.broker import Broker

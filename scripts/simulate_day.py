@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A simulated trading day: the whole system on a fresh machine, in about ten seconds.
 
-    python scripts/simulate_day.py [--date 2026-11-20] [--seed 42]      # or: make demo
+    .venv/bin/python scripts/simulate_day.py [--date 2026-11-20] [--seed 42]      # or: make demo
 
 What happens:
 
@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -37,6 +38,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -62,6 +67,7 @@ from trading import schema
 from trading.errors import TradingError
 from trading.logs import configure_logging
 from trading.market_time import EASTERN
+from trading.pricing import display_price
 from trading.program import RunSummary
 
 DEMO_DB_NAME = "trading_monitor_demo"
@@ -221,18 +227,29 @@ class TradeWatcher:
     def changes(self) -> list[str]:
         lines = []
         for trade in self.db.query("trade_journal", order_by="id"):
-            if self.seen.get(trade["id"]) == trade["status"]:
+            # A partial entry fill (status still ORDERED, actual_qty growing) is news too.
+            state = (trade["status"], trade["actual_qty"])
+            if self.seen.get(trade["id"]) == state:
                 continue
-            self.seen[trade["id"]] = trade["status"]
+            was = self.seen.get(trade["id"])
+            self.seen[trade["id"]] = state
             head = f"trade {trade['id']} {trade['symbol']} {trade['trade_style']}"
-            if trade["status"] == "ORDERED":
-                lines.append(f"{head}: entry working, limit {trade['planned_entry']} x {trade['planned_qty']}")
+            if trade["status"] == "ORDERED" and trade["actual_qty"]:
+                lines.append(f"{head}: entry filled {Decimal(trade['actual_qty']):.0f} of "
+                             f"{Decimal(trade['planned_qty'] or 0):.0f} @ {display_price(trade['actual_entry'])}, "
+                             "the rest still working")
+            elif trade["status"] == "ORDERED":
+                lines.append(f"{head}: entry working, limit {display_price(trade['planned_entry'])} x "
+                             f"{Decimal(trade['planned_qty'] or 0):.0f}")
             elif trade["status"] == "POSITION":
-                lines.append(f"{head}: bought {Decimal(trade['actual_qty']):.0f} @ {trade['actual_entry']}, "
-                             f"stop {trade['planned_sl']}" + (f", target {trade['planned_tp']}"
-                                                               if trade["planned_tp"] else ""))
+                if was is not None and was[0] == "POSITION":
+                    lines.append(f"{head}: now {Decimal(trade['actual_qty']):.0f} shares")
+                    continue
+                lines.append(f"{head}: bought {Decimal(trade['actual_qty']):.0f} @ "
+                             f"{display_price(trade['actual_entry'])}, stop {display_price(trade['planned_sl'])}"
+                             + (f", target {display_price(trade['planned_tp'])}" if trade["planned_tp"] else ""))
             elif trade["status"] == "CLOSED":
-                lines.append(f"{head}: closed {trade['exit_reason']} @ {trade['exit_price']}, "
+                lines.append(f"{head}: closed {trade['exit_reason']} @ {display_price(trade['exit_price'])}, "
                              f"P&L {_money(trade['actual_pnl'])}")
             else:
                 lines.append(f"{head}: {trade['status']} ({trade['exit_reason']})")
@@ -298,10 +315,17 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
         write(f"09:00 ET  {len(ids)} decisions written upstream: {len(SAMPLE_PLANS)} approved NEW_TRADE "
               f"({sum(p[1] == 'DAYTRADE' for p in SAMPLE_PLANS)} DAYTRADE), 1 malformed, 1 not approved")
 
+        start_equity = Decimal(broker.get_account().equity)
         changes_at = eastern(day, UPSTREAM_CHANGES_AT)
         changes_done = False
         last_hour = START_OF_DAY.hour
+        status_due: dt.datetime | None = None
         for moment, spec in fire_times([*jobs, extra], eastern(day, START_OF_DAY), eastern(day, dt.time(23, 59))):
+            if status_due is not None and moment > status_due:
+                # After every run of that moment (the order monitor has booked its fills), before
+                # the clock moves on: the figures are of one moment and add up.
+                write(_status_line(status_due, broker, postgres, start_equity))
+                status_due = None
             if not changes_done and moment >= changes_at:
                 exchange.set_time(changes_at)
                 with TradingDB(config=postgres, application_name="simulate_day") as db:
@@ -311,10 +335,11 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
             # An hourly status line while the market trades (and at the close).
             if moment.hour != last_hour and moment.minute == 0 and moment <= session.close:
                 last_hour = moment.hour
-                exchange.set_time(moment)
-                write(_status_line(moment, broker, postgres))
+                status_due = moment
             exchange.set_time(moment)
             runner.run(spec)
+        if status_due is not None:
+            write(_status_line(status_due, broker, postgres, start_equity))
         result = DayResult(day, seed, runs, outcomes, time.monotonic() - started, ids, postgres)
         write("")
         write(summary_report(postgres, result))
@@ -325,6 +350,9 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
                             connect_broker=lambda: broker)
         for check in checks:
             write(f"  {check.line()}")
+        write("")
+        for line in next_steps():
+            write(line)
         return result
     finally:
         server.stop()
@@ -332,18 +360,41 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
             watcher_db.close()
 
 
-def _status_line(moment: dt.datetime, broker: AlpacaBroker, postgres: PostgresConfig) -> str:
-    """An hourly line: account equity, open positions, P&L so far."""
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def next_steps(root: Path = ROOT) -> list[str]:
+    """Where to go after the demo; ``make console`` only once the checkout has it."""
+    lines = ['Next: run the programs yourself, step by step: README.md, "Running the programs by hand".']
+    makefile = root / "Makefile"
+    if (root / "console").exists() or (makefile.exists() and re.search(r"^console:", makefile.read_text(), re.M)):
+        lines.append("Or look at this day in the operator console: make console")
+    return lines
+
+
+def _status_line(moment: dt.datetime, broker: AlpacaBroker, postgres: PostgresConfig, start_equity: Decimal) -> str:
+    """An hourly line whose figures are of one moment and add up: equity = the day's starting
+    equity + realized + unrealized. Equity and unrealized are the broker's, read now (the
+    database's position rows are as old as the last position_monitor run); realized is the
+    system's ledger (closed trades' P&L plus partial exits of open ones)."""
     account = broker.get_account()
+    positions = broker.list_positions()
+    unrealized = sum((p.qty * (p.current_price - p.avg_entry_price) for p in positions
+                      if p.current_price is not None), Decimal(0))
     with TradingDB(config=postgres, application_name="simulate_day") as db:
         row = db.execute_one(
-            "SELECT (SELECT count(*) FROM position_tracking) AS open, "
-            "(SELECT coalesce(sum(unrealized_pnl), 0) FROM position_tracking) AS unrealized, "
-            "(SELECT coalesce(sum(actual_pnl), 0) FROM trade_journal WHERE status = 'CLOSED') AS realized")
+            "SELECT coalesce(sum(CASE WHEN status = 'CLOSED' THEN actual_pnl ELSE realized_pnl END), 0) AS realized "
+            "FROM trade_journal WHERE status IN ('CLOSED', 'POSITION', 'ORDERED')")
     assert row is not None
+    realized = Decimal(row["realized"])
+    equity = Decimal(account.equity)
+    rest = equity - start_equity - realized - unrealized
+    # Fills the broker made that no order_monitor run has booked yet (rare: between two runs).
+    other = f", not yet booked {_money(rest)}" if rest.quantize(CENT) else ""
     state = "open" if broker.get_clock().is_open else "closed"
-    return (f"{moment.astimezone(EASTERN):%H:%M} ET  -- market {state}, equity ${account.equity:,.2f}, "
-            f"{row['open']} open positions, unrealized {_money(row['unrealized'])}, realized {_money(row['realized'])}")
+    return (f"{moment.astimezone(EASTERN):%H:%M} ET  -- market {state}, equity ${equity:,.2f} = start "
+            f"${start_equity:,.2f} + realized {_money(realized)} + unrealized {_money(unrealized)}{other}; "
+            f"{len(positions)} open positions")
 
 
 def _money(value: Any) -> str:
@@ -434,8 +485,9 @@ def summary_report(postgres: PostgresConfig, result: DayResult) -> str:
     lines.append(f"Open positions at the end of the day: {len(open_positions)}")
     if open_positions:
         lines += _table(["trade", "symbol", "style", "qty", "entry", "last", "unrealized P&L"],
-                        [[r["id"], r["symbol"], r["trade_style"], f"{Decimal(r['qty']):.0f}", r["avg_entry_price"],
-                          r["current_price"], _money(r["unrealized_pnl"])] for r in open_positions])
+                        [[r["id"], r["symbol"], r["trade_style"], f"{Decimal(r['qty']):.0f}",
+                          display_price(r["avg_entry_price"]), display_price(r["current_price"]),
+                          _money(r["unrealized_pnl"])] for r in open_positions])
     lines.append(f"Realized P&L {_money(realized)}   Unrealized P&L {_money(unrealized)}   "
                  f"Total {_money(realized + unrealized)}")
     lines.append("")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from config import PostgresConfig
+from config import PostgresConfig, get_postgres_config
 from db_layer import TradingDB
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,3 +92,82 @@ def test_database_without_analysis_decision_is_refused(nocodb):
     with TradingDB(config=cfg) as db:
         assert "analysis_decision" in db.missing_schema()
         assert "trade_journal" in db.missing_schema()
+
+
+NOCODB_BASE_TABLE = (
+    # What NocoDB 0.262 creates for a table made inside a base: its own schema, json, no zone,
+    # and its system columns.
+    'CREATE TABLE p_base.analysis_decision (id SERIAL PRIMARY KEY, created_at TIMESTAMP DEFAULT now(), '
+    'updated_at TIMESTAMP DEFAULT now(), created_by VARCHAR, updated_by VARCHAR, nc_order NUMERIC, '
+    'ticker TEXT, primary_action TEXT, decision JSON, "Approve" BOOLEAN DEFAULT false)')
+
+
+@pytest.fixture
+def nocodb_base(nocodb):
+    """The nocodb_sim database with analysis_decision only in NocoDB's base schema p_base."""
+    cfg, url = nocodb
+    with TradingDB(config=cfg) as db:
+        db.execute_update("DROP TABLE analysis_decision")
+        db.execute_update("CREATE SCHEMA p_base")
+        db.execute_update(NOCODB_BASE_TABLE)
+    return cfg, url
+
+
+def test_decision_table_in_a_nocodb_base_schema_is_found_and_named_where(nocodb_base):
+    _, url = nocodb_base
+    refused = run_script(url=url)
+    assert refused.returncode == 2
+    assert "it exists in schema p_base: run again with --schema p_base" in refused.stderr
+
+    result = run_script("--schema", "p_base", url=url)
+    assert result.returncode == 0, result.stderr
+    assert "found analysis_decision in schema p_base; the system's tables go in schema public" in result.stdout
+    assert "accepted decision as json" in result.stdout
+    assert "accepted created_at as timestamp without time zone" in result.stdout
+    assert "created_by" in result.stdout and "nc_order" in result.stdout  # left alone, and said so
+    assert "created column analysis_decision.executed" in result.stdout
+    again = run_script("--schema", "p_base", url=url)
+    assert "nothing to do" in again.stdout, again.stdout
+
+
+def test_programs_read_decisions_from_decision_schema_and_write_back_there(nocodb_base, monkeypatch, broker):
+    from tests.monitor_support import execute
+
+    _, url = nocodb_base
+    assert run_script("--schema", "p_base", url=url).returncode == 0
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("DECISION_SCHEMA", "p_base")
+    configured = get_postgres_config()
+    assert configured.decision_schema == "p_base"
+    with TradingDB(config=configured) as db:
+        db.ensure_schema()  # nothing missing: analysis_decision is found in p_base
+        db.execute_update(
+            'INSERT INTO p_base.analysis_decision (ticker, primary_action, decision, "Approve", created_by) '
+            "VALUES ('AAPL', 'NEW_TRADE', %s, true, 'nocodb@example.com')",
+            ('{"planned_entry": 150, "planned_sl": 145, "planned_tp": 160, "trade_style": "SWING", '
+             '"planned_qty": 10}',))
+        execute(db, broker)
+        [decision] = db.execute_query("SELECT * FROM p_base.analysis_decision")
+        [trade] = db.execute_query("SELECT * FROM public.trade_journal")
+    assert decision["executed"] is True and decision["existing_trade_journal_id"] == trade["id"]
+    assert trade["initial_analysis_id"] == decision["id"] and trade["planned_qty"] == 10
+
+
+def test_decision_schema_shadowed_by_a_public_table_is_refused(nocodb_base):
+    cfg, url = nocodb_base
+    with TradingDB(config=cfg) as db:
+        db.execute_update('CREATE TABLE public.analysis_decision (id SERIAL PRIMARY KEY, "Approve" BOOLEAN)')
+    result = run_script("--schema", "p_base", url=url)
+    assert result.returncode == 2
+    assert "resolves to schema 'public' first" in result.stderr
+
+
+def test_programs_without_decision_schema_are_told_where_the_table_is(nocodb_base):
+    from trading.errors import ConfigurationError
+
+    cfg, url = nocodb_base
+    assert run_script("--schema", "p_base", url=url).returncode == 0
+    with TradingDB(config=cfg) as db, pytest.raises(ConfigurationError,
+                                                    match="analysis_decision exists in schema p_base: set "
+                                                          "DECISION_SCHEMA=p_base"):
+        db.ensure_schema()

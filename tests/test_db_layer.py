@@ -91,11 +91,11 @@ def test_create_schema_twice_changes_nothing(db):
 
 
 def test_status_check_constraints_refuse_unknown_words(db):
-    with pytest.raises(Exception, match="trade_journal_status_check"):
+    with pytest.raises(Exception, match="trade_journal_status_must_be_a_trade_status"):
         db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING", "status": "OPEN"})
-    with pytest.raises(Exception, match="order_execution_status_check"):
+    with pytest.raises(Exception, match="order_execution_order_status_must_be_an_alpaca_status"):
         db.insert("order_execution", {"symbol": "AAPL", "order_type": "ENTRY", "side": "buy", "order_status": "open"})
-    with pytest.raises(Exception, match="trade_journal_style_check"):
+    with pytest.raises(Exception, match="trade_journal_trade_style_must_be_swing_or_daytrade"):
         db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SCALP"})
 
 
@@ -120,8 +120,10 @@ def test_insert_get_update_query_delete_round_trip(db):
     assert [r["id"] for r in db.query("trade_journal", {"symbol": ["MSFT", "AAPL"]}, order_by="id", limit=1)] \
         == [trade_id]
     assert db.query("trade_journal", {"exit_reason": None, "symbol": "AAPL"})[0]["id"] == trade_id
-    assert db.delete("trade_journal", second) == 1
-    assert db.get_by_id("trade_journal", second) is None
+    position = db.insert("position_tracking", {"trade_journal_id": second, "symbol": "MSFT", "qty": 1,
+                                               "avg_entry_price": 1, "cost_basis": 1})
+    assert db.delete("position_tracking", position) == 1
+    assert db.get_by_id("position_tracking", position) is None
 
 
 def test_execute_query_and_execute_update_use_parameters(db):

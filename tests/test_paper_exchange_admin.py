@@ -367,3 +367,28 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_serving_on_a_port_where_an_exchange_already_runs_says_what_and_how_to_stop_it(exchange_server) -> None:
+    root = Path(__file__).resolve().parents[1]
+    port = exchange_server.url.rsplit(":", 1)[1].strip("/")
+    result = subprocess.run([sys.executable, "-m", "paper_exchange", "--port", port], capture_output=True,
+                            text=True, timeout=30, cwd=root)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"a paper exchange already runs on http://127.0.0.1:{port}" in result.stderr
+    assert "Ctrl-C" in result.stderr and "--port" in result.stderr
+
+
+def test_serving_on_a_port_held_by_something_else_names_the_port_and_no_traceback() -> None:
+    import socket
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "paper_exchange", "--port", str(port)], capture_output=True,
+                                text=True, timeout=30, cwd=root)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "not a paper exchange" in result.stderr

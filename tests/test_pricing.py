@@ -76,3 +76,15 @@ def test_money_whole_shares_and_weighted_average():
     assert whole_shares(D("10.9")) == D("10") and whole_shares(D("0.99")) == D("0")
     assert weighted_average([(D("3"), D("155.01")), (D("7"), D("155.02"))]) == D("155.017")
     assert weighted_average([]) is None
+
+
+def test_prices_display_with_their_tick_and_are_never_rounded():
+    from trading.pricing import display_price
+
+    assert display_price(Decimal("150")) == "150.00"
+    assert display_price(150) == "150.00"
+    assert display_price("150.5") == "150.50"
+    assert display_price(Decimal("0.5")) == "0.5000"
+    assert display_price(Decimal("150.123")) == "150.123"   # an average fill keeps its digits
+    assert display_price(Decimal("1E+2")) == "100.00"
+    assert display_price(None) == ""

@@ -136,6 +136,16 @@ def test_thanksgiving_runs_nothing_and_the_next_day_exits_at_1250_before_the_ear
     assert next_run(by_id["order_monitor"], wednesday_evening) == et(DAY_AFTER_THANKSGIVING, "09:30")
 
 
+def test_on_an_early_close_the_monitors_session_ends_at_the_close_and_the_evening_runs_stay(jobs):
+    fired = day_fires(jobs, DAY_AFTER_THANKSGIVING)  # closes at 13:00
+    assert fired["order_monitor"][0] == "09:30" and fired["order_monitor"][-1] == "13:00"
+    assert len(fired["order_monitor"]) == 43  # 09:30-13:00 every 5 min, both ends
+    assert fired["position_monitor"][-1] == "13:00" and len(fired["position_monitor"]) == 22
+    assert fired["order_monitor_evening"] == ["18:00"] and fired["position_monitor_evening"] == ["18:15"]
+    by_id = {spec.id: spec for spec in jobs}
+    assert next_run(by_id["order_monitor"], et(DAY_AFTER_THANKSGIVING, "13:01")) == et(dt.date(2026, 11, 30), "09:30")
+
+
 def test_weekends_are_skipped_by_the_cron_expressions(jobs):
     saturday = dt.date(2026, 11, 21)
     assert day_fires(jobs, saturday) == {}
@@ -226,6 +236,25 @@ def test_a_late_start_runs_the_missed_job_at_once(settings, broker, calendar):
     trading.add_jobs(late)
     pending = {job.id: job for job in trading.scheduler.get_jobs()}
     assert pending["order_executor"].next_run_time == et(FRIDAY, "09:45")
+
+
+def test_a_restarted_scheduler_does_not_repeat_a_run_the_previous_instance_completed(
+        settings, broker, calendar, db, caplog):
+    caplog.set_level(logging.INFO)
+    # The previous instance ran the 09:45 executor (market time 09:45:02) and was restarted at 10:15.
+    db.insert("program_run", {"program": "order_executor", "started_at": et(FRIDAY, "09:45"),
+                              "market_time": et(FRIDAY, "09:45") + dt.timedelta(seconds=2),
+                              "finished_at": et(FRIDAY, "09:46"), "outcome": "success"})
+    db.insert("program_run", {"program": "position_monitor", "started_at": et(FRIDAY, "10:10"),
+                              "market_time": et(FRIDAY, "10:10"), "finished_at": et(FRIDAY, "10:10"),
+                              "outcome": "failed"})
+    trading = TradingScheduler(settings, broker, calendar=calendar)
+    trading.add_jobs(et(FRIDAY, "10:15"))
+    pending = {job.id: job for job in trading.scheduler.get_jobs()}
+    assert getattr(pending["order_executor"], "next_run_time", None) is None  # waits for Monday's 09:45
+    assert "job order_executor: the run of 09:45 was already done by the previous scheduler" in caplog.text
+    # A failed run is not "done": the missed 10:10 position monitor runs at once.
+    assert pending["position_monitor"].next_run_time == et(FRIDAY, "10:10")
 
 
 def test_a_job_that_raises_is_recorded_and_the_scheduler_keeps_running_the_next_job(
@@ -421,6 +450,13 @@ def test_a_bad_schedule_setting_stops_the_scheduler_with_its_name(cli_env, monke
     monkeypatch.setenv("EXECUTOR_TIME", "9.45")
     assert scheduler.main(["--list", "--test-mode"]) == 2
     assert "EXECUTOR_TIME must be a time of day as HH:MM" in caplog.text
+
+
+def test_json_without_list_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        scheduler.main(["--json"])
+    assert stop.value.code == 2
+    assert "--json only goes with --list" in capsys.readouterr().err
 
 
 def test_help_names_the_options(capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+from decimal import Decimal
 
 import pytest
 
@@ -38,8 +39,9 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     assert re.search(r"^12:00 ET  order_executor \(demo extra\) +success  amended=1, cancelled=1, decisions=2$",
                      output, re.M)
     assert result.runs["order_executor"] == 1 and result.runs["daytrade_exit"] == 1
-    assert result.runs["order_monitor"] == 14  # 09:30-16:00 every 30 min
-    assert result.runs["position_monitor"] == 7
+    assert result.runs["order_monitor"] == 8  # 09:30-13:00 every 30 min: the session ends at the early close
+    assert result.runs["position_monitor"] == 4  # 09:30, 10:30, 11:30, 12:30
+    assert result.runs["order_monitor_evening"] == 1 and result.runs["position_monitor_evening"] == 1
     assert result.outcomes == {"success": sum(result.runs.values())}
 
     with TradingDB(config=pg_config) as db:
@@ -64,6 +66,32 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     assert f"psql -h {pg_config.host} -p {pg_config.port} -U {pg_config.user} {pg_config.dbname}" in output
     health = output.split("Health check at 18:15 ET")[1]
     assert health.count("\n  OK ") == 8
+    assert output.rstrip().endswith('Next: run the programs yourself, step by step: README.md, '
+                                    '"Running the programs by hand".') or "make console" in output.splitlines()[-1]
+
+
+def _dollars(text: str) -> Decimal:
+    sign = -1 if text.startswith("-") else 1
+    return sign * Decimal(text.lstrip("+-$").replace(",", ""))
+
+
+def test_the_hourly_lines_add_up_and_prices_show_their_tick(short_day):
+    _, output = short_day
+    hourly = re.findall(r"equity \$([\d,.]+) = start \$([\d,.]+) \+ realized ([+-]\$[\d,.]+) "
+                        r"\+ unrealized ([+-]\$[\d,.]+)(?:, not yet booked ([+-]\$[\d,.]+))?;", output)
+    assert len(hourly) == 4  # 10:00, 11:00, 12:00, 13:00 (the close)
+    for equity, start, realized, unrealized, unbooked in hourly:
+        assert _dollars("$" + equity) == _dollars("$" + start) + _dollars(realized) + _dollars(unrealized) + (
+            _dollars(unbooked) if unbooked else 0)
+    prices = re.findall(r"(?:@|limit|stop|target) (\d+(?:\.\d+)?)", output)
+    assert prices and all(re.fullmatch(r"\d+\.\d{2,}", price) for price in prices), prices
+
+
+def test_next_steps_name_make_console_only_once_it_exists(tmp_path):
+    (tmp_path / "Makefile").write_text("demo:\n\ttrue\n")
+    assert [line for line in simulate_day.next_steps(tmp_path) if "make console" in line] == []
+    (tmp_path / "Makefile").write_text("demo:\n\ttrue\nconsole: $(STAMP)\n\ttrue\n")
+    assert simulate_day.next_steps(tmp_path)[-1] == "Or look at this day in the operator console: make console"
 
 
 def _story(output: str) -> str:

@@ -4,7 +4,7 @@ With no database configured, the programs use a cluster whose data lives in
 ``var/postgres/`` of the checkout, listening on 127.0.0.1 only. It is started on first use,
 reused while it runs, kept across restarts and stopped with one command::
 
-    python -m trading.embedded_postgres stop      # or: make db-stop
+    .venv/bin/python -m trading.embedded_postgres stop      # or: make db-stop
 
 PostgreSQL's ``initdb`` and ``postgres`` refuse to run as root. When this process is root,
 the server programs run as the unprivileged ``postgres`` user through
@@ -16,6 +16,10 @@ database. Production uses ``DATABASE_URL``.
 """
 
 from __future__ import annotations
+
+import trading.preflight  # noqa: F401  (first: one line, not a traceback, outside .venv)
+
+# isort: split
 
 import argparse
 import contextlib
@@ -303,7 +307,7 @@ def ensure_embedded_database(dbname: str, port: int, root: Path = DEFAULT_ROOT) 
     if actual_port != port:
         raise ConfigurationError(f"the embedded PostgreSQL in {cluster.data_dir} already runs on port {actual_port}, "
                                  f"but EMBEDDED_PG_PORT asks for {port}: stop it first "
-                                 "(python -m trading.embedded_postgres stop) or use that port")
+                                 "(make db-stop) or use that port")
     cluster.ensure_database(dbname, port)
 
 
@@ -313,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_environment()
     parser = argparse.ArgumentParser(
-        prog="python -m trading.embedded_postgres",
+        prog=".venv/bin/python -m trading.embedded_postgres",
         description="Start, stop or inspect the embedded PostgreSQL cluster kept in var/postgres.")
     parser.add_argument("action", choices=("start", "stop", "status"))
     args = parser.parse_args(argv)
@@ -330,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("stopped" if cluster.stop() else "not running")
         else:
             state = cluster.status()
-            print(f"running on 127.0.0.1:{state.port} (data {state.data_dir})" if state.running
+            print(f"running on 127.0.0.1:{state.port} (data {state.data_dir}); connect with: "
+                  f"psql -h 127.0.0.1 -p {state.port} -U postgres {EMBEDDED_DB_NAME}" if state.running
                   else f"not running (data {state.data_dir})")
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)

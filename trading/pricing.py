@@ -104,3 +104,14 @@ def weighted_average(pairs: list[tuple[Decimal, Decimal]]) -> Decimal | None:
     if total_qty == ZERO:
         return None
     return sum((qty * price for qty, price in pairs), ZERO) / total_qty
+
+
+def display_price(value: Any) -> str:
+    """A price as people read it: at least its tick's decimals (150 -> "150.00", 0.5 -> "0.5000"),
+    never rounded (an average fill price 150.123 stays "150.123"); "" for no price."""
+    price = to_decimal(value)
+    if price is None:
+        return ""
+    tick = tick_size(price)
+    shown = price.quantize(tick) if price == price.quantize(tick) else price.normalize()
+    return f"{shown:f}"

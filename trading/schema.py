@@ -115,9 +115,10 @@ TRADE_JOURNAL = Table(
         UPDATED_AT,
     ),
     checks=(
-        ("trade_journal_status_check", _in("status", lifecycle.TRADE_STATUSES)),
-        ("trade_journal_style_check", _in("trade_style", lifecycle.TRADE_STYLES)),
-        ("trade_journal_exit_reason_check", "exit_reason IS NULL OR " + _in("exit_reason", lifecycle.EXIT_REASONS)),
+        ("trade_journal_status_must_be_a_trade_status", _in("status", lifecycle.TRADE_STATUSES)),
+        ("trade_journal_trade_style_must_be_swing_or_daytrade", _in("trade_style", lifecycle.TRADE_STYLES)),
+        ("trade_journal_exit_reason_must_be_empty_or_an_exit_reason",
+         "exit_reason IS NULL OR " + _in("exit_reason", lifecycle.EXIT_REASONS)),
     ),
     indexes=(("idx_trade_journal_status_symbol_analysis", "(status, symbol, initial_analysis_id)"),),
     comment="Every trade ever opened: permanent history, never deleted.",
@@ -158,9 +159,10 @@ ORDER_EXECUTION = Table(
         UPDATED_AT,
     ),
     checks=(
-        ("order_execution_status_check", _in("order_status", lifecycle.ORDER_STATUSES)),
-        ("order_execution_type_check", _in("order_type", frozenset(t.value for t in lifecycle.OrderType))),
-        ("order_execution_side_check", _in("side", lifecycle.ORDER_SIDES)),
+        ("order_execution_order_status_must_be_an_alpaca_status", _in("order_status", lifecycle.ORDER_STATUSES)),
+        ("order_execution_order_type_must_be_an_order_type",
+         _in("order_type", frozenset(t.value for t in lifecycle.OrderType))),
+        ("order_execution_side_must_be_buy_or_sell", _in("side", lifecycle.ORDER_SIDES)),
     ),
     indexes=(
         ("idx_order_execution_status_trade", "(order_status, trade_journal_id)"),
@@ -211,8 +213,9 @@ AUDIT_EVENT = Table(
         Column("reason", "TEXT"),
         Column("details", "JSONB"),
     ),
-    # _v2: "trading_state" joined the entity types (the old constraint is dropped where it exists).
-    checks=(("audit_event_entity_type_check_v2",
+    # The entity types grew ("trading_state"): the constraints of older versions are dropped
+    # (dropped_checks), not renamed, so the one left allows the whole set.
+    checks=(("audit_event_entity_type_must_be_a_known_entity",
              _in("entity_type", frozenset({"decision", "trade", "order", "position", "broker_position",
                                            "account", "program", "trading_state"}))),),
     indexes=(
@@ -222,7 +225,7 @@ AUDIT_EVENT = Table(
     ),
     comment="Append-only record of every state change and every refused input (UPDATE/DELETE refused).",
     append_only=True,
-    dropped_checks=("audit_event_entity_type_check",),
+    dropped_checks=("audit_event_entity_type_check", "audit_event_entity_type_check_v2"),
 )
 
 PROGRAM_RUN = Table(
@@ -239,7 +242,7 @@ PROGRAM_RUN = Table(
         Column("host", "TEXT"),
         Column("pid", "INTEGER"),
     ),
-    checks=(("program_run_outcome_check", _in("outcome", lifecycle.RUN_OUTCOMES)),),
+    checks=(("program_run_outcome_must_be_a_run_outcome", _in("outcome", lifecycle.RUN_OUTCOMES)),),
     indexes=(("idx_program_run_program_started", "(program, started_at)"),),
     comment="One row per program run: start, end, outcome, counts (read by the health check).",
 )
@@ -259,7 +262,7 @@ TRADE_FILL = Table(
         Column("source", "TEXT"),
         CREATED_AT,
     ),
-    checks=(("trade_fill_side_check", _in("side", lifecycle.ORDER_SIDES)),),
+    checks=(("trade_fill_side_must_be_buy_or_sell", _in("side", lifecycle.ORDER_SIDES)),),
     indexes=(("idx_trade_fill_trade", "(trade_journal_id)"), ("idx_trade_fill_filled_at", "(filled_at)")),
     comment="Every fill booked on a trade (entries and exits, outside sells included): the realised P&L ledger.",
 )
@@ -350,6 +353,7 @@ def table_statements(table: Table, *, only_added_columns: bool = False) -> list[
             statements.append(f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {column.definition()}")
         for name in table.dropped_checks:
             statements.append(f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {name}")
+        statements.extend(_renamed_check_sql(table))
         for name, expression in table.checks:
             statements.append(_constraint_sql(table, name, expression))
     for name, spec in table.indexes:
@@ -378,4 +382,151 @@ def schema_statements(*, production: bool = False) -> list[str]:
     statements: list[str] = []
     for table in TABLES:
         statements.extend(table_statements(table, only_added_columns=production and table.upstream))
+    statements.extend(guard_statements())
+    return statements
+
+
+# ---------------------------------------------------------------------------------------------
+# Changes made outside the programs (NocoDB, psql, n8n): audited, and history rows never deleted.
+#
+# The programs connect with the custom setting ``trading.program`` set to their name
+# (``db_layer.TradingDB``); every other session (NocoDB, psql, a script) leaves it empty. The
+# trigger below records only the latter, so the programs' own writes (which audit themselves
+# through ``trading.audit``) are never recorded twice. It is a label, not a security boundary:
+# the documented roles and grants are what keep people from changing what the system owns.
+
+#: The session setting that marks a connection as one of the programs.
+PROGRAM_SETTING = "trading.program"
+
+#: Check constraints named before their names explained themselves: renamed in place.
+RENAMED_CHECKS: dict[str, str] = {
+    "trade_journal_status_check": "trade_journal_status_must_be_a_trade_status",
+    "trade_journal_style_check": "trade_journal_trade_style_must_be_swing_or_daytrade",
+    "trade_journal_exit_reason_check": "trade_journal_exit_reason_must_be_empty_or_an_exit_reason",
+    "order_execution_status_check": "order_execution_order_status_must_be_an_alpaca_status",
+    "order_execution_type_check": "order_execution_order_type_must_be_an_order_type",
+    "order_execution_side_check": "order_execution_side_must_be_buy_or_sell",
+    "program_run_outcome_check": "program_run_outcome_must_be_a_run_outcome",
+    "trade_fill_side_check": "trade_fill_side_must_be_buy_or_sell",
+}
+
+#: Tables whose rows are permanent history: DELETE is refused for everyone (TRUNCATE, which
+#: only the owner may run, still empties them for tests).
+PERMANENT_TABLES: tuple[str, ...] = ("trade_journal", "order_execution")
+
+#: Which audit entity a table's rows are, and which column holds that entity's id.
+OUTSIDE_AUDIT_ENTITIES: dict[str, tuple[str, str]] = {
+    "analysis_decision": ("decision", "id"),
+    "trade_journal": ("trade", "id"),
+    "order_execution": ("order", "id"),
+    "position_tracking": ("position", "id"),
+    "trade_fill": ("trade", "trade_journal_id"),
+    "program_run": ("program", "id"),
+    "portfolio_snapshot": ("account", "id"),
+}
+
+OUTSIDE_AUDIT_FUNCTION = "trading_audit_outside_change"
+REFUSE_DELETE_FUNCTION = "trading_refuse_delete"
+
+
+def _renamed_check_sql(table: Table) -> list[str]:
+    """Rename this table's old-named checks (databases created before the names explained themselves)."""
+    statements = []
+    for old, new in RENAMED_CHECKS.items():
+        if any(name == new for name, _ in table.checks):
+            statements.append(
+                f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = '{old}' "
+                f"AND conrelid = to_regclass('{table.name}')) AND NOT EXISTS "
+                f"(SELECT 1 FROM pg_constraint WHERE conname = '{new}') THEN "
+                f"ALTER TABLE {table.name} RENAME CONSTRAINT {old} TO {new}; END IF; END $$")
+    return statements
+
+
+def _outside_audit_function_sql() -> str:
+    entity_cases = " ".join(f"WHEN '{table}' THEN '{entity}'" for table, (entity, _) in OUTSIDE_AUDIT_ENTITIES.items())
+    id_cases = " ".join(f"WHEN '{table}' THEN '{column}'" for table, (_, column) in OUTSIDE_AUDIT_ENTITIES.items())
+    # SECURITY DEFINER: a NocoDB role that may only tick "Approve" still gets its change recorded
+    # (it has no INSERT on audit_event). search_path is fixed at creation so audit_event is found
+    # whatever the session's search_path (NocoDB's base schema, for instance).
+    return f"""CREATE OR REPLACE FUNCTION {OUTSIDE_AUDIT_FUNCTION}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    old_row jsonb := CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END;
+    new_row jsonb := CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END;
+    changed_old jsonb := '{{}}';
+    changed_new jsonb := '{{}}';
+    row_data jsonb;
+    key text;
+BEGIN
+    IF coalesce(current_setting('{PROGRAM_SETTING}', true), '') <> '' THEN
+        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        FOR key IN SELECT jsonb_object_keys(new_row) LOOP
+            IF key <> 'updated_at' AND new_row -> key IS DISTINCT FROM old_row -> key THEN
+                changed_old := changed_old || jsonb_build_object(key, old_row -> key);
+                changed_new := changed_new || jsonb_build_object(key, new_row -> key);
+            END IF;
+        END LOOP;
+        IF changed_new = '{{}}' THEN
+            RETURN NEW;
+        END IF;
+        IF new_row ? 'updated_at' THEN
+            NEW := jsonb_populate_record(NEW, jsonb_build_object('updated_at', now()));
+        END IF;
+    ELSIF TG_OP = 'INSERT' THEN
+        changed_new := new_row;
+    ELSE
+        changed_old := old_row;
+    END IF;
+    row_data := coalesce(new_row, old_row);
+    INSERT INTO audit_event (program, entity_type, entity_id, symbol, event, old_value, new_value, reason, details)
+    VALUES (
+        'outside:' || session_user,
+        CASE TG_TABLE_NAME {entity_cases} ELSE 'account' END,
+        (row_data ->> (CASE TG_TABLE_NAME {id_cases} ELSE 'id' END))::bigint,
+        coalesce(row_data ->> 'symbol', row_data ->> 'ticker'),
+        'OUTSIDE_' || TG_OP,
+        CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE changed_old::text END,
+        CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE changed_new::text END,
+        lower(TG_OP) || ' of ' || TG_TABLE_NAME || ' row ' || coalesce(row_data ->> 'id', '?')
+            || ' by ' || session_user || ' outside the programs'
+            || CASE WHEN TG_OP = 'UPDATE' THEN ' (' || (SELECT string_agg(k, ', ' ORDER BY k)
+                                                        FROM jsonb_object_keys(changed_new) AS k) || ')'
+                    ELSE '' END,
+        jsonb_build_object('table', TG_TABLE_NAME, 'schema', TG_TABLE_SCHEMA, 'row_id', row_data -> 'id',
+                           'user', session_user, 'application_name', current_setting('application_name', true),
+                           'client_addr', inet_client_addr()::text)
+    );
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END $$"""
+
+
+def _refuse_delete_function_sql() -> str:
+    return (f"CREATE OR REPLACE FUNCTION {REFUSE_DELETE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION '% rows are permanent history and cannot be deleted (row %)', TG_TABLE_NAME, OLD.id "
+            "USING HINT = 'cancel or close the trade with a decision instead; the programs keep every row'; "
+            "END $$")
+
+
+def guard_statements() -> list[str]:
+    """The triggers that audit outside changes and keep history rows; idempotent.
+
+    The same in production: the upstream ``analysis_decision`` gets the audit trigger too (an
+    "Approve" ticked in NocoDB is recorded with who ticked it), created by the migration's owner
+    role. Inserts into ``analysis_decision`` are not audited: upstream writes decisions all day
+    and the row (with its ``created_at``) is its own record.
+    """
+    statements = [_outside_audit_function_sql(), _refuse_delete_function_sql()]
+    for table, _ in OUTSIDE_AUDIT_ENTITIES.items():
+        trigger = f"{table}_outside_change_audit"
+        events = "UPDATE OR DELETE" if table == "analysis_decision" else "INSERT OR UPDATE OR DELETE"
+        statements.append(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+        statements.append(f"CREATE TRIGGER {trigger} BEFORE {events} ON {table} "
+                          f"FOR EACH ROW EXECUTE FUNCTION {OUTSIDE_AUDIT_FUNCTION}()")
+    for table in PERMANENT_TABLES:
+        trigger = f"{table}_refuse_delete"
+        statements.append(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+        statements.append(f"CREATE TRIGGER {trigger} BEFORE DELETE ON {table} "
+                          f"FOR EACH ROW EXECUTE FUNCTION {REFUSE_DELETE_FUNCTION}()")
     return statements
