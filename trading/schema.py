@@ -11,6 +11,8 @@ prices and quantities. Status vocabularies come from ``trading.lifecycle``.
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, field
 
 from trading import lifecycle
@@ -342,8 +344,18 @@ SCHEMA_LOCK_KEY = 727_001
 
 
 def _constraint_sql(table: Table, name: str, expression: str) -> str:
-    return (f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = '{name}') THEN "
-            f"ALTER TABLE {table.name} ADD CONSTRAINT {name} CHECK ({expression}); END IF; END $$")
+    """Add the check, or replace it when its expression changed since it was added.
+
+    The constraint's comment holds a digest of the expression it was made from: a new version
+    that allows more (a new exit reason, a new status) replaces the old check on the next
+    start, instead of the old one refusing the new value forever. PostgreSQL rewrites an
+    expression when it stores it, so comparing the stored text would never match."""
+    digest = "expression sha256:" + hashlib.sha256(expression.encode()).hexdigest()[:16]
+    return (f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = '{name}' "
+            f"AND obj_description(c.oid, 'pg_constraint') = '{digest}') THEN "
+            f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {name}; "
+            f"ALTER TABLE {table.name} ADD CONSTRAINT {name} CHECK ({expression}); "
+            f"COMMENT ON CONSTRAINT {name} ON {table.name} IS '{digest}'; END IF; END $$")
 
 
 def _append_only_sql(table: Table) -> list[str]:
