@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-import trade_stream
 from alpaca_client import AlpacaBroker, TradeUpdateStream, parse_order
 from paper_exchange import PaperExchange
 from paper_exchange.server import start_server
@@ -186,10 +185,19 @@ def test_listener_stops_cleanly_and_says_so_in_stream_status(streaming, make_db,
     assert status["stopped_at"] is not None and status["connected_since"] is None
 
 
-def test_main_without_a_stream_at_the_exchange_is_a_configuration_error(exchange, monkeypatch, capsys):
+def test_main_without_a_stream_at_the_exchange_is_a_configuration_error(exchange):
     # The session's exchange serves no stream: the listener says so and exits 2 instead of retrying forever.
-    monkeypatch.setenv("ALPACA_BASE_URL", exchange.url)
-    assert trade_stream.main(["--test-mode"]) == 2
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / "trade_stream.py"), "--test-mode"], cwd=root,
+                            env=dict(os.environ, ALPACA_BASE_URL=exchange.url), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "serves no trade-updates stream" in result.stderr + result.stdout
 
 
 # ---------------------------------------------------------------------------- helpers
