@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-requirements
 
-.PHONY: install demo test lint health bench nocodb-test db-stop exchange-stop stop clean
+.PHONY: install demo test lint health bench stream nocodb-test db-stop exchange-stop stop clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: $(STAMP)
 
 health: $(STAMP)   ## the health check: one line per check, exit 0 ok / 1 warning / 2 critical
 	$(BIN)/python scripts/health_check.py $(ARGS)
+
+stream: $(STAMP)   ## the trade-updates listener: fills recorded as they happen (Ctrl-C stops; see docs/operations.md)
+	$(BIN)/python trade_stream.py $(ARGS)
 
 bench: $(STAMP)    ## print the speed figures (paper exchange, executor, monitors)
 	$(BIN)/python scripts/benchmark_paper_exchange.py

@@ -53,6 +53,7 @@ from alpaca.trading.requests import (
     StopOrderRequest,
     TakeProfitRequest,
 )
+from alpaca.trading.stream import TradingStream
 
 from config import VAR_DIR, AlpacaConfig, get_alpaca_config
 from trading.broker import (
@@ -64,6 +65,7 @@ from trading.broker import (
     Clock,
     OrderRequest,
     Quote,
+    TradeUpdate,
     TradingDay,
 )
 from trading.errors import (
@@ -204,10 +206,15 @@ class AlpacaBroker:
 
     def __init__(self, *, base_url: str, data_url: str | None = None, api_key: str = "local",
                  secret_key: str = "local", paper: bool = True,  # noqa: S107 (placeholder a local exchange accepts)
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, stream_url: str | None = None, local: bool | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.data_url = (data_url or base_url).rstrip("/")
         self.paper = paper
+        # The project's own paper exchange (anything not at alpaca.markets): it names its stream
+        # at /admin/stream.
+        self.local = ("alpaca.markets" not in self.base_url) if local is None else local
+        self._stream_url = stream_url
+        self._stream_keys = (api_key, secret_key)  # only for the stream's authentication message
         self.timeout = timeout
         self.calls = CallCounter()
         self._trading = TradingClient(api_key, secret_key, paper=paper, raw_data=True, url_override=self.base_url)
@@ -250,6 +257,26 @@ class AlpacaBroker:
                                          outcome_unknown=mutating) from None
         except ValueError as exc:  # a body that is not the JSON we expect
             raise BrokerUnavailableError(f"{operation}: unreadable answer ({exc})", outcome_unknown=mutating) from None
+
+    # -- the trade-updates stream ---------------------------------------------------------
+
+    def stream_url(self) -> str | None:
+        """Where the trade-updates websocket is: the configured URL, the one the project's paper
+        exchange names, or None (alpaca-py's own for paper or live)."""
+        if self._stream_url:
+            return self._stream_url
+        if not self.local:
+            return None
+        try:
+            answer = requests.get(f"{self.base_url}/admin/stream", timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise BrokerUnavailableError(f"stream_url: connection failed ({type(exc).__name__})") from None
+        if answer.status_code == 404:
+            raise ConfigurationError(f"the paper exchange at {self.base_url} serves no trade-updates stream "
+                                     "(started with --stream-port -1?)")
+        if answer.status_code != 200:
+            raise BrokerUnavailableError(f"stream_url: HTTP {answer.status_code}")
+        return str(answer.json()["url"])
 
     # -- market time ----------------------------------------------------------------------
 
@@ -397,6 +424,62 @@ class AlpacaBroker:
         return quotes
 
 
+class _ListeningStream(TradingStream):
+    """alpaca-py's ``TradingStream`` that also says when a connection is authenticated and
+    listening (alpaca-py keeps that to itself; the listener records it for the health check)."""
+
+    def __init__(self, *args: Any, on_connect: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_connect = on_connect
+
+    async def _start_ws(self) -> None:
+        await super()._start_ws()
+        self._on_connect()
+
+
+class TradeUpdateStream:
+    """The broker's trade-updates stream as the project's ``TradeUpdate`` events.
+
+    ``run()`` blocks (call it from a thread of its own) until ``stop()``; alpaca-py reconnects with
+    its own backoff (1 s doubling to 30 s) when the connection drops."""
+
+    def __init__(self, broker: AlpacaBroker, on_update: Callable[[TradeUpdate], None],
+                 on_connect: Callable[[], None] = lambda: None) -> None:
+        self.url = broker.stream_url()
+        key, secret = broker._stream_keys
+        self._on_update = on_update
+        self._stream = _ListeningStream(key, secret, paper=broker.paper, raw_data=True, url_override=self.url,
+                                        on_connect=on_connect)
+        self._stream.subscribe_trade_updates(self._dispatch)
+        self._started = False
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        try:
+            update = parse_trade_update(message.get("data") or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("trade-updates stream: unreadable event skipped (%s)", exc)
+            return
+        self._on_update(update)
+
+    def run(self) -> None:
+        """Connect, authenticate, listen and deliver events until ``stop()``."""
+        self._started = True
+        self._stream.run()
+
+    def stop(self) -> None:
+        """End ``run()`` (from another thread)."""
+        if self._started and self._stream._loop is not None:
+            self._stream.stop()
+
+
+def parse_trade_update(data: dict[str, Any]) -> TradeUpdate:
+    """One ``trade_updates`` event's ``data`` as the project's type."""
+    at = _time(data.get("timestamp")) or dt.datetime.now(dt.UTC)
+    return TradeUpdate(event=_word(data["event"]), order=parse_order(data["order"]), at=at,
+                       price=_dec(data.get("price")), qty=_dec(data.get("qty")),
+                       position_qty=_dec(data.get("position_qty")))
+
+
 def _to_alpaca_request(request: OrderRequest) -> MarketOrderRequest | LimitOrderRequest | StopOrderRequest:
     """The alpaca-py request object for an ``OrderRequest``."""
     common: dict[str, Any] = {
@@ -436,7 +519,9 @@ def connect_broker(config: AlpacaConfig | None = None, *, test_mode: bool = Fals
         name, port = ("paper_exchange_test", config.embedded_port + 1) if test_mode else \
             ("paper_exchange", config.embedded_port)
         url = ensure_running(Path(VAR_DIR) / name, port=port)
-        return AlpacaBroker(base_url=url, data_url=url, timeout=config.timeout_seconds)
+        return AlpacaBroker(base_url=url, data_url=url, timeout=config.timeout_seconds, stream_url=config.stream_url,
+                            local=True)
     assert config.base_url is not None
     return AlpacaBroker(base_url=config.base_url, data_url=config.data_url, api_key=config.api_key.reveal(),
-                        secret_key=config.secret_key.reveal(), paper=config.paper, timeout=config.timeout_seconds)
+                        secret_key=config.secret_key.reveal(), paper=config.paper, timeout=config.timeout_seconds,
+                        stream_url=config.stream_url, local=config.mode == "local")

@@ -348,6 +348,9 @@ class AlpacaConfig:
     data_url: str | None
     timeout_seconds: float = 10.0
     embedded_port: int = DEFAULT_PAPER_EXCHANGE_PORT
+    #: The trade-updates websocket (``ALPACA_STREAM_URL``); None: Alpaca's own for paper/live,
+    #: the one the paper exchange names (``GET /admin/stream``) for a local or embedded exchange.
+    stream_url: str | None = None
 
     @property
     def paper(self) -> bool:
@@ -360,6 +363,23 @@ class AlpacaConfig:
 
 
 def get_alpaca_config(test_mode: bool = False, env: Mapping[str, str] | None = None) -> AlpacaConfig:
+    """The broker settings, refusing any ambiguous combination (see ``_broker_config``), with
+    the trade-updates stream's URL (``ALPACA_STREAM_URL``, a ws(s) URL) when one is set."""
+    if env is None:
+        load_environment()
+        env = os.environ
+    config = _broker_config(test_mode, env)
+    stream_url = _raw(env, "ALPACA_STREAM_URL")
+    if stream_url is not None:
+        parts = urlsplit(stream_url)
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise ConfigurationError("ALPACA_STREAM_URL must be a ws(s) URL such as "
+                                     f"wss://paper-api.alpaca.markets/stream, got {_redact_url(stream_url)!r}")
+        config = replace(config, stream_url=stream_url)
+    return config
+
+
+def _broker_config(test_mode: bool, env: Mapping[str, str]) -> AlpacaConfig:
     """The broker settings, refusing any ambiguous combination.
 
     - no keys and no ``ALPACA_BASE_URL``: the embedded paper exchange;
@@ -368,9 +388,6 @@ def get_alpaca_config(test_mode: bool = False, env: Mapping[str, str] | None = N
     - keys: Alpaca's paper API, or live only with ``ALPACA_PAPER=false`` and
       ``ALPACA_LIVE_CONFIRM`` set to the spelled-out confirmation. Test mode never goes live.
     """
-    if env is None:
-        load_environment()
-        env = os.environ
     key = env_str(env, "ALPACA_API_KEY")
     secret = env_str(env, "ALPACA_SECRET_KEY")
     if bool(key) != bool(secret):

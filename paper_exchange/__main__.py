@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no random walk: only quotes set through /admin/quotes exist")
     parser.add_argument("--partial-fill-probability", type=float, default=0.0,
                         help="chance that an eligible fill is partial (Alpaca paper: about 0.1; default 0)")
+    parser.add_argument("--stream-port", type=int, default=0,
+                        help="port of the trade-updates websocket (default 0: any free port, printed at start "
+                             "and named by GET /admin/stream); -1 serves no stream")
     parser.add_argument("--state-file", type=Path,
                         help="load state from this JSON file at start and keep saving to it")
     parser.add_argument("--pid-file", type=Path, help="write the process id here while running")
@@ -138,7 +141,8 @@ def serve(argv: Sequence[str]) -> int:
         state_file.load()
         state_file.start()
     try:
-        server = ExchangeServer(exchange=exchange, host=args.host, port=args.port)
+        server = ExchangeServer(exchange=exchange, host=args.host, port=args.port,
+                                stream_port=None if args.stream_port < 0 else args.stream_port)
     except OSError as exc:
         if state_file is not None:
             state_file.stop()
@@ -160,6 +164,8 @@ def serve(argv: Sequence[str]) -> int:
     print(f"Paper exchange listening on {server.url} ({clock} clock, {hours})", flush=True)
     print(f"  ALPACA_BASE_URL={server.url}", flush=True)
     print(f"  ALPACA_DATA_URL={server.url}", flush=True)
+    if server.stream is not None:
+        print(f"  ALPACA_STREAM_URL={server.stream.url}", flush=True)
     print("  any non-empty API key and secret are accepted; Ctrl-C stops", flush=True)
     try:
         while not stopping.wait(0.5):

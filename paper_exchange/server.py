@@ -35,6 +35,7 @@ from .errors import (
 )
 from .faults import FaultInjector, FaultRule
 from .stats import RequestStats
+from .stream import TradeUpdateStream
 from .timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,14 @@ def _health(server: ExchangeServer, request: Request) -> Response:
 @route("POST", "/admin/quotes")
 def _set_quotes(server: ExchangeServer, request: Request) -> Response:
     return Response(200, server.exchange.set_quotes(_object_body(request)))
+
+
+@route("GET", "/admin/stream")
+def _get_admin_stream(server: ExchangeServer, request: Request) -> Response:
+    """Where the trade-updates websocket listens (404 when this server has none)."""
+    if server.stream is None:
+        return Response(404, {"code": CODE_NOT_FOUND, "message": "this exchange serves no trade-updates stream"})
+    return Response(200, {"url": server.stream.url, "events_published": server.stream.events_published})
 
 
 @route("GET", "/admin/clock")
@@ -605,8 +614,12 @@ class ExchangeServer:
         exchange: PaperExchange | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        stream_port: int | None = None,
     ) -> None:
         self.exchange = exchange if exchange is not None else PaperExchange()
+        # The trade-updates websocket (paper_exchange/stream.py) on a port of its own; None: off.
+        self.stream: TradeUpdateStream | None = (
+            None if stream_port is None else TradeUpdateStream(self.exchange, host, stream_port))
         self.faults = FaultInjector()
         self.stats = RequestStats()
         self._httpd = _HTTPServer((host, port), self)
@@ -630,12 +643,16 @@ class ExchangeServer:
             name=f"paper-exchange-{self.port}", daemon=True,
         )
         self._thread.start()
+        if self.stream is not None:
+            self.stream.start()
         log.info("paper exchange listening on %s", self.url)
         return self
 
     def serve_forever(self) -> None:
         """Serve in the calling thread until :meth:`stop` is called from another thread."""
         log.info("paper exchange listening on %s", self.url)
+        if self.stream is not None:
+            self.stream.start()
         self._httpd.serve_forever(poll_interval=0.2)
 
     def stop(self) -> None:
@@ -643,6 +660,8 @@ class ExchangeServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.stream is not None:
+            self.stream.stop()
         self._httpd.shutdown()
         self._httpd.close_connections()
         self._httpd.server_close()
@@ -657,11 +676,12 @@ class ExchangeServer:
 
 
 def start_server(
-    host: str = "127.0.0.1", port: int = 0, exchange: PaperExchange | None = None
+    host: str = "127.0.0.1", port: int = 0, exchange: PaperExchange | None = None,
+    stream_port: int | None = None,
 ) -> ExchangeServer:
     """Start a server in the background (port 0 picks a free port) and return its handle.
 
     ``handle.url`` is the base URL for alpaca-py, ``handle.exchange`` the engine (drive it
     directly or through the admin API), ``handle.stop()`` shuts it down cleanly.
     """
-    return ExchangeServer(exchange=exchange, host=host, port=port).start()
+    return ExchangeServer(exchange=exchange, host=host, port=port, stream_port=stream_port).start()

@@ -258,6 +258,32 @@ def check_recent_runs(db: TradingDB, wall_now: dt.datetime) -> Check:
     return Check("recent_runs", OK, "no failed or unfinished runs in the last 24 h")
 
 
+#: A listener whose heartbeat is older than this is reported as gone (it beats every 15 s).
+STREAM_SILENT_AFTER = dt.timedelta(minutes=2)
+
+
+def check_trade_stream(db: TradingDB, wall_now: dt.datetime) -> Check:
+    """The trade-updates listener (trade_stream.py), when one was ever started: connected, beating.
+
+    Optional: without it fills are recorded by the order monitor's polling, only later."""
+    rows = db.execute_query("SELECT * FROM stream_status ORDER BY id")
+    if not rows:
+        return Check("trade_stream", OK, "no listener configured (fills are recorded by polling)")
+    row = rows[0]
+    seen = (f"last event {_age(wall_now - row['last_event_at'])} ago" if row["last_event_at"] else "no event yet")
+    counts = f"{row['events_received']} events, {row['orders_recorded']} orders recorded"
+    if row["stopped_at"] is not None and (row["heartbeat_at"] is None or row["stopped_at"] >= row["heartbeat_at"]):
+        return Check("trade_stream", WARNING, f"stopped {_age(wall_now - row['stopped_at'])} ago ({counts}); "
+                                              "fills wait for the order monitor's polling until it runs again")
+    if row["heartbeat_at"] is None or wall_now - row["heartbeat_at"] > STREAM_SILENT_AFTER:
+        return Check("trade_stream", WARNING, f"no heartbeat since {row['heartbeat_at']} (process killed?); "
+                                              "polling still records every fill")
+    if row["connected_since"] is None:
+        error = f": {row['last_error']}" if row["last_error"] else ""
+        return Check("trade_stream", WARNING, f"running but not connected to the stream{error}")
+    return Check("trade_stream", OK, f"connected for {_age(wall_now - row['connected_since'])}; {seen}; {counts}")
+
+
 def _guarded(name: str, check: Callable[[], Check | list[Check]]) -> list[Check]:
     """A check that cannot be evaluated (a table missing, a query failing) says so as a warning
     instead of ending the health check."""
@@ -307,6 +333,8 @@ def run_checks(settings: Settings, *, connect_db: Callable[[], TradingDB], conne
             checks.extend(_guarded("short_selling", lambda: check_short_selling(broker)))
         else:
             checks.append(Check("short_selling", SKIPPED, skip_broker))
+        checks.extend(_guarded("trade_stream", lambda: check_trade_stream(db, wall_now)) if db_ok
+                      else [Check("trade_stream", SKIPPED, skip_db)])
         checks.extend(_guarded("recent_runs", lambda: check_recent_runs(db, wall_now)) if db_ok
                       else [Check("recent_runs", SKIPPED, skip_db)])
     finally:

@@ -62,7 +62,7 @@ def test_a_healthy_system_passes_every_check_and_exits_0(healthy, settings, pg_c
     checks, code = check(settings, pg_config, broker)
     assert code == 0
     assert list(checks) == ["database", "broker", "order_monitor", "position_monitor", "order_executor",
-                            "protection", "orphan_positions", "short_selling", "recent_runs"]
+                            "protection", "orphan_positions", "short_selling", "trade_stream", "recent_runs"]
     # The paper exchange has no account configurations endpoint: that one check cannot be evaluated.
     assert all(c.status == OK for name, c in checks.items() if name != "short_selling"), checks
     assert checks["short_selling"].status == SKIPPED and "could not be evaluated" in checks["short_selling"].message
@@ -74,7 +74,7 @@ def test_the_command_prints_one_line_per_check_or_json_and_exits_0_when_healthy(
     result = cli("--test-mode", ALPACA_BASE_URL=exchange.url)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 9 and all(line.startswith(("OK", "SKIP")) for line in lines)
+    assert len(lines) == 10 and all(line.startswith(("OK", "SKIP")) for line in lines)
     assert [line.split()[1] for line in lines if line.startswith("SKIP")] == ["short_selling"]
     result = cli("--test-mode", "--json", ALPACA_BASE_URL=exchange.url)
     report = json.loads(result.stdout)
@@ -231,3 +231,22 @@ def test_an_account_that_allows_short_selling_is_a_warning_that_says_how_to_turn
         assert "allows short selling" in checks["short_selling"].message
         assert '{"no_shorting": true}' in checks["short_selling"].message
         assert "docs/paper-trading-validation.md" in checks["short_selling"].message
+
+
+@pytest.mark.parametrize(("status_row", "expected", "words"), [
+    (None, OK, "no listener configured"),
+    ({"connected_since": -300, "heartbeat_at": -10, "last_event_at": -60}, OK, "connected for 5 min"),
+    ({"connected_since": -300, "heartbeat_at": -600}, WARNING, "no heartbeat since"),
+    ({"connected_since": None, "heartbeat_at": -5, "last_error": "HTTP 503"}, WARNING,
+     "not connected to the stream: HTTP 503"),
+    ({"connected_since": None, "heartbeat_at": -120, "stopped_at": -60}, WARNING, "stopped 1 min ago"),
+])
+def test_the_trade_stream_check_reports_the_listener_as_it_recorded_itself(db, settings, pg_config, broker,
+                                                                          status_row, expected, words):
+    now = dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC)
+    if status_row is not None:
+        values = {k: (now + dt.timedelta(seconds=v) if isinstance(v, int) else v) for k, v in status_row.items()}
+        db.insert("stream_status", {"listener": "trade_stream", "events_received": 3, "orders_recorded": 2, **values})
+    checks, _code = check(settings, pg_config, broker, wall_now=now)
+    assert checks["trade_stream"].status == expected
+    assert words in checks["trade_stream"].message, checks["trade_stream"].message

@@ -65,7 +65,7 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     assert "Realized P&L" in output and "Unrealized P&L" in output
     assert f"psql -h {pg_config.host} -p {pg_config.port} -U {pg_config.user} {pg_config.dbname}" in output
     health = output.split("Health check at 18:15 ET")[1]
-    assert health.count("\n  OK ") == 8
+    assert health.count("\n  OK ") == 9
     assert output.rstrip().endswith('Next: run the programs yourself, step by step: README.md, '
                                     '"Running the programs by hand".') or "make console" in output.splitlines()[-1]
 

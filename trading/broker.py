@@ -145,6 +145,21 @@ class TradingDay:
     close: dt.datetime
 
 
+@dataclass(frozen=True)
+class TradeUpdate:
+    """One event of the broker's trade-updates stream (``fill``, ``partial_fill``, ``canceled``, ...).
+
+    A hint, not the truth: events can be dropped, repeated or reordered, so the listener looks
+    the order up before recording anything. ``price``/``qty`` are this event's own fill, if any."""
+
+    event: str
+    order: BrokerOrder
+    at: dt.datetime
+    price: Decimal | None = None
+    qty: Decimal | None = None
+    position_qty: Decimal | None = None
+
+
 @dataclass
 class CallCounter:
     """Broker calls made, by operation: what the benchmarks and rate budgets read."""

@@ -309,9 +309,32 @@ TRADING_STATE = Table(
     comment="The kill switch: one row per scope (ACCOUNT or a symbol); no row means ACTIVE. See trading/state.py.",
 )
 
+STREAM_STATUS = Table(
+    "stream_status",
+    (
+        ID,
+        Column("listener", "TEXT", not_null=True),
+        Column("host", "TEXT"),
+        Column("pid", "INTEGER"),
+        Column("started_at", "TIMESTAMPTZ"),
+        Column("connected_since", "TIMESTAMPTZ"),
+        Column("last_event_at", "TIMESTAMPTZ"),
+        Column("heartbeat_at", "TIMESTAMPTZ"),
+        Column("stopped_at", "TIMESTAMPTZ"),
+        Column("events_received", "BIGINT", "0", not_null=True),
+        Column("orders_recorded", "BIGINT", "0", not_null=True),
+        Column("last_error", "TEXT"),
+        CREATED_AT,
+        UPDATED_AT,
+    ),
+    indexes=(("idx_stream_status_listener", "UNIQUE (listener)"),),
+    comment="The trade-updates listener's health (trade_stream.py): connected since, last event, counts.",
+)
+
 #: Every table, upstream first.
 TABLES: tuple[Table, ...] = (ANALYSIS_DECISION, TRADE_JOURNAL, ORDER_EXECUTION, POSITION_TRACKING,
-                             TRADE_FILL, AUDIT_EVENT, PROGRAM_RUN, PORTFOLIO_SNAPSHOT, TRADING_STATE)
+                             TRADE_FILL, AUDIT_EVENT, PROGRAM_RUN, PORTFOLIO_SNAPSHOT, TRADING_STATE,
+                             STREAM_STATUS)
 TABLES_BY_NAME = {table.name: table for table in TABLES}
 
 #: Serialises concurrent schema creation (two programs starting at once on a fresh database).
