@@ -12,7 +12,6 @@ prices and quantities. Status vocabularies come from ``trading.lifecycle``.
 from __future__ import annotations
 
 import hashlib
-
 from dataclasses import dataclass, field
 
 from trading import lifecycle
@@ -107,6 +106,10 @@ TRADE_JOURNAL = Table(
         Column("exit_price", "NUMERIC"),
         Column("actual_pnl", "NUMERIC"),
         Column("exit_reason", "TEXT"),
+        # Trailing stop (trading/trailing.py): the plan's distance, and the highest price seen.
+        Column("trailing_stop_pct", "NUMERIC"),
+        Column("trail_price", "NUMERIC"),
+        Column("high_water_mark", "NUMERIC"),
         Column("days_open", "INTEGER", "0", not_null=True),
         # Beyond the contract: which trade an AMEND replaced, and the P&L already realised by
         # partial exits while the trade is still open (final P&L is in actual_pnl).
