@@ -49,6 +49,7 @@ from alpaca.trading.requests import (
     GetOrdersRequest,
     LimitOrderRequest,
     MarketOrderRequest,
+    ReplaceOrderRequest,
     StopLossRequest,
     StopOrderRequest,
     TakeProfitRequest,
@@ -329,6 +330,17 @@ class AlpacaBroker:
         look the order up by its client order id before doing anything else."""
         alpaca_request = _to_alpaca_request(request)
         raw = self._call("submit_order", lambda: self._trading.submit_order(alpaca_request), mutating=True)
+        return parse_order(raw)
+
+    def replace_order(self, order_id: str, *, stop_price: Decimal | None = None,
+                      limit_price: Decimal | None = None) -> BrokerOrder:
+        """Change a working (or held) order's prices; the broker answers with the order that
+        replaces it (a new id; the old one ends ``replaced``). An unclear outcome raises
+        ``BrokerUnavailableError(outcome_unknown=True)``: look the old order up before retrying."""
+        request = ReplaceOrderRequest(stop_price=None if stop_price is None else float(stop_price),
+                                      limit_price=None if limit_price is None else float(limit_price))
+        raw = self._call("replace_order", lambda: self._trading.replace_order_by_id(order_id, request),
+                         mutating=True)
         return parse_order(raw)
 
     def get_order(self, order_id: str) -> BrokerOrder:

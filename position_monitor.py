@@ -62,6 +62,7 @@ from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, 
 from trading.protection import Protector
 from trading.reconcile import Reconciler
 from trading.trades import TradeBook
+from trading.trailing import TrailingStops
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ class PositionMonitor:
                 self._record_symbol_failure(ctx, symbol, exc)
         self._orphans(ctx, held, set(by_symbol))
         self._revalue(ctx, quotes)
+        # Trailing stops follow the prices this run valued at (trading/trailing.py).
+        TrailingStops(self.db, self.broker, protector, now=ctx.now, count=ctx.summary.add,
+                      warn=ctx.summary.warn).ratchet_all(quotes)
         self._snapshot(ctx, account)
 
     # ------------------------------------------------------------------ reconciliation

@@ -115,3 +115,20 @@ def test_every_check_name_fits_postgresql_identifier_limit():
     names = [name for table in schema.TABLES for name, _ in table.checks]
     assert all(len(name) <= 63 for name in names)
     assert set(schema.RENAMED_CHECKS.values()) <= set(names)
+
+
+def test_a_check_made_by_an_older_version_is_replaced_when_the_allowed_values_grew(db):
+    # An older version allowed fewer exit reasons: its check (same name, narrower) would refuse a
+    # new reason forever. create_schema sees the expression changed and replaces it.
+    name = "trade_journal_exit_reason_must_be_empty_or_an_exit_reason"
+    db.execute_update(f"ALTER TABLE trade_journal DROP CONSTRAINT {name}")
+    db.execute_update(f"ALTER TABLE trade_journal ADD CONSTRAINT {name} CHECK (exit_reason IN ('STOPPED_OUT'))")
+    trade_id = db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+    with pytest.raises(Exception, match=name):
+        db.execute_update("UPDATE trade_journal SET exit_reason = 'PROFIT_TAKEN' WHERE id = %s", (trade_id,))
+    db.create_schema()
+    db.execute_update("UPDATE trade_journal SET exit_reason = 'PROFIT_TAKEN' WHERE id = %s", (trade_id,))
+    assert db.get_by_id("trade_journal", trade_id)["exit_reason"] == "PROFIT_TAKEN"
+    db.create_schema()  # and again: nothing to replace, the check stays one
+    checks = db.execute_query("SELECT conname FROM pg_constraint WHERE conname = %s", (name,))
+    assert len(checks) == 1

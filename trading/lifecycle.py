@@ -155,7 +155,8 @@ class ExitReason(StrEnum):
     """Why a trade ended, in ``trade_journal.exit_reason``.
 
     CLOSED trades: STOPPED_OUT, PROFIT_TAKEN, DAY_END_EXIT, CLOSE_REQUESTED (a CLOSE
-    decision), MANUAL_EXIT (closed outside the system with no exit order of ours).
+    decision), MANUAL_EXIT (closed outside the system with no exit order of ours),
+    TRAILING_STOP (the stop of a trailing trade, after it was raised at least once).
     CANCELLED trades: CANCEL_REQUESTED (a CANCEL decision), AMENDED (replaced by an AMEND
     decision), ENTRY_EXPIRED, ENTRY_CANCELED (canceled at the broker from outside),
     ENTRY_REJECTED (the broker accepted then rejected it), BROKER_REFUSED (refused at
@@ -176,6 +177,7 @@ class ExitReason(StrEnum):
     BROKER_REFUSED = "BROKER_REFUSED"
     DAY_END_CANCEL = "DAY_END_CANCEL"
     ENTRY_NOT_FOUND = "ENTRY_NOT_FOUND"
+    TRAILING_STOP = "TRAILING_STOP"
 
 
 EXIT_REASONS: Final = frozenset(reason.value for reason in ExitReason)

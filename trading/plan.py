@@ -7,6 +7,10 @@ decision carries a trade plan:
     {"planned_entry": 150.25, "planned_sl": 147.00, "planned_tp": 158.00,
      "trade_style": "SWING", "planned_qty": 10, "position_size_pct": 5, "time_in_force": "gtc"}
 
+Optional trailing stop (``trading/trailing.py``): ``trailing_stop_pct`` (the stop follows the
+highest price seen at that many percent below it, 0 < pct < 50) or ``trail_price`` (that many
+dollars below it); never both. The stop starts at ``planned_sl`` and only moves up.
+
 Only long trades are supported: the stop must be below the entry and (SWING) the target above
 it. ``position_size_pct`` is a percent of equity (5 means 5 %). Every refusal raises
 ``RejectedError`` with ``code="INVALID_DECISION"`` and a message an operator can act on.
@@ -53,11 +57,14 @@ class TradePlan:
     size_pct: Decimal | None
     time_in_force: str
     raw: dict[str, Any]
+    trail_pct: Decimal | None = None
+    trail_price: Decimal | None = None
 
     def as_values(self) -> dict[str, Any]:
         """The planned columns of ``trade_journal``."""
         return {"symbol": self.symbol, "trade_style": self.trade_style, "planned_entry": self.entry,
-                "planned_sl": self.stop, "planned_tp": self.target}
+                "planned_sl": self.stop, "planned_tp": self.target, "trailing_stop_pct": self.trail_pct,
+                "trail_price": self.trail_price}
 
 
 def decision_payload(decision: Any) -> dict[str, Any]:
@@ -154,7 +161,31 @@ def parse_plan(row: dict[str, Any]) -> TradePlan:
         raise refuse(f"time_in_force must be day or gtc, got {payload.get('time_in_force')!r}")
     if style == "DAYTRADE" and tif != "day":
         raise refuse("a DAYTRADE is flat by the close: its time_in_force must be day")
-    return TradePlan(symbol, style, entry_t, stop_t, target_t, qty, size_pct, tif, payload)
+    trail_pct, trail_price = _trail(payload, entry_t)
+    return TradePlan(symbol, style, entry_t, stop_t, target_t, qty, size_pct, tif, payload, trail_pct, trail_price)
+
+
+MAX_TRAIL_PCT = Decimal("50")
+
+
+def _trail(payload: dict[str, Any], entry: Decimal) -> tuple[Decimal | None, Decimal | None]:
+    """The plan's trailing distance: a percent or a dollar amount below the high, or neither."""
+    try:
+        pct = to_decimal(payload.get("trailing_stop_pct"))
+        price = to_decimal(payload.get("trail_price"))
+    except ValueError as exc:
+        raise refuse(f"trailing stop: {exc}") from None
+    if pct is not None and price is not None:
+        raise refuse("trailing_stop_pct and trail_price are both set: give one trailing distance")
+    if pct is not None and not (ZERO < pct < MAX_TRAIL_PCT):
+        raise refuse(f"trailing_stop_pct must be a percent above 0 and below {MAX_TRAIL_PCT}, got {pct}")
+    if price is not None:
+        if price <= ZERO:
+            raise refuse(f"trail_price must be positive, got {price}")
+        if price >= entry:
+            raise refuse(f"trail_price {price} must be below planned_entry {entry} (a stop below zero)")
+        price = round_to_tick(price)
+    return pct, price
 
 
 def referenced_ids(row: dict[str, Any]) -> tuple[int | None, str | None]:

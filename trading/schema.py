@@ -11,6 +11,7 @@ prices and quantities. Status vocabularies come from ``trading.lifecycle``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from trading import lifecycle
@@ -105,6 +106,10 @@ TRADE_JOURNAL = Table(
         Column("exit_price", "NUMERIC"),
         Column("actual_pnl", "NUMERIC"),
         Column("exit_reason", "TEXT"),
+        # Trailing stop (trading/trailing.py): the plan's distance, and the highest price seen.
+        Column("trailing_stop_pct", "NUMERIC"),
+        Column("trail_price", "NUMERIC"),
+        Column("high_water_mark", "NUMERIC"),
         Column("days_open", "INTEGER", "0", not_null=True),
         # Beyond the contract: which trade an AMEND replaced, and the P&L already realised by
         # partial exits while the trade is still open (final P&L is in actual_pnl).
@@ -342,8 +347,18 @@ SCHEMA_LOCK_KEY = 727_001
 
 
 def _constraint_sql(table: Table, name: str, expression: str) -> str:
-    return (f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = '{name}') THEN "
-            f"ALTER TABLE {table.name} ADD CONSTRAINT {name} CHECK ({expression}); END IF; END $$")
+    """Add the check, or replace it when its expression changed since it was added.
+
+    The constraint's comment holds a digest of the expression it was made from: a new version
+    that allows more (a new exit reason, a new status) replaces the old check on the next
+    start, instead of the old one refusing the new value forever. PostgreSQL rewrites an
+    expression when it stores it, so comparing the stored text would never match."""
+    digest = "expression sha256:" + hashlib.sha256(expression.encode()).hexdigest()[:16]
+    return (f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = '{name}' "
+            f"AND obj_description(c.oid, 'pg_constraint') = '{digest}') THEN "
+            f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {name}; "
+            f"ALTER TABLE {table.name} ADD CONSTRAINT {name} CHECK ({expression}); "
+            f"COMMENT ON CONSTRAINT {name} ON {table.name} IS '{digest}'; END IF; END $$")
 
 
 def _append_only_sql(table: Table) -> list[str]:
