@@ -511,6 +511,15 @@ class MonitorConfig:
     not_found_max_misses: int
     #: Prefix of every client order id this system sends (tells our orders from others).
     client_order_prefix: str
+    #: How hard each kind of exit leans on the market (trading/exits.py): CRITICAL (market at
+    #: once), HIGH (limit at the bid, then market), NORMAL (limit at the mid, walked to the bid).
+    exit_urgency_close: str = "HIGH"
+    exit_urgency_day_end: str = "HIGH"
+    exit_urgency_flatten: str = "CRITICAL"
+    #: Steps of a NORMAL exit's walk from the mid to the bid before the market order.
+    exit_walk_steps: int = 2
+    #: Time a step gets to fill before the next (below the monitor's 5 minutes: one step per run).
+    exit_step_seconds: int = 240
 
 
 def get_monitor_config(env: Mapping[str, str] | None = None) -> MonitorConfig:
@@ -525,7 +534,16 @@ def get_monitor_config(env: Mapping[str, str] | None = None) -> MonitorConfig:
         partial_entry_policy=env_choice(env, "PARTIAL_ENTRY_POLICY", "cancel_remainder", ("cancel_remainder", "wait")),
         not_found_max_misses=env_int(env, "ORDER_NOT_FOUND_MAX_MISSES", 3, minimum=1, maximum=100),
         client_order_prefix=prefix,
+        exit_urgency_close=env_choice(env, "EXIT_URGENCY_CLOSE", "high", URGENCIES).upper(),
+        exit_urgency_day_end=env_choice(env, "EXIT_URGENCY_DAY_END", "high", URGENCIES).upper(),
+        exit_urgency_flatten=env_choice(env, "EXIT_URGENCY_FLATTEN", "critical", URGENCIES).upper(),
+        exit_walk_steps=env_int(env, "EXIT_WALK_STEPS", 2, minimum=0, maximum=20),
+        exit_step_seconds=env_int(env, "EXIT_STEP_SECONDS", 240, minimum=10, maximum=3600),
     )
+
+
+#: The exit urgencies (trading/exits.py), least to most patient.
+URGENCIES: tuple[str, ...] = ("critical", "high", "normal")
 
 
 # --------------------------------------------------------------------------- everything

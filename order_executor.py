@@ -513,7 +513,8 @@ class OrderExecutor:
             self._note_deferred(ctx, decision_id, reason)
             return Outcome("deferred", reason)
         result = protector.flatten(trade["id"], ExitReason.CLOSE_REQUESTED.value,
-                                   entry_reason=ExitReason.CANCEL_REQUESTED.value)
+                                   entry_reason=ExitReason.CANCEL_REQUESTED.value,
+                                   urgency=self.settings.monitor.exit_urgency_close)
         if result == "deferred":
             return Outcome("deferred", "cancel of the protection not confirmed yet")
         with self.db.transaction():
@@ -522,7 +523,9 @@ class OrderExecutor:
                 return Outcome("skipped", "claimed by another run")
             after = self.db.get_by_id("trade_journal", trade["id"])
             if result in ("exit_submitted", "exiting"):
-                reason = f"trade {trade['id']}: protection canceled, market sell sent"
+                urgency = self.settings.monitor.exit_urgency_close
+                how = "market sell sent" if urgency == "CRITICAL" else f"{urgency} exit (limit, then market) sent"
+                reason = f"trade {trade['id']}: protection canceled, {how}"
                 self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"])
                 return Outcome("closing", reason)
             if result == "cancelled":

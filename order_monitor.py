@@ -50,6 +50,7 @@ from config import Settings, load_settings
 from trading import audit, lifecycle
 from trading.broker import Broker, BrokerOrder
 from trading.errors import NotFoundError, UnknownStatusError
+from trading.exits import Escalator
 from trading.lifecycle import ExitReason, OrderType, TradeStatus
 from trading.market_time import MarketTime, eastern_date
 from trading.orders import OrderBook
@@ -93,6 +94,9 @@ class OrderMonitor:
                               sleep=self.sleep, count=ctx.summary.add)
         self._sync(ctx, reconciler, protector)
         self._day_end(ctx, protector)
+        # Escalating exits (trading/exits.py) take their next step when it is due.
+        Escalator(self.db, self.broker, protector, now=ctx.now, count=ctx.summary.add,
+                  warn=ctx.summary.warn).advance_all()
         self._protect(ctx, reconciler, protector)
 
     # ------------------------------------------------------------------ 1. sync
@@ -283,8 +287,11 @@ class OrderMonitor:
                 outcome = protector.cancel_entry(trade["id"], ExitReason.DAY_END_CANCEL.value,
                                                  reason=f"{why}: unfilled DAYTRADE entry canceled")
             else:
+                # At the close a HIGH exit by default (limit at the bid, market at the next run); a
+                # day trade found open the next morning is sold at the market at once.
+                urgency = self.settings.monitor.exit_urgency_day_end if in_window else "CRITICAL"
                 outcome = protector.flatten(trade["id"], ExitReason.DAY_END_EXIT.value,
-                                            entry_reason=ExitReason.DAY_END_CANCEL.value)
+                                            entry_reason=ExitReason.DAY_END_CANCEL.value, urgency=urgency)
             ctx.summary.add(f"day_end_{outcome}")
             logger.info("%s: trade %s %s %s: %s", PROGRAM, trade["id"], trade["symbol"], why, outcome)
 

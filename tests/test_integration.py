@@ -155,7 +155,7 @@ def test_daytrades_are_flat_at_1550_and_swing_trades_are_left_alone(db, exchange
     assert day["exit_date"] == at("2026-11-20", "15:50")
     (exit_row,) = rows(db, day["id"], "EXIT")
     assert (exit_row["order_kind"], exit_row["order_status"], exit_row["exit_reason"]) == \
-        ("market", "filled", "DAY_END_EXIT")
+        ("limit", "filled", "DAY_END_EXIT")  # EXIT_URGENCY_DAY_END=HIGH: a limit at the bid, marketable
     (stop,) = rows(db, day["id"], "STOP_LOSS")
     assert stop["order_status"] == "canceled"
     assert stop["canceled_at"] <= exit_row["submitted_at"]     # protection canceled first
@@ -314,7 +314,8 @@ def test_day_end_sale_accepted_but_unanswered_is_found_by_its_id_at_once_and_nev
     assert exchange.positions() == {}                          # the exchange did sell
     day = trade_row(db, day)
     assert (day["status"], day["exit_reason"], day["actual_pnl"]) == ("CLOSED", "DAY_END_EXIT", D("8.00"))
-    assert [o["side"] for o in exchange.orders() if o["type"] == "market"] == ["sell"]  # one sale only
+    assert [o["side"] for o in exchange.orders()
+            if o["side"] == "sell" and o["order_class"] in ("", "simple")] == ["sell"]  # one sale only
     assert rows(db, day["id"], "EXIT")[0]["order_status"] == "filled"
     before = snapshot(db)
     exchange.clock(eastern("2026-11-20", "15:55"))

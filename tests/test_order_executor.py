@@ -406,7 +406,7 @@ def test_amend_frees_only_the_slot_of_the_trade_it_replaces(db, exchange, broker
     assert db.execute_one("SELECT count(*) AS n FROM trade_journal WHERE status = 'ORDERED'")["n"] == 2
 
 
-def test_close_decision_in_the_session_cancels_protection_and_sells_at_market(db, exchange, broker):
+def test_close_decision_in_the_session_cancels_protection_and_sells_with_a_limit_at_the_bid(db, exchange, broker):
     exchange.quotes(AAPL=FILLING_QUOTE)
     trade_id = place_trade(db, broker, "AAPL")
     exchange.quotes(AAPL=("151.20", "151.30"))
@@ -422,10 +422,12 @@ def test_close_decision_in_the_session_cancels_protection_and_sells_at_market(db
     assert db.query("position_tracking") == []
     statuses = {r["order_type"]: r["order_status"] for r in db.query("order_execution")}
     assert statuses == {"ENTRY": "filled", "TAKE_PROFIT": "canceled", "STOP_LOSS": "canceled", "EXIT": "filled"}
-    [sell] = [o for o in exchange.orders() if o["type"] == "market"]
-    assert (sell["side"], Decimal(sell["qty"])) == ("sell", Decimal("10"))
+    # EXIT_URGENCY_CLOSE=HIGH (the default): a limit at the bid, marketable, so it fills at once.
+    [sell] = [o for o in exchange.orders() if o["side"] == "sell" and o["status"] == "filled"]
+    assert (sell["type"], Decimal(sell["qty"]), Decimal(sell["limit_price"])) == ("limit", Decimal("10"),
+                                                                                 Decimal("151.20"))
     assert audit_reasons(db, close, "DECISION_ACCEPTED") == [
-        f"trade {trade_id}: protection canceled, market sell sent"]
+        f"trade {trade_id}: protection canceled, HIGH exit (limit, then market) sent"]
 
 
 def test_close_decision_outside_the_session_waits_for_the_next_session(db, own_exchange, own_broker):
@@ -442,7 +444,7 @@ def test_close_decision_outside_the_session_waits_for_the_next_session(db, own_e
     assert "market closed" in audit_reasons(db, close, "DECISION_DEFERRED")[0]
     assert exchange.positions() == {"AAPL": Decimal("10")}
     assert db.get_by_id("trade_journal", trade_id)["status"] == "POSITION"
-    assert not [o for o in exchange.orders() if o["type"] == "market"]
+    assert not [o for o in exchange.orders() if o["side"] == "sell" and o["order_class"] in ("", "simple")]
 
     exchange.clock(eastern("2026-11-23", "09:45"))  # Monday
     monday = run(db, broker)
@@ -487,7 +489,8 @@ def test_close_of_a_closed_trade_is_refused(db, exchange, broker):
     run(db, broker)
 
     assert refusal(db, again) == f"trade {trade_id} is already CLOSED: nothing to close"
-    assert [o["side"] for o in exchange.orders() if o["type"] == "market"] == ["sell"]
+    assert [o["side"] for o in exchange.orders()
+            if o["side"] == "sell" and o["order_class"] in ("", "simple")] == ["sell"]
 
 
 def test_close_of_an_unfilled_trade_cancels_its_entry(db, exchange, broker):
@@ -498,7 +501,7 @@ def test_close_of_an_unfilled_trade_cancels_its_entry(db, exchange, broker):
 
     assert db.get_by_id("trade_journal", trade_id)["status"] == "CANCELLED"
     assert {o["status"] for o in exchange.orders()} == {"canceled"}
-    assert not [o for o in exchange.orders() if o["type"] == "market"]
+    assert not [o for o in exchange.orders() if o["side"] == "sell" and o["order_class"] in ("", "simple")]
 
 
 def test_no_action_adds_one_day_to_the_trade(db, exchange, broker):
@@ -1278,7 +1281,8 @@ def test_close_decision_racing_the_order_monitor_ends_flat_and_the_monitor_place
     trade = db.get_by_id("trade_journal", trade_id)
     assert (trade["status"], trade["exit_reason"]) == ("CLOSED", "CLOSE_REQUESTED")
     assert [o for o in exchange.orders() if o["order_class"] == "oco"] == []  # no repair raced the exit
-    assert audit_reasons(db, close, "DECISION_ACCEPTED") == [f"trade {trade_id}: protection canceled, market sell sent"]
+    assert audit_reasons(db, close, "DECISION_ACCEPTED") == [
+        f"trade {trade_id}: protection canceled, HIGH exit (limit, then market) sent"]
 
 
 def test_close_of_a_position_sold_outside_sends_no_sell_and_closes_it_as_outside(db, exchange, broker):

@@ -432,11 +432,16 @@ class Protector:
     # -- exiting --------------------------------------------------------------------------------
 
     @_one_program_per_trade("deferred")
-    def flatten(self, trade_id: int, exit_reason: str, *, entry_reason: str) -> str:
+    def flatten(self, trade_id: int, exit_reason: str, *, entry_reason: str,
+                urgency: str = "CRITICAL", step: int = 0, keep_escalation: bool = False) -> str:
         """Exit the trade now: cancel its working orders (entry remainder and protection), confirm,
-        then sell every share with one market order. Returns ``exit_submitted``, ``cancelled``
-        (nothing was filled), ``exiting`` (an exit already works), ``closed``, ``deferred`` or
-        ``failed`` (recorded; protection is restored)."""
+        then sell every share with one order: a market order (``urgency`` CRITICAL) or the first
+        limit of an escalating exit (HIGH, NORMAL: ``trading/exits.py``; the order monitor walks
+        it). Returns ``exit_submitted``, ``cancelled`` (nothing was filled), ``exiting`` (an exit
+        already works), ``closed``, ``deferred`` or ``failed`` (recorded; protection is restored).
+
+        ``step``/``keep_escalation``: the escalator sending a later step of an exit it tracks."""
+        from trading.exits import Urgency, exit_step, latest_quote  # exits builds on the protector
         view = self.view(trade_id)
         if view.trade["status"] in (TradeStatus.CLOSED.value, TradeStatus.CANCELLED.value):
             return "closed"
@@ -454,14 +459,23 @@ class Protector:
         view, shares = self.broker_sized(trade_id)
         if view.trade["status"] != TradeStatus.POSITION.value or shares <= ZERO:
             return "closed"  # nothing held at the broker: reconciled as closed outside, nothing sold
+        urgency = Urgency(urgency)
+        quote = None if urgency is Urgency.CRITICAL else latest_quote(self.broker, view.trade["symbol"])
+        first = exit_step(urgency, step, self.settings.monitor.exit_walk_steps, quote)
         with self.db.transaction():
             trade = self.reconciler.trades.lock(trade_id)
             assert trade is not None
             coid = self._next_client_order_id(trade, view.orders, "x")
-            request = OrderRequest(symbol=trade["symbol"], qty=shares, side="sell", kind="market",
-                                   time_in_force="day", client_order_id=coid)
+            request = OrderRequest(symbol=trade["symbol"], qty=shares, side="sell", kind=first.kind,
+                                   time_in_force="day", client_order_id=coid, limit_price=first.limit_price)
             row_id = self.reconciler.orders.insert_intent(trade, OrderType.EXIT.value, request,
                                                           exit_reason=exit_reason)
+            if not keep_escalation:
+                # The escalation's state lives on the trade: the next step is due after one step's time.
+                due = None if first.is_market else self.now + dt.timedelta(
+                    seconds=self.settings.monitor.exit_step_seconds)
+                self.db.update("trade_journal", trade_id, {"exit_urgency": urgency.value, "exit_step": step,
+                                                           "exit_next_step_at": due})
         outcome = self._send(trade_id, row_id, request)
         if outcome == "sent":
             return "exit_submitted"

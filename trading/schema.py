@@ -110,6 +110,10 @@ TRADE_JOURNAL = Table(
         Column("trailing_stop_pct", "NUMERIC"),
         Column("trail_price", "NUMERIC"),
         Column("high_water_mark", "NUMERIC"),
+        # An escalating exit (trading/exits.py): its urgency, the step it is at, when the next is due.
+        Column("exit_urgency", "TEXT"),
+        Column("exit_step", "INTEGER"),
+        Column("exit_next_step_at", "TIMESTAMPTZ"),
         Column("days_open", "INTEGER", "0", not_null=True),
         # Beyond the contract: which trade an AMEND replaced, and the P&L already realised by
         # partial exits while the trade is still open (final P&L is in actual_pnl).
@@ -122,6 +126,8 @@ TRADE_JOURNAL = Table(
     checks=(
         ("trade_journal_status_must_be_a_trade_status", _in("status", lifecycle.TRADE_STATUSES)),
         ("trade_journal_trade_style_must_be_swing_or_daytrade", _in("trade_style", lifecycle.TRADE_STYLES)),
+        ("trade_journal_exit_urgency_must_be_empty_or_critical_high_or_normal",
+         "exit_urgency IS NULL OR exit_urgency IN ('CRITICAL', 'HIGH', 'NORMAL')"),
         ("trade_journal_exit_reason_must_be_empty_or_an_exit_reason",
          "exit_reason IS NULL OR " + _in("exit_reason", lifecycle.EXIT_REASONS)),
     ),
