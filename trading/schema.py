@@ -126,7 +126,7 @@ TRADE_JOURNAL = Table(
     checks=(
         ("trade_journal_status_must_be_a_trade_status", _in("status", lifecycle.TRADE_STATUSES)),
         ("trade_journal_trade_style_must_be_swing_or_daytrade", _in("trade_style", lifecycle.TRADE_STYLES)),
-        ("trade_journal_exit_urgency_must_be_empty_or_critical_high_or_normal",
+        ("trade_journal_exit_urgency_must_be_empty_or_an_urgency",
          "exit_urgency IS NULL OR exit_urgency IN ('CRITICAL', 'HIGH', 'NORMAL')"),
         ("trade_journal_exit_reason_must_be_empty_or_an_exit_reason",
          "exit_reason IS NULL OR " + _in("exit_reason", lifecycle.EXIT_REASONS)),
