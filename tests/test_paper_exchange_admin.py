@@ -32,9 +32,12 @@ def ex() -> Iterator[Exchange]:
 
 
 def buy(ex: Exchange, qty: int = 1, **kwargs) -> object:
-    return ex.trading.submit_order(
+    """A market buy, then one matching pass (it is acknowledged and fills); the order as submitted."""
+    order = ex.trading.submit_order(
         MarketOrderRequest(symbol="AAPL", qty=qty, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, **kwargs)
     )
+    ex.step()
+    return order
 
 
 # ---------------------------------------------------------------------------- quotes, assets, account
@@ -81,7 +84,7 @@ def test_assets_known_unknown_added_and_not_tradable(ex: Exchange) -> None:
 def test_account_cash_is_set_by_admin_and_moves_with_fills(ex: Exchange) -> None:
     account = ex.trading.get_account()
     assert (account.cash, account.equity, account.buying_power, account.status.value) == (
-        "100000.00", "100000.00", "100000.00", "ACTIVE",
+        "100000.00", "100000.00", "200000.00", "ACTIVE",  # a margin account: twice the equity
     )
     ex.admin("POST", "/admin/account", {"cash": 50000})
     buy(ex, 10)
@@ -232,7 +235,9 @@ def test_fault_after_processes_the_order_then_drops_the_connection(ex: Exchange)
     with pytest.raises(requests.exceptions.ConnectionError):
         buy(ex, 2, client_order_id="tm-lost-answer")
     order = ex.trading.get_order_by_client_id("tm-lost-answer")  # the broker did accept it
-    assert order.status == OrderStatus.FILLED and order.qty == "2"
+    assert order.status == OrderStatus.PENDING_NEW and order.qty == "2"
+    ex.step()
+    assert ex.trading.get_order_by_client_id("tm-lost-answer").status == OrderStatus.FILLED
 
 
 def test_fault_after_with_status_and_429_headers(ex: Exchange) -> None:
@@ -240,6 +245,7 @@ def test_fault_after_with_status_and_429_headers(ex: Exchange) -> None:
     response = ex.api("POST", "/v2/orders", json={"symbol": "AAPL", "qty": 1, "side": "buy", "type": "market",
                                                  "time_in_force": "day", "client_order_id": "tm-504"})
     assert response.status_code == 504 and response.json()["code"] == 50410000
+    ex.step()
     assert ex.trading.get_order_by_client_id("tm-504").status == OrderStatus.FILLED
     ex.admin("POST", "/admin/faults", {"status": 429, "path": "/v2/account"})
     limited = ex.api("GET", "/v2/account")
