@@ -21,7 +21,7 @@ import order_executor
 import order_monitor
 import position_monitor
 from alpaca_client import AlpacaBroker
-from tests.factories import add_decision, make_settings, snapshot
+from tests.factories import ExchangeAdmin, add_decision, make_settings, snapshot
 from trading import audit
 from trading.broker import OrderRequest
 
@@ -29,12 +29,13 @@ SETTINGS = make_settings()
 TRADE_TABLES = ("analysis_decision", "trade_journal", "order_execution", "position_tracking")
 
 
-def no_sleep(_seconds: float) -> None:
-    return None
+def exchange_sleep(broker: AlpacaBroker) -> Any:
+    """The programs' waits between cancel confirmations pass the exchange's simulated clock."""
+    return ExchangeAdmin(broker.base_url).sleeper()
 
 
 def run_position_monitor(db: Any, broker: AlpacaBroker, **options: Any) -> Any:
-    return position_monitor.run_once(db, broker, settings=SETTINGS, sleep=no_sleep, **options)
+    return position_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker), **options)
 
 
 def open_trades(db: Any, broker: AlpacaBroker, exchange: Any, **trades: tuple[str, str, str, str, int]) -> None:
@@ -43,10 +44,10 @@ def open_trades(db: Any, broker: AlpacaBroker, exchange: Any, **trades: tuple[st
     The entry limit is filled at the ask (= the entry) by a quote of (bid, entry)."""
     for symbol, (entry, stop, target, _bid, qty) in trades.items():
         add_decision(db, symbol, planned_entry=entry, planned_sl=stop, planned_tp=target, planned_qty=qty)
-    placed = order_executor.run_once(db, broker, settings=SETTINGS)
+    placed = order_executor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     assert placed.counts["placed"] == len(trades), placed.notes
     exchange.quotes(**{symbol: (bid, entry) for symbol, (entry, _s, _t, bid, _q) in trades.items()})
-    opened = order_monitor.run_once(db, broker, settings=SETTINGS, sleep=no_sleep)
+    opened = order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     assert opened.counts["positions_opened"] == len(trades), opened.notes
     assert exchange.positions() == {symbol: Decimal(qty) for symbol, (*_rest, qty) in trades.items()}
 
@@ -267,7 +268,7 @@ def test_exit_leg_filled_before_order_monitor_ran_closes_with_its_reason_and_fil
 
     # order_monitor, running next, finds everything already recorded: no second booking.
     before = snapshot(db)
-    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=no_sleep)
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     assert snapshot(db) == before
 
 
@@ -388,7 +389,7 @@ def test_quantity_mismatch_takes_the_brokers_quantity_and_resizes_protection_at_
     again = run_position_monitor(db, broker)
     assert snapshot(db) == before
     assert again.outcome == "success", again.notes
-    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=no_sleep)
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     assert snapshot(db) == before
 
     # The rest is sold outside later at another price: each outside sell is used once.
@@ -468,7 +469,7 @@ def test_orphan_broker_position_is_recorded_once_and_never_sold(db, broker, exch
 
 def test_entry_filled_before_order_monitor_ran_is_not_an_orphan(db, broker, exchange):
     add_decision(db, "AAPL")
-    order_executor.run_once(db, broker, settings=SETTINGS)
+    order_executor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     exchange.quotes(AAPL=("149.90", "150.00"))  # the entry fills; order_monitor has not run yet
     assert exchange.positions() == {"AAPL": Decimal(10)}
 
@@ -574,11 +575,11 @@ def test_unrecorded_entry_fill_of_another_trade_of_the_symbol_is_booked_on_its_o
     second_decision = add_decision(db, "AAPL", planned_entry="152.00", planned_sl="147.00", planned_tp="165.00",
                                    planned_qty=5)
     exchange.quotes(AAPL=("152.90", "153.00"))  # the second entry rests
-    assert order_executor.run_once(db, broker, settings=settings).counts["placed"] == 1
+    assert order_executor.run_once(db, broker, settings=settings, sleep=exchange_sleep(broker)).counts["placed"] == 1
     exchange.quotes(AAPL=("151.90", "152.00"))  # the second entry fills; order_monitor has not run
     assert exchange.positions() == {"AAPL": Decimal(15)}
 
-    position_monitor.run_once(db, broker, settings=settings, sleep=no_sleep)
+    position_monitor.run_once(db, broker, settings=settings, sleep=exchange_sleep(broker))
 
     (second,) = db.query("trade_journal", {"initial_analysis_id": second_decision})
     assert (second["status"], second["actual_qty"], second["actual_entry"]) == ("POSITION", Decimal(5),
@@ -610,15 +611,16 @@ def test_fill_during_the_run_is_not_counted_twice_against_a_stale_position_snaps
     settings = make_settings(ALLOW_SAME_SYMBOL="true")
     for target in ("160", "165", "175"):
         add_decision(db, "AAPL", planned_entry="150", planned_sl="145", planned_tp=target, planned_qty=10)
-    assert order_executor.run_once(db, broker, settings=settings).counts["placed"] == 3
+    assert order_executor.run_once(db, broker, settings=settings, sleep=exchange_sleep(broker)).counts["placed"] == 3
     exchange.quotes(AAPL=("149.90", "150.00"))
-    assert order_monitor.run_once(db, broker, settings=settings, sleep=no_sleep).counts["positions_opened"] == 3
+    opened = order_monitor.run_once(db, broker, settings=settings, sleep=exchange_sleep(broker))
+    assert opened.counts["positions_opened"] == 3
     exchange.quotes(AAPL=("160.00", "160.10"))  # the first target fills before the run
     assert exchange.positions() == {"AAPL": Decimal(20)}
     racing = MidRunFillBroker(after_positions=lambda: exchange.quotes(AAPL=("165.00", "165.10")),
                               base_url=exchange.url, data_url=exchange.url, timeout=3)
 
-    summary = position_monitor.run_once(db, racing, settings=settings, sleep=no_sleep)
+    summary = position_monitor.run_once(db, racing, settings=settings, sleep=exchange_sleep(broker))
 
     assert exchange.positions() == {"AAPL": Decimal(10)}
     trades = db.query("trade_journal", {"symbol": "AAPL"}, order_by="id")
