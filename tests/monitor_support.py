@@ -42,12 +42,17 @@ STOP_KINDS = ("stop", "stop_limit", "trailing_stop")
 
 def run_monitor(db: Any, broker: AlpacaBroker, settings: Settings | None = None, *, check: bool = True,
                 waiting: Iterable[int] = ()) -> RunSummary:
-    """One order monitor run, then the invariants. Its waits between cancel confirmations pass the
-    exchange's simulated clock (no real sleeping), so cancels complete as they would at Alpaca.
+    """One order monitor run, then the invariants.
+
+    The run starts after one matching pass of the exchange (scheduled runs are minutes apart, so
+    what was sent or canceled before has been acknowledged or completed by then), and its waits
+    between cancel confirmations pass the exchange's simulated clock (no real sleeping), so cancels
+    complete as they would at Alpaca. What the run itself sends is checked as answered (pending).
 
     ``waiting``: trades whose filled shares may be unprotected while their entry still works
     (``PARTIAL_ENTRY_POLICY=wait``).
     """
+    ExchangeAdmin(broker.base_url).step()
     summary = order_monitor.run_once(db, broker, settings=settings or make_settings(), sleep=exchange_sleep(broker))
     assert summary.outcome != "failed", summary.as_dict()
     if check:
