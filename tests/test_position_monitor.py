@@ -35,6 +35,8 @@ def exchange_sleep(broker: AlpacaBroker) -> Any:
 
 
 def run_position_monitor(db: Any, broker: AlpacaBroker, **options: Any) -> Any:
+    """One position monitor run, after one matching pass of the exchange (runs are minutes apart)."""
+    ExchangeAdmin(broker.base_url).step()
     return position_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker), **options)
 
 
@@ -94,12 +96,15 @@ def cancel_protection_outside(outside: AlpacaBroker, exchange: Any, symbol: str 
     legs = [o for o in open_exchange_orders(exchange, symbol) if o["side"] == "sell"]
     assert legs
     outside.cancel_order(legs[0]["id"])
+    exchange.step()  # the cancel completes
     assert [o for o in open_exchange_orders(exchange, symbol) if o["side"] == "sell"] == []
 
 
 def sell_outside(outside: AlpacaBroker, qty: int, client_order_id: str, symbol: str = "AAPL") -> Any:
     order = outside.submit_order(OrderRequest(symbol=symbol, qty=Decimal(qty), side="sell", kind="market",
                                               time_in_force="day", client_order_id=client_order_id))
+    ExchangeAdmin(outside.base_url).step()  # it fills at the next matching pass
+    order = outside.get_order(order.id)
     assert order.status == "filled"
     return order
 
@@ -299,6 +304,7 @@ def test_position_closed_from_the_dashboard_with_close_all_closes_at_the_fill_pr
     response = requests.delete(f"{exchange.url}/v2/positions", params={"cancel_orders": "true"}, timeout=5,
                                headers={"APCA-API-KEY-ID": "dashboard", "APCA-API-SECRET-KEY": "operator"})
     assert response.status_code == 207
+    exchange.step()  # the market sells fill at the next matching pass
     assert exchange.positions() == {}
 
     run_position_monitor(db, broker)
@@ -374,17 +380,20 @@ def test_quantity_mismatch_takes_the_brokers_quantity_and_resizes_protection_at_
     # One group at the exchange covers exactly the 6 shares: an OCO (take-profit 160 + stop 145).
     sells = [o for o in open_exchange_orders(exchange) if o["side"] == "sell"]
     assert sorted((o["type"], Decimal(o["qty"]), o["status"]) for o in sells) == [
-        ("limit", Decimal(6), "new"), ("stop", Decimal(6), "held")]
+        ("limit", Decimal(6), "pending_new"), ("stop", Decimal(6), "held")]  # as answered to this run
     take_profit = next(o for o in sells if o["type"] == "limit")
     stop = next(o for o in sells if o["type"] == "stop")
     group = outside.get_order(take_profit["id"])
     assert (group.order_class, [leg.id for leg in group.legs]) == ("oco", [stop["id"]])
     assert Decimal(stop["stop_price"]) == Decimal("145")
     assert row["stop_loss_order_id"] == stop["id"]
-    protecting = [r for r in db.query("order_execution") if r["order_status"] in ("new", "held")]
+    protecting = [r for r in db.query("order_execution") if r["order_status"] in ("pending_new", "held")]
     assert sorted((r["order_type"], r["qty"]) for r in protecting) == [("STOP_LOSS", 6), ("TAKE_PROFIT", 6)]
 
-    # Nothing new at the broker: the next run, and order_monitor's, change nothing.
+    # Once order_monitor recorded the OCO's acknowledgement (pending_new -> new), nothing is new at the
+    # broker: the next run, and order_monitor's, change nothing.
+    exchange.step()
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     before = snapshot(db)
     again = run_position_monitor(db, broker)
     assert snapshot(db) == before
@@ -416,6 +425,7 @@ def test_shares_bought_outside_are_recorded_not_adopted_and_the_trade_keeps_its_
     exchange.quotes(AAPL=("151.00", "151.10"))
     outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(5), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-5"))
+    exchange.step()  # acknowledged and filled at the next matching pass
     assert exchange.positions() == {"AAPL": Decimal(15)}
 
     summary = run_position_monitor(db, broker)
@@ -439,6 +449,7 @@ def test_orphan_broker_position_is_recorded_once_and_never_sold(db, broker, exch
     exchange.quotes(MSFT=("400.00", "400.10"))
     outside.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(3), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-msft"))
+    exchange.step()  # acknowledged and filled at the next matching pass
 
     first = run_position_monitor(db, broker)
 
@@ -462,6 +473,7 @@ def test_orphan_broker_position_is_recorded_once_and_never_sold(db, broker, exch
     # A changed orphan quantity is recorded again (once).
     outside.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(2), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-msft-2"))
+    exchange.step()  # acknowledged and filled at the next matching pass
     run_position_monitor(db, broker)
     run_position_monitor(db, broker)
     assert [r["new_value"] for r in audit_rows(db, audit.ORPHAN_POSITION)] == ["3", "5"]
@@ -661,8 +673,10 @@ def test_outside_buy_after_a_stop_out_is_an_orphan_and_later_symbols_are_still_r
     exchange.quotes(AAPL=("144.00", "144.10"), MSFT=("401.00", "401.10"))  # AAPL's stop fills at the broker
     outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(5), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-after-stop"))
+    exchange.step()  # acknowledged and filled at the next matching pass
     outside.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(1), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-msft"))
+    exchange.step()  # acknowledged and filled at the next matching pass
     assert exchange.positions() == {"AAPL": Decimal(5), "MSFT": Decimal(3)}
 
     summary = run_position_monitor(db, broker)
@@ -682,6 +696,7 @@ def test_one_symbols_failure_is_recorded_and_the_batch_goes_on_to_the_snapshot(d
     for symbol in ("AAPL", "MSFT"):  # both positions changed outside: both need a look at their orders
         outside.submit_order(OrderRequest(symbol=symbol, qty=Decimal(1), side="buy", kind="market",
                                           time_in_force="day", client_order_id=f"dashboard-buy-{symbol}"))
+        exchange.step()  # acknowledged and filled at the next matching pass
     [aapl_entry] = db.query("order_execution", {"symbol": "AAPL", "order_type": "ENTRY"})
     aapl_root = aapl_entry["alpaca_order_id"]
     exchange.fault(status=500, method="GET", path=f"/v2/orders/{aapl_root}", count=10)

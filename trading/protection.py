@@ -484,10 +484,31 @@ class Protector:
                                                           exit_reason=exit_reason)
         outcome = self._send(trade_id, row_id, request)
         if outcome == "sent":
+            self._await_exit(trade_id, row_id)
             return "exit_submitted"
         self.warn(f"trade {trade_id} {view.trade['symbol']}: exit refused ({outcome}); protection restored")
         self.ensure(trade_id)
         return "failed"
+
+    def _await_exit(self, trade_id: int, row_id: int) -> None:
+        """Wait, briefly, for the market exit just sent to end (Alpaca answers ``pending_new`` and
+        fills a moment later), recording each answer, so the run ends with the trade closed rather
+        than with unprotected shares and an exit in flight. Not filled in time, the exit keeps
+        working and the next run records it (``ensure`` sees it as ``exiting``)."""
+        row = self.db.get_by_id("order_execution", row_id)
+        if row is None or not row.get("alpaca_order_id") or lifecycle.is_terminal(row["order_status"]):
+            return
+        for attempt in range(self.confirm_attempts):
+            try:
+                order = self.broker.get_order(row["alpaca_order_id"])
+            except (NotFoundError, BrokerUnavailableError) as exc:
+                logger.info("exit %s not confirmed yet: %s", row["alpaca_order_id"], exc)
+                return
+            self.record(trade_id, row_id, order)
+            if order.terminal:
+                return
+            if attempt + 1 < self.confirm_attempts:
+                self.sleep(self.confirm_interval)
 
     @_one_program_per_trade("deferred")
     def cancel_entry(self, trade_id: int, entry_reason: str, reason: str) -> str:
