@@ -96,7 +96,8 @@ def cancel_protection_outside(outside: AlpacaBroker, exchange: Any, symbol: str 
     legs = [o for o in open_exchange_orders(exchange, symbol) if o["side"] == "sell"]
     assert legs
     outside.cancel_order(legs[0]["id"])
-    exchange.step()  # the cancel completes
+    exchange.step()  # the cancel completes (an OCO's stop leg one pass after its parent)
+    exchange.step()
     assert [o for o in open_exchange_orders(exchange, symbol) if o["side"] == "sell"] == []
 
 
