@@ -1670,6 +1670,7 @@ class PaperExchange:
                 "starting_cash": str(self.starting_cash),
                 "cash": str(self.cash),
                 "last_equity": str(self.last_equity),
+                "last_maintenance_margin": str(self.last_maintenance_margin),
                 "account_id": self.account_id,
                 "account_number": self.account_number,
                 "account_created_at": iso_utc(self.account_created_at),
@@ -1692,6 +1693,7 @@ class PaperExchange:
             self._init_book()
             self.cash = Decimal(data["cash"])
             self.last_equity = Decimal(data["last_equity"])
+            self.last_maintenance_margin = Decimal(data.get("last_maintenance_margin", "0"))
             self.account_created_at = parse_timestamp(data["account_created_at"])
             self.account_id = str(data.get("account_id", self.account_id))
             self.account_number = str(data.get("account_number", self.account_number))

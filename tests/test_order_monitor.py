@@ -1024,3 +1024,17 @@ def test_order_marked_not_found_is_looked_up_again_later_and_its_late_fill_appli
         "POSITION", D("10"), D("150"), None)
     assert summary.counts["fills"] >= 1
     check_invariants(db, broker)  # the position is recorded and protected by its bracket legs
+
+
+def test_the_invariant_checks_catch_a_short_position_the_margin_account_would_open(db, exchange, broker):
+    # The exchange is a margin account, as Alpaca paper: a sell of shares not held is accepted and opens
+    # a short. The checks after every run must see it (a sell beyond the shares held is the defect).
+    from trading.broker import OrderRequest
+
+    open_position(db, exchange, broker)
+    outside_client(exchange).submit_order(OrderRequest(symbol="MSFT", qty=Decimal("3"), side="sell", kind="market",
+                                                       time_in_force="day", client_order_id="naked-sell"))
+    exchange.quotes(MSFT=("400.00", "400.10"))  # acknowledged and filled: MSFT -3
+    assert exchange.positions()["MSFT"] == Decimal("-3")
+    with pytest.raises(AssertionError, match=r"short positions at the exchange .*'MSFT': Decimal\('-3'\)"):
+        check_invariants(db, broker)
