@@ -398,3 +398,27 @@ def test_serving_on_a_port_held_by_something_else_names_the_port_and_no_tracebac
                                 text=True, timeout=30, cwd=root)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "not a paper exchange" in result.stderr
+
+
+def test_pending_cancels_acknowledgements_and_shorts_survive_a_restart() -> None:
+    import json
+
+    from paper_exchange import PaperExchange
+
+    original = PaperExchange(seed=3, simulated_clock=True, start_time="2026-11-20T14:45:00Z", price_simulation=False)
+    original.set_quote("AAPL", "150.20", "150.30")
+    resting = original.submit_order({"symbol": "AAPL", "qty": 5, "side": "buy", "type": "limit", "limit_price": 149,
+                                     "time_in_force": "gtc"})
+    original.advance(0)
+    original.cancel_order(resting["id"])
+    short = original.submit_order({"symbol": "AAPL", "qty": 2, "side": "sell", "type": "market",
+                                   "time_in_force": "day"})
+    restored = PaperExchange(seed=99, simulated_clock=True, start_time="2030-01-01T00:00:00Z")
+    restored.load_state(json.loads(json.dumps(original.to_state())))
+    assert (restored.get_order(resting["id"])["status"], restored.get_order(short["id"])["status"]) == (
+        "pending_cancel", "pending_new")
+    restored.advance(0)  # the pending steps complete after the restart as they would have before it
+    assert (restored.get_order(resting["id"])["status"], restored.get_order(short["id"])["status"]) == (
+        "canceled", "filled")
+    [position] = restored.list_positions()
+    assert (position["qty"], position["side"], position["cost_basis"]) == ("-2", "short", "-300.40")
