@@ -37,6 +37,7 @@ import trading.preflight  # noqa: F401  (first: one line, not a traceback, outsi
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -103,12 +104,16 @@ class OrderExecutor:
     name = PROGRAM
 
     def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
-                 clock: Callable[[], MarketTime] | None = None, *, dry_run: bool = False) -> None:
+                 clock: Callable[[], MarketTime] | None = None, *, dry_run: bool = False,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.db = db
         self.broker = broker
         self.settings = settings or load_settings()
         self.clock = clock
         self.dry_run = dry_run
+        # How the run waits between cancel confirmations (tests pass one that moves the
+        # simulated exchange's clock, so a cancel can complete there).
+        self.sleep = sleep
         self._assets: dict[str, Asset] | None = None
         self._risk: RiskState | None = None
 
@@ -128,7 +133,7 @@ class OrderExecutor:
         self._risk = None
         reconciler = Reconciler(self.db, ctx.audit)
         protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
-                              count=ctx.summary.add)
+                              count=ctx.summary.add, sleep=self.sleep)
         outages = 0
         for decision_id in ids:
             try:
@@ -610,9 +615,11 @@ def _check_amendment(plan: TradePlan, old: Row) -> None:
 
 
 def run_once(db: Any, broker: Broker, now: MarketTime | None = None, settings: Settings | None = None, *,
-             dry_run: bool = False) -> RunSummary:
-    """One executor run; ``now`` fixes the market time (tests), else the broker's clock is read."""
-    return OrderExecutor(db, broker, settings, clock=fixed_clock(now) if now else None, dry_run=dry_run).run()
+             dry_run: bool = False, sleep: Callable[[float], None] = time.sleep) -> RunSummary:
+    """One executor run; ``now`` fixes the market time (tests), else the broker's clock is read.
+    ``sleep`` is how it waits between cancel confirmations."""
+    return OrderExecutor(db, broker, settings, clock=fixed_clock(now) if now else None, dry_run=dry_run,
+                         sleep=sleep).run()
 
 
 def main(argv: list[str] | None = None) -> int:

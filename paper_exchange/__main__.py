@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream-port", type=int, default=0,
                         help="port of the trade-updates websocket (default 0: any free port, printed at start "
                              "and named by GET /admin/stream); -1 serves no stream")
+    parser.add_argument("--instant", action="store_true",
+                        help="the old, kinder order life: fill on submission, cancel and replace at once "
+                             "(default: pending_new / pending_cancel / pending_replace, as at Alpaca)")
+    parser.add_argument("--ack-latency", type=float, default=0.05,
+                        help="wall-clock seconds before an order is acknowledged and a cancel or replace "
+                             "completes (default 0.05; the simulated clock uses its next step)")
+    parser.add_argument("--cash-account", action="store_true",
+                        help="a long-only cash account (multiplier 1, no short sales; default: margin, "
+                             "multiplier 2, shorting enabled, as an Alpaca paper account)")
     parser.add_argument("--state-file", type=Path,
                         help="load state from this JSON file at start and keep saving to it")
     parser.add_argument("--pid-file", type=Path, help="write the process id here while running")
@@ -135,6 +144,9 @@ def serve(argv: Sequence[str]) -> int:
         price_simulation=not args.no_price_simulation,
         partial_fill_probability=args.partial_fill_probability,
         always_open=args.always_open,
+        instant=args.instant,
+        ack_latency=args.ack_latency,
+        account_type="cash" if args.cash_account else "margin",
     )
     state_file = StateFile(args.state_file, exchange) if args.state_file else None
     if state_file is not None:

@@ -13,6 +13,19 @@ Time: with ``simulated_clock=True`` the clock only moves through :meth:`advance`
 :meth:`set_time`; otherwise it follows the wall clock and catches up lazily on every call.
 Passing time steps the price simulation minute by minute, matches resting orders after
 each step, opens and closes sessions, and expires day orders at the close.
+
+Order life (the default, as at Alpaca): a new order is answered ``pending_new`` (``accepted``
+while the market is closed) and becomes ``new`` at the exchange's next matching pass once the
+acknowledgement latency has passed (on the simulated clock: at the next clock step or quote
+change); only then can it fill. A cancel is answered at once but the order passes through
+``pending_cancel`` (it can still fill meanwhile: the fill wins) and is ``canceled`` at the end
+of the next pass; the legs of a group follow their parent one pass later. A replace passes
+through ``pending_replace`` (the old order stops working) and completes at the next pass.
+``instant=True`` keeps the older behaviour (matching on submission, immediate cancels).
+
+The account is a margin account by default (Reg T, multiplier 2, shorting enabled); see
+:meth:`PaperExchange.get_account` for the buying-power rules. ``account_type="cash"`` gives a
+long-only cash account.
 """
 
 from __future__ import annotations
@@ -49,6 +62,9 @@ from .orders import (
     NEW,
     OPEN_LISTED_STATUSES,
     PARTIALLY_FILLED,
+    PENDING_CANCEL,
+    PENDING_NEW,
+    PENDING_REPLACE,
     REPLACEABLE_STATUSES,
     REPLACED,
     SUPPORTED_TIF,
@@ -89,6 +105,14 @@ MAX_ORDER_LIMIT = 500
 CALENDAR_FIRST = date(1970, 1, 1)
 CALENDAR_LAST = date(2029, 12, 31)
 ONE_MICROSECOND = timedelta(microseconds=1)
+#: Wall-clock time before a new order is acknowledged (``pending_new`` -> ``new``) and before
+#: a requested cancel or replace completes.
+DEFAULT_ACK_LATENCY_SECONDS = 0.05
+ACCOUNT_TYPES = ("margin", "cash")
+#: Reg T: 50% initial margin (so buying power is twice the excess equity), 30% maintenance.
+INITIAL_MARGIN_RATE = Decimal("0.5")
+MAINTENANCE_MARGIN_RATE = Decimal("0.3")
+MARGIN_MULTIPLIER = Decimal(2)
 
 
 class PaperExchange:
@@ -108,6 +132,12 @@ class PaperExchange:
             expire). Defaults to True with the wall clock, False with the simulated clock.
         annual_volatility: volatility of the random walk.
         history_days: trading days of synthesized minute-bar history before the start.
+        instant: the old, kinder order life: match on submission, cancel and replace at
+            once (no ``pending_new``/``pending_cancel``/``pending_replace``). Default False.
+        ack_latency: wall-clock seconds before an order is acknowledged and a cancel or
+            replace completes (default 0.05; the simulated clock uses its next pass).
+        account_type: ``"margin"`` (default: multiplier 2, short selling) or ``"cash"``
+            (multiplier 1, long only: a sell beyond the shares held is refused).
     """
 
     def __init__(
@@ -124,9 +154,19 @@ class PaperExchange:
         always_open: bool | None = None,
         annual_volatility: float = 0.30,
         history_days: int = 30,
+        instant: bool = False,
+        ack_latency: float = DEFAULT_ACK_LATENCY_SECONDS,
+        account_type: str = "margin",
     ) -> None:
         self._lock = threading.RLock()
         self.seed = seed
+        if account_type not in ACCOUNT_TYPES:
+            raise ValueError(f"account_type must be one of {ACCOUNT_TYPES}, not {account_type!r}")
+        if ack_latency < 0:
+            raise ValueError("ack_latency must be >= 0")
+        self.instant = instant
+        self.ack_latency = timedelta(seconds=ack_latency)
+        self.account_type = account_type
         self.simulated_clock = simulated_clock
         self.always_open = (not simulated_clock) if always_open is None else always_open
         self.starting_cash = to_decimal(starting_cash, "starting_cash")
@@ -170,6 +210,9 @@ class PaperExchange:
         self._last_stamp: datetime | None = None
         self._fill_rng = seeded_rng(f"{self.seed}:fills")
         self._last_reevaluation = self._now
+        # Orders with a pending step (pending_new, pending_cancel, pending_replace).
+        self._pending: dict[str, Order] = {}
+        self.last_maintenance_margin: Decimal = ZERO
 
     def _touch(self) -> None:
         self.revision += 1
@@ -212,6 +255,10 @@ class PaperExchange:
             target = utc_now()
             if target > self._now:
                 self._advance_to(target)
+            if self._pending:
+                due = sorted({o.symbol for o in self._pending.values() if self._is_due(o)})
+                for symbol in due:
+                    self._pass(symbol)
 
     def advance(self, seconds: float) -> dict[str, Any]:
         """Move the simulated clock forward by ``seconds``; return the clock."""
@@ -291,7 +338,7 @@ class PaperExchange:
             self._now = minute
             for symbol in self.market.step(minute):
                 if self._open_by_symbol.get(symbol):
-                    self._match_symbol(symbol)
+                    self._pass(symbol)
             minute += timedelta(minutes=1)
 
     def _on_open(self, moment: datetime) -> None:
@@ -326,6 +373,7 @@ class PaperExchange:
                     self._finish(order, CANCELED, moment)
         self.market.mark_close()
         self.last_equity = self._equity()
+        self.last_maintenance_margin = self._maintenance_margin()
 
     # ================================================================== order index
     def _open_orders(self) -> list[Order]:
@@ -342,6 +390,9 @@ class PaperExchange:
         """Move an order to a final status and drop it from the working book."""
         if order.is_final:
             return
+        if order.status == PENDING_REPLACE:
+            self._drop_replacement(order, moment)
+        self._pending.pop(order.id, None)
         order.status = status
         order.updated_at = moment
         if status == CANCELED:
@@ -382,34 +433,78 @@ class PaperExchange:
         return order
 
     # ================================================================== money views
-    def _reserved_shares(self, symbol: str, exclude: Order | None = None) -> Decimal:
-        """Shares held for open sell orders (held legs do not hold shares)."""
+    @property
+    def shorting_enabled(self) -> bool:
+        """Short sales are possible in the margin account only."""
+        return self.account_type == "margin"
+
+    def _reserves(self, order: Order, exclude: Order | None) -> bool:
+        """Whether an open order holds shares or buying power: held legs do not, nor does an
+        order being replaced (its pending replacement holds them instead)."""
+        return order is not exclude and order.live_status != HELD and order.status != PENDING_REPLACE
+
+    def _reserved_shares(self, symbol: str, exclude: Order | None = None, side: str = "sell") -> Decimal:
+        """Shares held for open orders of ``side`` (held legs do not hold shares): sells hold a
+        long position's shares, buys a short position's."""
         total = ZERO
         for order in self._open_by_symbol.get(symbol, {}).values():
-            if order.side == "sell" and order.status != HELD and order is not exclude:
+            if order.side == side and self._reserves(order, exclude):
                 total += order.remaining
         return total
 
     def _qty_available(self, symbol: str, exclude: Order | None = None) -> Decimal:
+        """Shares free for a closing order: long qty minus open sells, or (negative) short qty
+        plus open buys."""
         position = self._positions.get(symbol)
         held = position.qty if position else ZERO
+        if held < 0:
+            return held + self._reserved_shares(symbol, exclude, side="buy")
         return held - self._reserved_shares(symbol, exclude)
 
     def _reserved_cash(self, exclude: Order | None = None) -> Decimal:
-        """Notional held for open buy orders: remaining qty times the reservation price."""
+        """Notional held for open orders that open positions: remaining qty times the
+        reservation price (buys: limit, ask or stop; short sales: limit, stop or bid)."""
         total = ZERO
         for book in self._open_by_symbol.values():
             for order in book.values():
-                if order.side != "buy" or order.status == HELD or order is exclude:
+                if not order.opens_position or not self._reserves(order, exclude):
                     continue
-                price = fills.reservation_price(
-                    order, self.market.quote(order.symbol), self._last_price(order.symbol)
-                )
+                quote, last = self.market.quote(order.symbol), self._last_price(order.symbol)
+                if order.side == "buy":
+                    price = fills.reservation_price(order, quote, last)
+                else:
+                    price = fills.short_reservation_price(order, quote, last)
                 total += order.remaining * price
         return total
 
     def _buying_power(self, exclude: Order | None = None) -> Decimal:
-        return max(ZERO, self.cash - self._reserved_cash(exclude))
+        """Cash account: cash minus open buys. Margin account (Reg T, multiplier 2): twice the
+        equity above the initial margin (50% of the gross position value), minus open orders
+        that open positions."""
+        if self.account_type == "cash":
+            return max(ZERO, self.cash - self._reserved_cash(exclude))
+        excess = max(ZERO, self._equity() - self._initial_margin())
+        return max(ZERO, excess * MARGIN_MULTIPLIER - self._reserved_cash(exclude))
+
+    def _non_marginable_buying_power(self) -> Decimal:
+        if self.account_type == "cash":
+            return self._buying_power()
+        excess = max(ZERO, self._equity() - self._initial_margin())
+        return max(ZERO, excess - self._reserved_cash())
+
+    def _gross_position_value(self) -> Decimal:
+        long_value, short_value = self._market_values()
+        return long_value - short_value
+
+    def _initial_margin(self) -> Decimal:
+        if self.account_type == "cash":
+            return self._gross_position_value()
+        return self._gross_position_value() * INITIAL_MARGIN_RATE
+
+    def _maintenance_margin(self) -> Decimal:
+        if self.account_type == "cash":
+            return self._gross_position_value()
+        return self._gross_position_value() * MAINTENANCE_MARGIN_RATE
 
     def _last_price(self, symbol: str) -> Decimal | None:
         state = self.market.state(symbol)
@@ -419,15 +514,21 @@ class PaperExchange:
             return state.last_trade.price
         return self.market.current_price(symbol)
 
-    def _long_market_value(self) -> Decimal:
-        total = ZERO
+    def _market_values(self) -> tuple[Decimal, Decimal]:
+        """(long market value, short market value); the short value is negative."""
+        long_value = short_value = ZERO
         for symbol, position in self._positions.items():
             price = self.market.current_price(symbol)
-            total += position.qty * (price if price is not None else position.avg_entry_price)
-        return total
+            value = position.qty * (price if price is not None else position.avg_entry_price)
+            if value < 0:
+                short_value += value
+            else:
+                long_value += value
+        return long_value, short_value
 
     def _equity(self) -> Decimal:
-        return self.cash + self._long_market_value()
+        long_value, short_value = self._market_values()
+        return self.cash + long_value + short_value
 
     # ================================================================== submit
     def submit_order(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -467,6 +568,52 @@ class PaperExchange:
                 held_for_orders=fmt(self._reserved_shares(symbol, exclude)),
                 symbol=symbol,
             )
+
+    def _check_cover(self, symbol: str, qty: Decimal, exclude: Order | None = None) -> None:
+        """A buy on a short position may cover at most the shares not yet covered by open
+        buys; buying beyond the short (a flip to long in one order) is refused like a sell
+        beyond a long."""
+        position = self._positions.get(symbol)
+        short = -position.qty if position else ZERO
+        reserved = self._reserved_shares(symbol, exclude, side="buy")
+        available = max(short - reserved, ZERO)
+        if qty > available:
+            raise forbidden(
+                f"insufficient qty available for order (requested: {fmt(qty)}, available: {fmt(available)})",
+                available=fmt(available),
+                existing_qty=fmt(-short),
+                held_for_orders=fmt(reserved),
+                symbol=symbol,
+            )
+
+    def _position_intent(self, symbol: str, side: str, qty: Decimal, exclude: Order | None = None) -> str:
+        """What an order does to the position, checking the shares it may trade.
+
+        Sells on a long position (and every sell in a cash account) must fit the free shares
+        (403 otherwise; so a sell that would flip long to short is refused, as at Alpaca).
+        With shorting enabled, a sell with no long position opens or increases a short (whole
+        shares only). A buy on a short position covers it (up to the uncovered shares).
+        """
+        position = self._positions.get(symbol)
+        held = position.qty if position else ZERO
+        if side == "sell":
+            if held > 0 or not self.shorting_enabled:
+                self._check_sell(symbol, qty, exclude)
+                return "sell_to_close"
+            if qty != qty.to_integral_value():
+                raise forbidden("fractional orders cannot be sold short", symbol=symbol)
+            return "sell_to_open"
+        if held < 0:
+            self._check_cover(symbol, qty, exclude)
+            return "buy_to_close"
+        return "buy_to_open"
+
+    def _opening_cost(self, order: Order) -> Decimal:
+        """Buying power an opening order needs: qty times its reservation price."""
+        quote, last = self.market.quote(order.symbol), self._last_price(order.symbol)
+        if order.side == "buy":
+            return order.qty * fills.reservation_price(order, quote, last)
+        return order.qty * fills.short_reservation_price(order, quote, last)
 
     def _check_buying_power(self, cost: Decimal, exclude: Order | None = None) -> None:
         buying_power = self._buying_power(exclude)
@@ -515,16 +662,15 @@ class PaperExchange:
             qty=spec.qty, created_at=self._now, submitted_at=self._now, updated_at=self._now,
             status=NEW, seq=0, limit_price=spec.limit_price, stop_price=spec.stop_price,
         )
-        if spec.side == "sell":
-            self._check_sell(spec.symbol, spec.qty, exclude=replaces)
-        else:
-            price = fills.reservation_price(probe, quote, self._last_price(spec.symbol))
-            self._check_buying_power(spec.qty * price, exclude=replaces)
+        probe.position_intent = self._position_intent(spec.symbol, spec.side, spec.qty, exclude=replaces)
+        if probe.opens_position:
+            self._check_buying_power(self._opening_cost(probe), exclude=replaces)
 
         stamp = self._stamp()
         now = stamp
         session_day, expires_at = self._session_fields(spec.time_in_force, stamp)
-        status = NEW if self._market_open() else ACCEPTED
+        # Closed market: accepted (new at the open). Open: pending_new until acknowledged.
+        status = ACCEPTED if not self._market_open() else NEW if self.instant else PENDING_NEW
         self._seq += 1
         parent = Order(
             id=new_order_id(),
@@ -547,7 +693,10 @@ class PaperExchange:
             trail_percent=spec.trail_percent,
             session_day=session_day,
             expires_at=expires_at,
+            position_intent=probe.position_intent,
         )
+        if status == PENDING_NEW:
+            parent.pending_due = self._due()
         if spec.type == "trailing_stop" and quote is not None:
             fills.update_trailing_stop(parent, quote)
         legs: list[Order] = []
@@ -563,7 +712,9 @@ class PaperExchange:
         self._add_order(parent)
         for leg in legs:
             self._add_order(leg)
-        if self._market_open():
+        if parent.status == PENDING_NEW:
+            self._pending[parent.id] = parent
+        if self.instant and self._market_open():
             # The quote did not change: only the new orders can have become marketable.
             self._match_symbol(spec.symbol, only={parent.id, *(leg.id for leg in legs)})
         return parent, legs
@@ -593,16 +744,84 @@ class PaperExchange:
             parent_id=parent.id,
             leg_role=spec.role,
             activated=activated,
+            # Exits close what the entry opens; an OCO's legs close like the OCO itself.
+            position_intent=(parent.position_intent if parent.order_class == "oco"
+                             else ("sell_to_close" if side == "sell" else "buy_to_close")),
         )
         parent.leg_ids.append(leg.id)
         return leg
 
+    # ================================================================== pending steps
+    def _due(self) -> datetime | None:
+        """When a pending step (acknowledgement, cancel, replace) may complete: after the
+        latency on the wall clock; at the next pass on the simulated clock (None)."""
+        if self.simulated_clock:
+            return None
+        return self._now + self.ack_latency
+
+    def _is_due(self, order: Order) -> bool:
+        return order.pending_due is None or order.pending_due <= self._now
+
+    def _set_live_status(self, order: Order, status: str) -> None:
+        """Set a working status; an order with a pending cancel keeps showing
+        ``pending_cancel`` and remembers the status it works under."""
+        if order.status == PENDING_CANCEL:
+            order.prior_status = status
+        else:
+            order.status = status
+
+    def _pass(self, symbol: str) -> None:
+        """One matching pass of ``symbol``: due acknowledgements and replaces complete, the
+        working orders match against the quote, then due cancels complete (so a fill that
+        lands before the cancel completes wins the race, as at Alpaca)."""
+        if self._pending:
+            self._settle_new(symbol)
+        self._match_symbol(symbol)
+        if self._pending:
+            self._settle_cancels(symbol)
+
+    def _settle_new(self, symbol: str) -> None:
+        moment = self._event_time()
+        for order in sorted(self._pending.values(), key=lambda o: o.seq):
+            if order.symbol != symbol or not self._is_due(order):
+                continue
+            if order.status == PENDING_NEW:
+                self._pending.pop(order.id, None)
+                order.status = NEW if self._market_open() else ACCEPTED
+                order.updated_at = moment
+            elif order.status == PENDING_REPLACE:
+                self._complete_replace(order, moment)
+
+    def _settle_cancels(self, symbol: str) -> None:
+        moment = self._event_time()
+        ready = [
+            o for o in self._pending.values()
+            if o.symbol == symbol and o.status == PENDING_CANCEL and self._is_due(o)
+            # Legs follow their parent: they complete at a pass after the parent's cancel.
+            and (o.parent_id is None or self._orders[o.parent_id].is_final)
+        ]
+        for order in ready:
+            self._finish(order, CANCELED, moment)
+
+    def _request_cancel(self, order: Order) -> None:
+        if order.is_final or order.status == PENDING_CANCEL:
+            return
+        if order.status == PENDING_REPLACE:
+            # A cancel arriving while a replace is pending applies to the replacement.
+            replacement = self._complete_replace(order, self._event_time())
+            if replacement is not None:
+                self._request_cancel(replacement)
+            return
+        order.prior_status = order.status
+        order.status = PENDING_CANCEL
+        order.pending_due = self._due()
+        order.updated_at = self._event_time()
+        self._pending[order.id] = order
+
     # ================================================================== matching
     def _match_all(self) -> None:
-        if not self._market_open():
-            return
         for symbol in [s for s, book in self._open_by_symbol.items() if book]:
-            self._match_symbol(symbol)
+            self._pass(symbol)
 
     def _match_symbol(self, symbol: str, only: set[str] | None = None) -> None:
         """Evaluate the working orders of ``symbol`` once against the current quote.
@@ -643,7 +862,8 @@ class PaperExchange:
     def _evaluate(self, order: Order, quote: Quote) -> bool:
         if order.is_final:
             return False
-        if order.status == HELD:
+        status = order.live_status if order.status == PENDING_CANCEL else order.status
+        if status == HELD:
             # A bracket/OCO stop-loss waits in `held` but is still watched: the broker
             # elects it when the quote reaches the stop, then the take-profit goes away.
             if not (order.activated and order.leg_role == "stop_loss"):
@@ -651,7 +871,7 @@ class PaperExchange:
             if not fills.stop_reached(order, quote):
                 return False
             self._elect_stop(order)
-        elif order.status not in WORKING_STATUSES:
+        elif status not in WORKING_STATUSES:
             return False
         price = fills.execution_price(order, quote)
         if price is None:
@@ -666,15 +886,18 @@ class PaperExchange:
         for sibling in self._exits(stop):
             if sibling is not stop:
                 self._finish(sibling, CANCELED, self._event_time())
-        stop.status = NEW
+        self._set_live_status(stop, NEW)
         stop.triggered = True
         stop.updated_at = self._event_time()
 
     def _fill_quantity(self, order: Order) -> Decimal:
         remaining = order.remaining
-        if order.side == "sell":
+        if not order.opens_position:
+            # A closing order never sells (or covers) more than the position still holds.
             position = self._positions.get(order.symbol)
-            remaining = min(remaining, position.qty if position else ZERO)
+            held = position.qty if position else ZERO
+            closable = held if order.side == "sell" else -held
+            remaining = min(remaining, max(closable, ZERO))
         probability = self.partial_fill_probability
         if probability <= 0 or remaining < 2 or self._fill_rng.random() >= probability:
             return remaining
@@ -684,19 +907,18 @@ class PaperExchange:
     def _execute(self, order: Order, qty: Decimal, price: Decimal) -> None:
         now = self._event_time()
         notional = qty * price
+        position = self._positions.get(order.symbol)
+        if position is None:
+            position = Position(order.symbol, ZERO, ZERO, now)
+            self._positions[order.symbol] = position
         if order.side == "buy":
-            position = self._positions.get(order.symbol)
-            if position is None:
-                position = Position(order.symbol, ZERO, ZERO, now)
-                self._positions[order.symbol] = position
-            position.buy(qty, price)
+            position.buy(qty, price, now)
             self.cash -= cents(notional)
         else:
-            position = self._positions[order.symbol]
-            position.sell(qty)
-            if position.qty == 0:
-                del self._positions[order.symbol]
+            position.sell(qty, price, now)
             self.cash += cents(notional)
+        if position.qty == 0:
+            del self._positions[order.symbol]
         order.filled_qty += qty
         order.filled_notional += notional
         order.updated_at = now
@@ -704,13 +926,15 @@ class PaperExchange:
         self.market.record_fill(order.symbol, price, qty, now)
         log.debug("fill %s %s %s %s @ %s", order.id, order.side, fmt(qty), order.symbol, price)
         if order.filled_qty >= order.qty:
+            # A fill that lands while a cancel is pending wins: the order ends filled.
+            self._pending.pop(order.id, None)
             order.status = FILLED
             order.filled_at = now
             book = self._open_by_symbol.get(order.symbol)
             if book is not None:
                 book.pop(order.id, None)
         else:
-            order.status = PARTIALLY_FILLED
+            self._set_live_status(order, PARTIALLY_FILLED)
         self._after_fill(order)
 
     def _after_fill(self, order: Order) -> None:
@@ -742,29 +966,47 @@ class PaperExchange:
             leg.updated_at = self._event_time()
             if entry.order_class == "bracket" and leg.leg_role == "stop_loss":
                 continue
-            leg.status = NEW
+            self._set_live_status(leg, NEW)
 
     # ================================================================== cancel / replace
     def cancel_order(self, order_id: str) -> None:
-        """``DELETE /v2/orders/{id}``: cancel the order and the rest of its group."""
+        """``DELETE /v2/orders/{id}``: cancel the order and the rest of its group.
+
+        Asynchronous by default: the members go ``pending_cancel`` (a repeated request is
+        accepted again) and complete at the next pass, unless a fill wins the race.
+        """
         with self._lock:
             self._sync()
             order = self._get(order_id)
             if order.is_final:
                 raise unprocessable("order is not cancelable")
+            if order.status == PENDING_NEW and order.becomes is not None:
+                # A pending replacement: the replace completes first, then its group is canceled.
+                old = self._orders.get(order.replaces or "")
+                if old is not None and old.status == PENDING_REPLACE:
+                    self._complete_replace(old, self._event_time())
             for member in self._group(order):
-                self._finish(member, CANCELED, self._event_time())
+                if self.instant:
+                    self._finish(member, CANCELED, self._event_time())
+                else:
+                    self._request_cancel(member)
             self._touch()
 
     def cancel_all_orders(self) -> list[dict[str, Any]]:
-        """``DELETE /v2/orders``: cancel every open order; 207 items ``{id, status, body}``."""
+        """``DELETE /v2/orders``: cancel every open order; 207 items ``{id, status, body}``
+        (the bodies show ``pending_cancel`` unless the exchange is instant)."""
         with self._lock:
             self._sync()
             result = []
             for order in list(self._order_list):
-                if order.is_final:
+                if order.is_final or order.status == PENDING_CANCEL:
                     continue
-                self._finish(order, CANCELED, self._event_time())
+                if self.instant:
+                    self._finish(order, CANCELED, self._event_time())
+                else:
+                    self._request_cancel(order)
+                    if order.is_final or order.status != PENDING_CANCEL:
+                        continue  # a pending replacement: canceled through its own entry
                 result.append({"id": order.id, "status": 200, "body": order.to_json()})
             self._touch()
             return result
@@ -833,14 +1075,14 @@ class PaperExchange:
             created_at=self._now, submitted_at=self._now, updated_at=self._now, status=NEW,
             seq=0, limit_price=limit_price, stop_price=stop_price,
         )
+        probe.position_intent = old.position_intent
         if old.status != HELD:
-            if old.side == "sell":
+            if probe.opens_position:
+                self._check_buying_power(self._opening_cost(probe), exclude=old)
+            elif old.side == "sell":
                 self._check_sell(old.symbol, qty, exclude=old)
             else:
-                price = fills.reservation_price(
-                    probe, self.market.quote(old.symbol), self._last_price(old.symbol)
-                )
-                self._check_buying_power(qty * price, exclude=old)
+                self._check_cover(old.symbol, qty, exclude=old)
         stamp = self._stamp()
         now = stamp
         self._seq += 1
@@ -861,6 +1103,7 @@ class PaperExchange:
             submitted_at=stamp,
             updated_at=now,
             status=old.status if old.status == HELD else (NEW if self._market_open() else ACCEPTED),
+            position_intent=old.position_intent,
             seq=self._seq,
             limit_price=limit_price,
             stop_price=stop_price,
@@ -881,9 +1124,56 @@ class PaperExchange:
             quote = self.market.quote(new.symbol)
             if quote is not None:
                 fills.update_trailing_stop(new, quote)
+        if not self.instant:
+            # Alpaca: the old order is pending_replace (it stops working) until the replace
+            # completes at the next pass; the replacement waits in pending_new until then.
+            new.becomes = new.status
+            new.status = PENDING_NEW
+            old.prior_status = old.status
+            old.status = PENDING_REPLACE
+            old.replacement_id = new.id
+            old.pending_due = self._due()
+            old.updated_at = now
+            self._add_order(new)
+            self._pending[old.id] = old
+            return new
+        self._link_replacement(old, new, now)
+        if self._market_open():
+            self._match_symbol(new.symbol, only={new.id})
+        return new
+
+    def _complete_replace(self, old: Order, moment: datetime) -> Order | None:
+        """The pending replace of ``old`` completes: ``old`` is ``replaced``, its replacement
+        takes its place in the group and starts working."""
+        new = self._orders.get(old.replacement_id or "")
+        self._pending.pop(old.id, None)
+        old.status = old.prior_status or NEW
+        old.prior_status = None
+        if new is None or new.is_final:
+            return None
+        status = new.becomes or NEW
+        if status != HELD:
+            status = NEW if self._market_open() else ACCEPTED
+        new.status, new.becomes = status, None
+        new.updated_at = moment
+        self._link_replacement(old, new, moment)
+        return new
+
+    def _drop_replacement(self, old: Order, moment: datetime) -> None:
+        """``old`` ended (filled by a sibling's rule, expired) while its replace was pending:
+        the replacement never starts."""
+        new = self._orders.get(old.replacement_id or "")
+        old.status = old.prior_status or NEW
+        if new is not None and not new.is_final:
+            new.becomes = None
+            self._finish(new, CANCELED, moment)
+
+    def _link_replacement(self, old: Order, new: Order, now: datetime) -> None:
+        """``old`` becomes ``replaced`` by ``new``, which takes its place in the group."""
         self._finish(old, REPLACED, now)
         old.replaced_by = new.id
-        self._add_order(new)
+        if new.id not in self._orders:
+            self._add_order(new)
         if old.parent_id:
             parent = self._orders[old.parent_id]
             parent.leg_ids = [new.id if i == old.id else i for i in parent.leg_ids]
@@ -891,9 +1181,6 @@ class PaperExchange:
             leg.parent_id = new.id
             if not leg.activated and leg.qty != new.qty:
                 leg.qty = new.qty
-        if self._market_open():
-            self._match_symbol(new.symbol, only={new.id})
-        return new
 
     # ================================================================== queries
     def get_order(self, order_id: str, nested: bool = False) -> dict[str, Any]:
@@ -996,7 +1283,8 @@ class PaperExchange:
     def close_position(
         self, symbol_or_id: str, qty: Any = None, percentage: Any = None
     ) -> dict[str, Any]:
-        """``DELETE /v2/positions/{symbol}``: a market sell for all, ``qty`` or ``percentage``."""
+        """``DELETE /v2/positions/{symbol}``: a market order that closes all, ``qty`` or
+        ``percentage`` of the position (a sell for a long, a buy to cover for a short)."""
         with self._lock:
             self._sync()
             order = self._close(self._find_position(symbol_or_id), qty, percentage)
@@ -1006,22 +1294,23 @@ class PaperExchange:
     def _close(self, position: Position, qty: Any, percentage: Any) -> Order:
         if qty is not None and percentage is not None:
             raise unprocessable("only one of qty or percentage may be given")
-        amount = position.qty
+        held = abs(position.qty)
+        amount = held
         if qty is not None:
             amount = to_decimal(qty, "qty")
             if amount <= 0:
                 raise unprocessable("qty must be > 0")
-            if amount > position.qty:
+            if amount > held:
                 raise forbidden(
                     f"insufficient qty available for order (requested: {fmt(amount)}, "
-                    f"available: {fmt(position.qty)})"
+                    f"available: {fmt(held)})"
                 )
         elif percentage is not None:
             pct = to_decimal(percentage, "percentage")
             if not ZERO < pct <= 100:
                 raise unprocessable("percentage must be > 0 and <= 100")
-            amount = position.qty * pct / 100
-            if position.qty == position.qty.to_integral_value():
+            amount = held * pct / 100
+            if held == held.to_integral_value():
                 # Fractions are only sold when the position itself is fractional.
                 amount = amount.to_integral_value(rounding=ROUND_FLOOR)
             if amount <= 0:
@@ -1029,7 +1318,7 @@ class PaperExchange:
         spec = OrderSpec(
             symbol=position.symbol,
             qty=amount,
-            side="sell",
+            side="buy" if position.qty < 0 else "sell",
             type="market",
             time_in_force="day",
             order_class="simple",
@@ -1039,7 +1328,10 @@ class PaperExchange:
         return order
 
     def close_all_positions(self, cancel_orders: bool = False) -> list[dict[str, Any]]:
-        """``DELETE /v2/positions``: 207 items ``{symbol, status, body}``."""
+        """``DELETE /v2/positions``: 207 items ``{symbol, status, body}``.
+
+        With ``cancel_orders`` the open orders are canceled at once (no ``pending_cancel``),
+        so the closing orders never meet shares still held by them."""
         with self._lock:
             self._sync()
             if cancel_orders:
@@ -1060,15 +1352,22 @@ class PaperExchange:
 
     # ================================================================== account, clock, calendar
     def get_account(self) -> dict[str, Any]:
-        """``GET /v2/account``: a cash account (multiplier 1, no shorting).
+        """``GET /v2/account``.
 
-        ``buying_power`` is cash minus the notional reserved by open buy orders.
+        Margin account (the default, like an Alpaca paper account): ``multiplier`` "2",
+        ``shorting_enabled`` true; ``initial_margin`` is 50% and ``maintenance_margin`` 30% of
+        the gross position value (long plus absolute short market value); ``buying_power`` =
+        ``regt_buying_power`` = max(equity - initial_margin, 0) x 2, minus the notional held by
+        open orders that open positions (Alpaca's rule for multiplier 2);
+        ``non_marginable_buying_power`` is the same at 1x. Cash account: multiplier "1", no
+        shorting, buying power = cash minus the notional held by open buy orders.
         """
         with self._lock:
             self._sync()
-            long_value = self._long_market_value()
-            equity = self.cash + long_value
+            long_value, short_value = self._market_values()
+            equity = self.cash + long_value + short_value
             buying_power = self._buying_power()
+            margin = self.account_type == "margin"
             previous = self.calendar.previous_session(self._now)
             return {
                 "id": self.account_id,
@@ -1078,8 +1377,8 @@ class PaperExchange:
                 "currency": "USD",
                 "buying_power": fmt_money(buying_power),
                 "regt_buying_power": fmt_money(buying_power),
-                "non_marginable_buying_power": fmt_money(buying_power),
-                "options_buying_power": fmt_money(buying_power),
+                "non_marginable_buying_power": fmt_money(self._non_marginable_buying_power()),
+                "options_buying_power": fmt_money(self._non_marginable_buying_power()),
                 "cash": fmt_money(self.cash),
                 "accrued_fees": "0",
                 "pending_transfer_in": "0",
@@ -1088,14 +1387,14 @@ class PaperExchange:
                 "equity": fmt_money(equity),
                 "last_equity": fmt_money(self.last_equity),
                 "long_market_value": fmt_money(long_value),
-                "short_market_value": "0",
-                "position_market_value": fmt_money(long_value),
-                "initial_margin": fmt_money(long_value),
-                "maintenance_margin": fmt_money(long_value),
-                "last_maintenance_margin": "0",
+                "short_market_value": fmt_money(short_value),
+                "position_market_value": fmt_money(long_value - short_value),
+                "initial_margin": fmt_money(self._initial_margin()),
+                "maintenance_margin": fmt_money(self._maintenance_margin()),
+                "last_maintenance_margin": fmt_money(self.last_maintenance_margin),
                 "sma": "0",
-                "multiplier": "1",
-                "shorting_enabled": False,
+                "multiplier": "2" if margin else "1",
+                "shorting_enabled": self.shorting_enabled,
                 "trading_blocked": False,
                 "transfers_blocked": False,
                 "account_blocked": False,
@@ -1289,7 +1588,7 @@ class PaperExchange:
                 quote = self.market.set_quote(symbol, bid, ask, self._now, bid_size=sizes[0], ask_size=sizes[1])
                 result[symbol] = {"bid": fmt(quote.bid), "ask": fmt(quote.ask), "manual": True}
             for symbol, *_ in parsed:
-                self._match_symbol(symbol)
+                self._pass(symbol)
             self._touch()
             return {"quotes": result}
 
@@ -1341,6 +1640,8 @@ class PaperExchange:
                 "clock": self._clock_json(),
                 "simulated_clock": self.simulated_clock,
                 "always_open": self.always_open,
+                "instant": self.instant,
+                "account_type": self.account_type,
                 "cash": fmt_money(self.cash),
                 "equity": fmt_money(self._equity()),
                 "buying_power": fmt_money(self._buying_power()),
@@ -1369,6 +1670,7 @@ class PaperExchange:
                 "starting_cash": str(self.starting_cash),
                 "cash": str(self.cash),
                 "last_equity": str(self.last_equity),
+                "last_maintenance_margin": str(self.last_maintenance_margin),
                 "account_id": self.account_id,
                 "account_number": self.account_number,
                 "account_created_at": iso_utc(self.account_created_at),
@@ -1391,6 +1693,7 @@ class PaperExchange:
             self._init_book()
             self.cash = Decimal(data["cash"])
             self.last_equity = Decimal(data["last_equity"])
+            self.last_maintenance_margin = Decimal(data.get("last_maintenance_margin", "0"))
             self.account_created_at = parse_timestamp(data["account_created_at"])
             self.account_id = str(data.get("account_id", self.account_id))
             self.account_number = str(data.get("account_number", self.account_number))
@@ -1408,6 +1711,10 @@ class PaperExchange:
                 self._by_client_id[order.client_order_id] = order.id
                 if not order.is_final:
                     self._open_by_symbol.setdefault(order.symbol, {})[order.id] = order
+                if order.status in (PENDING_CANCEL, PENDING_REPLACE) or (
+                    order.status == PENDING_NEW and order.becomes is None
+                ):
+                    self._pending[order.id] = order
             for raw in data["positions"]:
                 position = Position.from_state(raw)
                 self._positions[position.symbol] = position

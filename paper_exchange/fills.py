@@ -90,3 +90,13 @@ def reservation_price(order: Order, quote: Quote | None, fallback: Decimal | Non
         return order.limit_price
     candidates = [p for p in (ask, order.stop_price) if p is not None]
     return max(candidates) if candidates else Decimal(0)
+
+
+def short_reservation_price(order: Order, quote: Quote | None, fallback: Decimal | None) -> Decimal:
+    """Price per share a short sale reserves from buying power: its limit (or stop) price,
+    else the bid (or the last price)."""
+    bid = quote.bid if quote is not None and quote.bid > 0 else fallback
+    for price in (order.limit_price, order.stop_price, bid):
+        if price is not None:
+            return price
+    return Decimal(0)

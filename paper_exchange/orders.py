@@ -29,10 +29,16 @@ REPLACED = "replaced"
 REJECTED = "rejected"
 ACCEPTED = "accepted"
 HELD = "held"
+# The asynchronous steps of an order's life (see the engine's "Order life" notes).
+PENDING_NEW = "pending_new"
+PENDING_CANCEL = "pending_cancel"
+PENDING_REPLACE = "pending_replace"
 
 FINAL_STATUSES = frozenset({FILLED, CANCELED, EXPIRED, REPLACED, REJECTED})
 # Listed by GET /v2/orders?status=open. Held legs are left out, as Alpaca does (observed).
-OPEN_LISTED_STATUSES = frozenset({NEW, PARTIALLY_FILLED, ACCEPTED, "pending_new", "done_for_day"})
+OPEN_LISTED_STATUSES = frozenset(
+    {NEW, PARTIALLY_FILLED, ACCEPTED, PENDING_NEW, PENDING_CANCEL, PENDING_REPLACE, "done_for_day"}
+)
 WORKING_STATUSES = frozenset({NEW, PARTIALLY_FILLED})
 REPLACEABLE_STATUSES = frozenset({NEW, PARTIALLY_FILLED, HELD})
 
@@ -85,6 +91,33 @@ class Order:
     activated: bool = False  # legs: the entry has completely filled
     triggered: bool = False  # stop / stop_limit / trailing_stop: elected
     last_fill_at: datetime | None = None
+    # Asynchronous life: the status a pending_cancel / pending_replace order had before the
+    # request (a pending cancel keeps working as before, so a fill can still win the race),
+    # the status a pending replacement takes when the replace completes, and when the
+    # pending step is due (None: at the next matching pass).
+    prior_status: str | None = None
+    becomes: str | None = None
+    pending_due: datetime | None = None
+    replacement_id: str | None = None
+    # buy_to_open | buy_to_close | sell_to_open (a short sale) | sell_to_close; "" = legacy.
+    position_intent: str = ""
+
+    @property
+    def live_status(self) -> str:
+        """The status matching and reservations act on: a pending cancel works as before it
+        was requested; a pending replacement as what it will become."""
+        if self.status == PENDING_CANCEL and self.prior_status:
+            return self.prior_status
+        if self.status == PENDING_NEW and self.becomes:
+            return self.becomes
+        return self.status
+
+    @property
+    def opens_position(self) -> bool:
+        """True for orders that open or increase a position (they need buying power)."""
+        if self.position_intent:
+            return self.position_intent.endswith("_open")
+        return self.side == "buy"
 
     @property
     def remaining(self) -> Decimal:
@@ -131,7 +164,8 @@ class Order:
             "order_type": self.type,
             "type": self.type,
             "side": self.side,
-            "position_intent": "buy_to_open" if self.side == "buy" else "sell_to_close",
+            "position_intent": self.position_intent
+            or ("buy_to_open" if self.side == "buy" else "sell_to_close"),
             "time_in_force": self.time_in_force,
             "limit_price": _num(self.limit_price),
             "stop_price": _num(self.stop_price),

@@ -1,4 +1,8 @@
-"""Positions: average-cost bookkeeping of long holdings and their Alpaca JSON form."""
+"""Positions: average-cost bookkeeping of long and short holdings and their Alpaca JSON form.
+
+A short position has a negative ``qty`` and a negative ``cost_basis`` (qty x average entry
+price, as Alpaca shows it), so ``market_value - cost_basis`` is the unrealized P/L either way.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ RATIO_PLACES = Decimal("1e-16")
 
 @dataclass
 class Position:
-    """A long position: quantity and total cost basis (average-cost method)."""
+    """A position: signed quantity and signed total cost basis (average-cost method)."""
 
     symbol: str
     qty: Decimal
@@ -25,22 +29,43 @@ class Position:
 
     @property
     def avg_entry_price(self) -> Decimal:
-        """Cost basis per share."""
+        """Cost basis per share (positive for longs and shorts)."""
         return self.cost_basis / self.qty if self.qty else ZERO
 
-    def buy(self, qty: Decimal, price: Decimal) -> None:
-        """Add shares bought at ``price``."""
-        self.qty += qty
-        self.cost_basis += qty * price
+    @property
+    def side(self) -> str:
+        """``long`` or ``short``."""
+        return "short" if self.qty < 0 else "long"
 
-    def sell(self, qty: Decimal) -> None:
-        """Remove shares; the cost basis shrinks at the average entry price."""
-        if qty >= self.qty:
-            self.qty = ZERO
-            self.cost_basis = ZERO
+    def buy(self, qty: Decimal, price: Decimal, moment: datetime | None = None) -> None:
+        """Shares bought at ``price``: add to a long, or cover a short (a cover beyond the
+        short opens a long at ``price``; the engine refuses such orders, this keeps the
+        books right if one fills anyway)."""
+        self._trade(qty, price, moment)
+
+    def sell(self, qty: Decimal, price: Decimal, moment: datetime | None = None) -> None:
+        """Shares sold at ``price``: reduce a long (the cost basis shrinks at the average
+        entry price), or open/increase a short."""
+        self._trade(-qty, price, moment)
+
+    def _trade(self, signed: Decimal, price: Decimal, moment: datetime | None) -> None:
+        if self.qty == 0 or (self.qty > 0) == (signed > 0):
+            self.qty += signed
+            self.cost_basis += signed * price
             return
-        self.cost_basis -= self.avg_entry_price * qty
-        self.qty -= qty
+        closing = min(abs(signed), abs(self.qty))
+        direction = Decimal(1) if signed > 0 else Decimal(-1)
+        if closing == abs(self.qty):
+            self.qty, self.cost_basis = ZERO, ZERO
+        else:
+            self.cost_basis += direction * closing * self.avg_entry_price
+            self.qty += direction * closing
+        rest = abs(signed) - closing
+        if rest > 0:  # flipped through zero: the rest opens the other side at this price
+            self.qty = direction * rest
+            self.cost_basis = direction * rest * price
+            if moment is not None:
+                self.opened_at = moment
 
     def to_json(
         self,
@@ -54,12 +79,12 @@ class Position:
         price = current_price if current_price is not None else self.avg_entry_price
         market_value = self.qty * price
         unrealized = market_value - self.cost_basis
-        plpc = unrealized / self.cost_basis if self.cost_basis else ZERO
+        plpc = unrealized / abs(self.cost_basis) if self.cost_basis else ZERO
         if opened_today or lastday_price <= 0:
             intraday, intraday_pc = unrealized, plpc
         else:
             intraday = self.qty * (price - lastday_price)
-            intraday_pc = intraday / (self.qty * lastday_price)
+            intraday_pc = intraday / abs(self.qty * lastday_price)
         change = (price - lastday_price) / lastday_price if lastday_price > 0 else ZERO
         return {
             "asset_id": asset_id(self.symbol),
@@ -68,9 +93,10 @@ class Position:
             "asset_class": "us_equity",
             "asset_marginable": True,
             "qty": fmt(self.qty),
-            "qty_available": fmt(max(qty_available, ZERO)),
+            # Shorts show a negative qty_available, as Alpaca does.
+            "qty_available": fmt(max(qty_available, ZERO) if self.qty > 0 else min(qty_available, ZERO)),
             "avg_entry_price": fmt_price(self.avg_entry_price),
-            "side": "long",
+            "side": self.side,
             "market_value": fmt_money(market_value),
             "cost_basis": fmt_money(self.cost_basis),
             "unrealized_pl": fmt_money(unrealized),

@@ -41,13 +41,14 @@ class Asset:
             "status": self.status,
             "tradable": self.tradable,
             "marginable": True,
-            "shortable": False,
-            "easy_to_borrow": False,
-            "borrow_status": "hard_to_borrow",
+            # Shortable in a margin account (the exchange's default), as liquid names are at Alpaca.
+            "shortable": True,
+            "easy_to_borrow": True,
+            "borrow_status": "easy_to_borrow",
             "fractionable": True,
             "maintenance_margin_requirement": 30,
             "margin_requirement_long": "30",
-            "margin_requirement_short": "100",
+            "margin_requirement_short": "30",
             "attributes": [],
         }
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import os
 import re
 import sys
@@ -61,7 +62,7 @@ from config import (
 from db_layer import TradingDB
 from paper_exchange import PaperExchange, start_server
 from paper_exchange.calendar import NyseCalendar
-from scheduler import JobRunner, JobSpec, TradingCalendar, build_job_table, fire_times
+from scheduler import PROGRAMS, JobRunner, JobSpec, TradingCalendar, build_job_table, fire_times
 from scripts.health_check import run_checks
 from trading import schema
 from trading.errors import TradingError
@@ -304,7 +305,13 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
                 for line in changes:
                     write(f"{'':>10}{line}")
 
-        runner = JobRunner(settings, broker, calendar, clock=exchange.now, on_result=progress)
+        # The exchange is as asynchronous as Alpaca (orders answered pending_new, cancels pending_cancel):
+        # a program's wait for a cancel or a fill passes the simulated clock instead of real time.
+        def sleep(seconds: float) -> None:
+            exchange.advance(seconds)
+
+        programs = {name: functools.partial(factory, sleep=sleep) for name, factory in PROGRAMS.items()}
+        runner = JobRunner(settings, broker, calendar, clock=exchange.now, on_result=progress, programs=programs)
         session = calendar.session(day)
         assert session is not None
         write(f"Simulated trading day {calendar.describe(day)}, seed {seed}, database {postgres.dbname}")

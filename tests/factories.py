@@ -93,6 +93,18 @@ class ExchangeAdmin:
     def clock(self, now: str | None = None, *, advance_seconds: float | None = None) -> Any:
         return self._post("/admin/clock", {"now": now} if now else {"advance_seconds": advance_seconds})
 
+    def step(self) -> Any:
+        """One matching pass without moving the simulated clock: new orders are acknowledged
+        (and may fill), requested cancels and replaces complete (legs one pass after their parent)."""
+        return self.clock(advance_seconds=0)
+
+    def sleeper(self) -> Any:
+        """A ``sleep`` for the programs that passes the simulated clock instead of real time, so a
+        cancel the program waits for completes at the exchange as it would at Alpaca."""
+        def sleep(seconds: float) -> None:
+            self.clock(advance_seconds=seconds)
+        return sleep
+
     def fault(self, **rule: Any) -> Any:
         return self._post("/admin/faults", rule)
 

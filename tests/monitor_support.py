@@ -7,7 +7,9 @@ through a separate ``AlpacaBroker`` so the monitor's call counts are not disturb
 - every POSITION trade has one ``position_tracking`` row, and protecting STOP_LOSS rows whose
   remaining quantity (qty - filled_qty) equals the position's quantity; the position points at
   one of those stops;
-- the exchange holds exactly the shares the database says, per symbol, and never a short position;
+- the exchange holds exactly the shares the database says, per symbol, and never a short position
+  (the exchange is a margin account like Alpaca paper: a sell beyond the shares held would open a
+  short there, so this check catches every oversell);
 - the exchange's open sell orders for a symbol cover exactly the position: one stop (held or
   working) for every share, order groups that together never cover more than the position,
   and working (non-``held``) sells that never exceed the shares held;
@@ -40,20 +42,31 @@ STOP_KINDS = ("stop", "stop_limit", "trailing_stop")
 
 def run_monitor(db: Any, broker: AlpacaBroker, settings: Settings | None = None, *, check: bool = True,
                 waiting: Iterable[int] = ()) -> RunSummary:
-    """One order monitor run (no sleeping between cancel confirmations), then the invariants.
+    """One order monitor run, then the invariants.
+
+    The run starts after one matching pass of the exchange (scheduled runs are minutes apart, so
+    what was sent or canceled before has been acknowledged or completed by then), and its waits
+    between cancel confirmations pass the exchange's simulated clock (no real sleeping), so cancels
+    complete as they would at Alpaca. What the run itself sends is checked as answered (pending).
 
     ``waiting``: trades whose filled shares may be unprotected while their entry still works
     (``PARTIAL_ENTRY_POLICY=wait``).
     """
-    summary = order_monitor.run_once(db, broker, settings=settings or make_settings(), sleep=lambda _s: None)
+    ExchangeAdmin(broker.base_url).step()
+    summary = order_monitor.run_once(db, broker, settings=settings or make_settings(), sleep=exchange_sleep(broker))
     assert summary.outcome != "failed", summary.as_dict()
     if check:
         check_invariants(db, broker, waiting=waiting)
     return summary
 
 
+def exchange_sleep(broker: AlpacaBroker) -> Any:
+    """A program's ``sleep`` that passes the paper exchange's simulated clock instead."""
+    return ExchangeAdmin(broker.base_url).sleeper()
+
+
 def execute(db: Any, broker: AlpacaBroker, settings: Settings | None = None) -> RunSummary:
-    summary = order_executor.run_once(db, broker, settings=settings or make_settings())
+    summary = order_executor.run_once(db, broker, settings=settings or make_settings(), sleep=exchange_sleep(broker))
     assert summary.outcome in ("success", "warning"), summary.as_dict()
     return summary
 

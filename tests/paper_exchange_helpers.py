@@ -54,6 +54,11 @@ class Exchange:
         """Move the simulated clock forward."""
         return self.admin("POST", "/admin/clock", {"advance_seconds": seconds})
 
+    def step(self) -> dict[str, Any]:
+        """One matching pass without moving the simulated clock: pending orders are
+        acknowledged (and may fill), pending cancels and replaces complete."""
+        return self.advance(0)
+
     def set_time(self, now: str) -> dict[str, Any]:
         """Move the simulated clock to ``now``."""
         return self.admin("POST", "/admin/clock", {"now": now})

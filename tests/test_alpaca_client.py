@@ -29,7 +29,8 @@ def limit_buy(coid: str, qty: str = "10", price: str = "150.00", symbol: str = "
 def test_bracket_comes_back_with_held_legs_and_exact_decimals(broker, exchange):
     order = broker.submit_order(limit_buy("t-1", price="150.25", order_class="bracket",
                                           take_profit_price=D("160.10"), stop_loss_price=D("145.05")))
-    assert (order.status, order.order_class, order.limit_price, order.qty) == ("new", "bracket", D("150.25"), D("10"))
+    assert (order.status, order.order_class, order.limit_price, order.qty) == (
+        "pending_new", "bracket", D("150.25"), D("10"))
     legs = {leg.kind: leg for leg in order.legs}
     assert legs["limit"].limit_price == D("160.10") and legs["stop"].stop_price == D("145.05")
     assert {leg.status for leg in order.legs} == {"held"}
@@ -42,6 +43,7 @@ def test_bracket_comes_back_with_held_legs_and_exact_decimals(broker, exchange):
 def test_fill_quantities_and_prices_are_decimals_and_quotes_are_exact(broker, exchange):
     exchange.quotes(AAPL=("150.17", "150.23"))
     order = broker.submit_order(limit_buy("t-fill", price="150.30"))
+    exchange.step()  # acknowledged and filled at the next matching pass
     filled = broker.get_order(order.id)
     assert (filled.status, filled.filled_qty, filled.filled_avg_price) == ("filled", D("10"), D("150.23"))
     quote = broker.get_latest_quotes(["AAPL", "MSFT", "AAPL"])["AAPL"]
@@ -74,6 +76,10 @@ def test_insufficient_buying_power_is_a_rejection_with_the_broker_status(broker,
 def test_cancel_of_a_finished_order_is_rejected(broker, exchange):
     order = broker.submit_order(limit_buy("c-1"))
     broker.cancel_order(order.id)
+    assert broker.get_order(order.id).status == "pending_cancel"
+    broker.cancel_order(order.id)  # still pending: accepted again (204)
+    exchange.step()
+    assert broker.get_order(order.id).status == "canceled"
     with pytest.raises(BrokerRejectedError, match="422"):
         broker.cancel_order(order.id)
 
@@ -185,6 +191,7 @@ def test_one_symbols_position_is_read_at_that_moment_and_none_when_nothing_is_he
     assert broker.get_position("AAPL") is None
     exchange.quotes(AAPL=("149.90", "150.00"))
     broker.submit_order(limit_buy("pos-1", qty="7"))
+    exchange.step()
     position = broker.get_position("AAPL")
     assert position is not None
     assert (position.symbol, position.qty, position.avg_entry_price) == ("AAPL", Decimal("7"), Decimal("150"))
@@ -194,3 +201,14 @@ def test_one_symbols_position_is_read_at_that_moment_and_none_when_nothing_is_he
 def test_account_configurations_missing_at_the_broker_raise_not_found(broker):
     with pytest.raises(NotFoundError, match="get_account_configurations: HTTP 404"):
         broker.get_account_configurations()
+
+
+def test_a_short_position_reads_as_negative_quantity_and_side_short(broker, exchange):
+    exchange.quotes(AAPL=("149.90", "150.00"))
+    broker.submit_order(OrderRequest(symbol="AAPL", qty=D("3"), side="sell", kind="market", time_in_force="day",
+                                     client_order_id="short-1"))
+    exchange.step()
+    position = broker.get_position("AAPL")
+    assert position is not None
+    assert (position.qty, position.qty_available, position.side) == (D("-3"), D("-3"), "short")
+    assert (position.avg_entry_price, position.cost_basis) == (D("149.9"), D("-449.70"))

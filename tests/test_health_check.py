@@ -44,6 +44,7 @@ def healthy(db, broker, exchange, settings):
     add_decision(db, "AAPL", planned_entry=151, planned_sl=145, planned_tp=160)
     for program in (OrderExecutor, OrderMonitor, PositionMonitor):
         assert program(db, broker, settings).run().outcome == "success"
+        exchange.step()  # the exchange's next matching pass: the entry is acknowledged and fills
     return db
 
 
@@ -121,6 +122,7 @@ def test_a_position_nobody_ordered_is_an_orphan_warning(healthy, settings, pg_co
     exchange.quotes(MSFT=("400.00", "400.10"))
     broker.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(5), side="buy", kind="market", time_in_force="day",
                                      client_order_id="bought-by-hand-1"))
+    exchange.step()
     checks, code = check(settings, pg_config, broker)
     assert code == 1
     assert checks["orphan_positions"].status == WARNING and "MSFT 5" in checks["orphan_positions"].message

@@ -152,8 +152,10 @@ def test_daytrades_are_flat_at_1550_and_swing_trades_are_left_alone(db, exchange
     day = trade_row(db, day)
     assert (day["status"], day["exit_reason"], day["exit_price"], day["actual_pnl"]) == \
         ("CLOSED", "DAY_END_EXIT", D("412.31"), D("13.26"))    # bought at the ask 410.10, sold at the bid
-    assert day["exit_date"] == at("2026-11-20", "15:50")
     (exit_row,) = rows(db, day["id"], "EXIT")
+    # The broker's fill time: moments after the run began (cancel confirmed, then the sell filled).
+    assert day["exit_date"] == exit_row["filled_at"]
+    assert at("2026-11-20", "15:50") < day["exit_date"] < at("2026-11-20", "15:51")
     assert (exit_row["order_kind"], exit_row["order_status"], exit_row["exit_reason"]) == \
         ("limit", "filled", "DAY_END_EXIT")  # EXIT_URGENCY_DAY_END=HIGH: a limit at the bid, marketable
     (stop,) = rows(db, day["id"], "STOP_LOSS")

@@ -34,15 +34,16 @@ from trading.broker import OrderRequest
 from trading.program import RunSummary
 
 ROOT = Path(__file__).resolve().parent.parent
-FILLING_QUOTE = ("149.90", "150.00")  # a buy limit at 150 fills at once
+FILLING_QUOTE = ("149.90", "150.00")  # a buy limit at 150 fills at the exchange's next matching pass
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def run(db: TradingDB, broker: AlpacaBroker, **limits: str | int) -> RunSummary:
-    """One executor run on the broker's clock, with test limits (overridden per scenario)."""
-    return run_once(db, broker, settings=make_settings(**limits))
+    """One executor run on the broker's clock, with test limits (overridden per scenario); its waits
+    between cancel confirmations pass the exchange's simulated clock."""
+    return run_once(db, broker, settings=make_settings(**limits), sleep=ExchangeAdmin(broker.base_url).sleeper())
 
 
 def decision(db: TradingDB, decision_id: int) -> dict[str, Any]:
@@ -116,6 +117,31 @@ def place_trade(db: TradingDB, broker: AlpacaBroker, ticker: str = "AAPL", **pla
     return int(trade_id)
 
 
+def monitor(db: TradingDB, broker: AlpacaBroker) -> RunSummary:
+    """One order monitor run (its waits pass the exchange's simulated clock)."""
+    import order_monitor
+
+    return order_monitor.run_once(db, broker, settings=make_settings(), sleep=ExchangeAdmin(broker.base_url).sleeper())
+
+
+def settle(db: TradingDB, broker: AlpacaBroker, exchange: ExchangeAdmin) -> None:
+    """The exchange's next matching pass (orders sent are acknowledged and may fill), then the order
+    monitor records what happened, as its next scheduled run would."""
+    exchange.step()
+    monitor(db, broker)
+
+
+def place_filled_trade(db: TradingDB, broker: AlpacaBroker, exchange: ExchangeAdmin, ticker: str = "AAPL",
+                       **plan: Any) -> int:
+    """A trade whose entry was marketable (FILLING_QUOTE): placed by an earlier executor run, filled at the
+    exchange's next matching pass and recorded as POSITION by the order monitor."""
+    exchange.quotes(**{ticker: FILLING_QUOTE})
+    trade_id = place_trade(db, broker, ticker, **plan)
+    settle(db, broker, exchange)
+    assert db.get_by_id("trade_journal", trade_id)["status"] == "POSITION"
+    return trade_id
+
+
 @pytest.fixture
 def own_exchange() -> Iterator[ExchangeAdmin]:
     """A private exchange for scenarios that move the simulated clock forward: the clock never
@@ -165,7 +191,7 @@ def test_swing_decision_becomes_one_bracket_with_held_legs(db, exchange, broker)
     assert set(rows) == {"ENTRY", "TAKE_PROFIT", "STOP_LOSS"}
     assert rows["ENTRY"]["alpaca_order_id"] == sent["id"]
     assert rows["ENTRY"]["client_order_id"] == sent["client_order_id"]
-    assert rows["ENTRY"]["order_status"] == "new"
+    assert rows["ENTRY"]["order_status"] == "pending_new"  # the broker's answer, recorded as given
     assert (rows["TAKE_PROFIT"]["order_status"], rows["STOP_LOSS"]["order_status"]) == ("held", "held")
     assert rows["TAKE_PROFIT"]["alpaca_order_id"] == legs["limit"]["id"]
     assert rows["STOP_LOSS"]["alpaca_order_id"] == legs["stop"]["id"]
@@ -198,12 +224,16 @@ def test_daytrade_decision_becomes_one_oto_day_order_with_a_stop_leg(db, exchang
     assert decision(db, decision_id)["existing_order_id"] == sent["id"]
 
 
-def test_entry_that_fills_at_once_opens_the_position_with_armed_legs(db, exchange, broker):
+def test_marketable_entry_fills_at_the_next_pass_and_the_monitor_opens_the_position_with_armed_legs(
+        db, exchange, broker):
     exchange.quotes(AAPL=FILLING_QUOTE)
     add_decision(db, "AAPL", planned_qty=10)
 
     run(db, broker)
 
+    [trade] = db.query("trade_journal")
+    assert trade["status"] == "ORDERED"  # answered pending_new: nothing is filled yet
+    settle(db, broker, exchange)
     [trade] = db.query("trade_journal")
     assert (trade["status"], trade["actual_entry"], trade["actual_qty"]) == ("POSITION", Decimal("150.00"),
                                                                              Decimal("10"))
@@ -282,8 +312,7 @@ def test_cancel_decision_naming_the_broker_order_id_finds_its_trade(db, exchange
 
 
 def test_cancel_of_a_filled_entry_leaves_the_protected_position_alone(db, exchange, broker):
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     cancel = add_decision(db, "AAPL", "CANCEL", trade_id=trade_id)
 
     run(db, broker)
@@ -312,7 +341,7 @@ def test_amend_decision_replaces_the_unfilled_entry_with_the_new_plan(db, exchan
     assert new["replaces_trade_journal_id"] == old_id
     assert (new["planned_entry"], new["planned_sl"], new["planned_tp"], new["planned_qty"]) == (
         Decimal("148.00"), Decimal("143.00"), Decimal("158.00"), Decimal("12"))
-    working = [o for o in exchange_entries(exchange) if o["status"] == "new"]
+    working = [o for o in exchange_entries(exchange) if o["status"] == "pending_new"]
     assert len(working) == 1
     assert (Decimal(working[0]["limit_price"]), Decimal(working[0]["qty"])) == (Decimal("148.00"), Decimal("12"))
     row = decision(db, amend)
@@ -329,7 +358,7 @@ def test_invalid_amendment_leaves_the_trade_it_would_replace_working(db, exchang
 
     assert "planned_sl 149 must be below planned_entry 148" in refusal(db, amend)
     assert db.get_by_id("trade_journal", old_id)["status"] == "ORDERED"
-    assert [o["status"] for o in exchange_entries(exchange)] == ["new"]
+    assert [o["status"] for o in exchange_entries(exchange)] == ["pending_new"]  # untouched
 
 
 def test_amendment_naming_another_symbol_is_refused_before_anything_is_canceled(db, exchange, broker):
@@ -341,7 +370,7 @@ def test_amendment_naming_another_symbol_is_refused_before_anything_is_canceled(
 
     assert f"AMEND of trade {old_id} (AAPL) names another symbol MSFT" in refusal(db, amend)
     assert db.get_by_id("trade_journal", old_id)["status"] == "ORDERED"
-    assert [o["status"] for o in exchange_entries(exchange)] == ["new"]
+    assert [o["status"] for o in exchange_entries(exchange)] == ["pending_new"]  # untouched
 
 
 def test_amendment_refused_by_a_risk_limit_leaves_the_old_trade_working(db, exchange, broker):
@@ -353,12 +382,11 @@ def test_amendment_refused_by_a_risk_limit_leaves_the_old_trade_working(db, exch
     assert refusal(db, amend) == ("MAX_TOTAL_EXPOSURE_PCT: exposure 0.00 + 15,000.00 exceeds 10% of equity "
                                   f"= 10,000.00; trade {old_id} left working")
     assert db.get_by_id("trade_journal", old_id)["status"] == "ORDERED"
-    assert [o["status"] for o in exchange_entries(exchange)] == ["new"]
+    assert [o["status"] for o in exchange_entries(exchange)] == ["pending_new"]  # untouched
 
 
 def test_amend_of_a_filled_trade_is_refused_and_the_position_keeps_its_protection(db, exchange, broker):
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     amend = add_decision(db, "AAPL", "AMEND", trade_id=trade_id, planned_entry="148")
 
     run(db, broker)
@@ -385,7 +413,7 @@ def test_amend_whose_new_entry_meets_an_outage_is_finished_next_run_without_canc
 
     assert second.counts["amended"] == 1
     assert broker.calls.counts.get("cancel_order", 0) == 0
-    working = [o for o in exchange_entries(exchange) if o["status"] == "new"]
+    working = [o for o in exchange_entries(exchange) if o["status"] == "pending_new"]
     assert [Decimal(o["limit_price"]) for o in working] == [Decimal("148.00")]
     [new] = db.query("trade_journal", {"status": "ORDERED"})
     assert new["replaces_trade_journal_id"] == old_id
@@ -407,14 +435,15 @@ def test_amend_frees_only_the_slot_of_the_trade_it_replaces(db, exchange, broker
 
 
 def test_close_decision_in_the_session_cancels_protection_and_sells_with_a_limit_at_the_bid(db, exchange, broker):
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     exchange.quotes(AAPL=("151.20", "151.30"))
     close = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
 
     summary = run(db, broker)
 
     assert summary.counts["closing"] == 1
+    # The legs were confirmed canceled before the sell was sent; the run then waited for the sell to
+    # fill (answered pending_new, filled at the exchange's next pass) and recorded it.
     assert exchange.positions() == {}
     trade = db.get_by_id("trade_journal", trade_id)
     assert (trade["status"], trade["exit_reason"]) == ("CLOSED", "CLOSE_REQUESTED")
@@ -432,8 +461,7 @@ def test_close_decision_in_the_session_cancels_protection_and_sells_with_a_limit
 
 def test_close_decision_outside_the_session_waits_for_the_next_session(db, own_exchange, own_broker):
     exchange, broker = own_exchange, own_broker
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     exchange.clock(eastern("2026-11-20", "18:00"))
     close = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
 
@@ -451,13 +479,13 @@ def test_close_decision_outside_the_session_waits_for_the_next_session(db, own_e
 
     assert monday.counts["closing"] == 1
     assert decision(db, close)["executed"] is True
+    settle(db, broker, exchange)
     assert exchange.positions() == {}
     assert db.get_by_id("trade_journal", trade_id)["status"] == "CLOSED"
 
 
 def test_close_refused_by_the_broker_puts_the_protection_back(db, exchange, broker):
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     close = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
     exchange.fault(status=403, message="trading is suspended for this account", method="POST", path="/v2/orders",
                    count=1)
@@ -470,6 +498,7 @@ def test_close_refused_by_the_broker_puts_the_protection_back(db, exchange, brok
     assert exchange.positions() == {"AAPL": Decimal("10")}
     assert db.get_by_id("trade_journal", trade_id)["status"] == "POSITION"
     # The bracket legs were canceled for the exit; one OCO (target + stop) for all 10 shares replaced them.
+    exchange.step()  # the OCO is acknowledged at the next pass
     working = [o for o in exchange.orders() if o["status"] in ("new", "held")]
     assert sorted((o["type"], Decimal(o["qty"])) for o in working) == [("limit", Decimal("10")),
                                                                        ("stop", Decimal("10"))]
@@ -480,10 +509,10 @@ def test_close_refused_by_the_broker_puts_the_protection_back(db, exchange, brok
 
 
 def test_close_of_a_closed_trade_is_refused(db, exchange, broker):
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
     run(db, broker)
+    settle(db, broker, exchange)
     again = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
 
     run(db, broker)
@@ -735,8 +764,9 @@ def test_same_symbol_is_allowed_when_configured(db, exchange, broker):
 
 
 def test_entry_beyond_the_buying_power_is_refused(db, exchange, broker):
-    # An order placed outside the system reserves 80,000 of the 100,000 cash.
-    broker.submit_order(OrderRequest(symbol="MSFT", qty=Decimal("200"), side="buy", kind="limit",
+    # An order placed outside the system reserves 180,000 of the 200,000 buying power (a margin account:
+    # twice the 100,000 equity).
+    broker.submit_order(OrderRequest(symbol="MSFT", qty=Decimal("450"), side="buy", kind="limit",
                                      time_in_force="day", client_order_id="outside-1", limit_price=Decimal("400")))
     decision_id = add_decision(db, "AAPL", planned_qty=150)
 
@@ -861,7 +891,7 @@ def test_broker_500_leaves_the_decision_for_the_next_run_which_sends_it_once(db,
     assert second.counts["placed"] == 1
     [sent] = exchange_entries(exchange)
     [entry] = entries(db)
-    assert (entry["id"], entry["alpaca_order_id"], entry["order_status"]) == (intent["id"], sent["id"], "new")
+    assert (entry["id"], entry["alpaca_order_id"], entry["order_status"]) == (intent["id"], sent["id"], "pending_new")
     assert entry["error_message"] is None
     assert decision(db, decision_id)["executed"] is True
     assert len(db.query("trade_journal")) == 1
@@ -909,7 +939,7 @@ def test_order_accepted_but_connection_dropped_is_found_by_client_order_id_in_th
     assert summary.counts["placed"] == 1
     [sent] = exchange_entries(exchange)
     [entry] = entries(db)
-    assert (entry["alpaca_order_id"], entry["order_status"]) == (sent["id"], "new")
+    assert (entry["alpaca_order_id"], entry["order_status"]) == (sent["id"], "pending_new")
     assert decision(db, decision_id)["existing_order_id"] == sent["id"]
     assert broker.calls.counts["submit_order"] == 1
     assert broker.calls.counts["get_order_by_client_id"] == 1
@@ -1030,7 +1060,7 @@ def test_crash_after_the_broker_accepted_the_order_then_rerun_gives_one_order(db
     assert broker.calls.counts.get("submit_order", 0) == 0
     [sent] = exchange_entries(exchange)
     [entry] = entries(db)
-    assert (entry["id"], entry["alpaca_order_id"], entry["order_status"]) == (intent["id"], sent["id"], "new")
+    assert (entry["id"], entry["alpaca_order_id"], entry["order_status"]) == (intent["id"], sent["id"], "pending_new")
     assert entry["client_order_id"] == sent["client_order_id"]
     row = decision(db, decision_id)
     assert (row["executed"], row["existing_order_id"]) == (True, sent["id"])
@@ -1091,8 +1121,7 @@ def test_decision_locked_by_another_transaction_is_skipped_and_handled_next_run(
 
 
 def test_rerun_with_nothing_to_do_changes_nothing(db, exchange, broker):
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     add_decision(db, "MSFT", planned_entry="400", planned_sl="390", planned_tp="420")
     add_decision(db, "NVDA", planned_sl=None)
     add_decision(db, "AAPL", "NO_ACTION", trade_id=trade_id)
@@ -1253,8 +1282,7 @@ def test_close_decision_racing_the_order_monitor_ends_flat_and_the_monitor_place
         db, make_db, exchange, broker):
     import order_monitor
 
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     exchange.quotes(AAPL=("151.20", "151.30"))
     close = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
     monitor_summaries: list[RunSummary] = []
@@ -1263,7 +1291,7 @@ def test_close_decision_racing_the_order_monitor_ends_flat_and_the_monitor_place
         monitor_db = make_db()
         monitor_broker = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, timeout=5)
         thread = threading.Thread(target=lambda: monitor_summaries.append(order_monitor.run_once(
-            monitor_db, monitor_broker, settings=make_settings(), sleep=lambda _s: None)))
+            monitor_db, monitor_broker, settings=make_settings(), sleep=exchange.sleeper())))
         thread.start()
         return thread
 
@@ -1277,6 +1305,7 @@ def test_close_decision_racing_the_order_monitor_ends_flat_and_the_monitor_place
     assert not racing.monitor.is_alive()
     assert [s.outcome for s in monitor_summaries] != ["failed"], monitor_summaries
     assert summary.counts.get("closing") == 1, summary.as_dict()
+    settle(db, broker, exchange)
     assert exchange.positions() == {}  # the CLOSE ended flat
     trade = db.get_by_id("trade_journal", trade_id)
     assert (trade["status"], trade["exit_reason"]) == ("CLOSED", "CLOSE_REQUESTED")
@@ -1286,15 +1315,15 @@ def test_close_decision_racing_the_order_monitor_ends_flat_and_the_monitor_place
 
 
 def test_close_of_a_position_sold_outside_sends_no_sell_and_closes_it_as_outside(db, exchange, broker):
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     person = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, api_key="dashboard", secret_key="operator",
                           timeout=3)
     (leg,) = [o for o in exchange.orders() if o["side"] == "sell" and o["type"] == "stop"]
     person.cancel_order(leg["id"])
-    exchange.quotes(AAPL=("152.00", "152.10"))
+    exchange.quotes(AAPL=("152.00", "152.10"))  # the legs' cancels complete at this pass
     person.submit_order(OrderRequest(symbol="AAPL", qty=Decimal("10"), side="sell", kind="market",
                                      time_in_force="day", client_order_id="dashboard-close"))
+    exchange.step()
     assert exchange.positions() == {}
     close = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
     exchange.reset_stats()

@@ -62,6 +62,8 @@ def partial_fills(exchange):
 
 def test_working_entry_is_listed_once_and_nothing_changes(db, exchange, broker):
     trade = place_entry(db, broker)
+    assert entry_row(db, trade["id"])["order_status"] == "pending_new"
+    run_monitor(db, broker)  # records the acknowledgement (pending_new -> new)
     before = snapshot(db)
     exchange.reset_stats()
 
@@ -181,7 +183,7 @@ def test_partially_filled_entry_is_recorded_then_its_remainder_canceled_and_the_
     assert entry_row(db, trade["id"])["order_status"] == "canceled"
     assert summary.counts["protection_repaired"] == 1
     stops = [r for r in rows(db, trade["id"], "STOP_LOSS") if r["order_status"] == "held"]
-    targets = [r for r in rows(db, trade["id"], "TAKE_PROFIT") if r["order_status"] == "new"]
+    targets = [r for r in rows(db, trade["id"], "TAKE_PROFIT") if r["order_status"] == "pending_new"]
     assert [(r["qty"], r["stop_price"], r["order_class"]) for r in stops] == [(filled, D("145"), "oco")]
     assert [(r["qty"], r["limit_price"], r["time_in_force"]) for r in targets] == [(filled, D("160"), "gtc")]
     # the bracket legs never activated (the entry was not completely filled): canceled with it
@@ -303,7 +305,7 @@ def test_repair_accepted_but_unanswered_is_found_at_once_by_its_id_and_never_pla
     assert summary.counts["protection_repaired"] == 2
     assert broker.calls.counts["get_order_by_client_id"] >= 1  # looked up by its id, not sent again
     (repair,) = [r for r in rows(db, first["id"]) if r["client_order_id"].endswith("-p1")]
-    assert repair["order_status"] == "new" and repair["alpaca_order_id"]
+    assert repair["order_status"] == "pending_new" and repair["alpaca_order_id"]
     assert len(open_groups(broker, "AAPL")) == 1 and len(open_groups(broker, "MSFT")) == 1
     assert len([o for o in exchange.orders() if o["client_order_id"] == repair["client_order_id"]]) == 1
 
@@ -399,6 +401,7 @@ class StatusRewritingBroker(AlpacaBroker):
 
 def test_unknown_broker_status_is_recorded_not_guessed(db, exchange, broker, caplog):
     trade = place_entry(db, broker)
+    run_monitor(db, broker)  # the acknowledgement (new) is recorded
     entry = entry_row(db, trade["id"])
     odd = StatusRewritingBroker(order_id=entry["alpaca_order_id"], status="frozen_by_venue",
                                 base_url=exchange.url, data_url=exchange.url, timeout=3)
@@ -464,6 +467,7 @@ def test_stop_canceled_from_outside_is_repaired_with_one_oco_for_the_whole_posit
     trade = open_position(db, exchange, broker)
     stop = rows(db, trade["id"], "STOP_LOSS")[0]
     broker.cancel_order(stop["alpaca_order_id"])  # the exchange cancels the whole bracket group
+    exchange.step()  # the cancel completes
     assert working_sells(exchange) == []
 
     summary = run_monitor(db, broker)
@@ -476,7 +480,7 @@ def test_stop_canceled_from_outside_is_repaired_with_one_oco_for_the_whole_posit
     (repair,) = audit_events(db, "PROTECTION_REPAIRED", "trade", trade["id"])
     assert repair["reason"] == "no stop covered all 10 shares (stop covered 0): placed oco for 10"
     new_stop = next(r for r in rows(db, trade["id"], "STOP_LOSS") if r["order_status"] == "held")
-    new_target = next(r for r in rows(db, trade["id"], "TAKE_PROFIT") if r["order_status"] == "new")
+    new_target = next(r for r in rows(db, trade["id"], "TAKE_PROFIT") if r["order_status"] == "pending_new")
     assert new_target["client_order_id"] == repair["details"]["client_order_id"]
     assert new_target["client_order_id"].startswith(f"tm-t{trade['id']}-") and \
         new_target["client_order_id"].endswith("-p1")
@@ -486,6 +490,7 @@ def test_stop_canceled_from_outside_is_repaired_with_one_oco_for_the_whole_posit
     assert [r["order_status"] for r in rows(db, trade["id"]) if r["order_class"] == "bracket"
             and r["order_type"] != "ENTRY"] == ["canceled", "canceled"]
 
+    run_monitor(db, broker)  # records the acknowledgement of the OCO
     before = snapshot(db)
     summary = run_monitor(db, broker)
     assert snapshot(db) == before and summary.counts["protection_protected"] == 1
@@ -499,7 +504,7 @@ def test_daytrade_stop_canceled_from_outside_is_replaced_by_one_gtc_stop(db, exc
 
     (group,) = open_groups(broker, "AAPL")
     assert (group.order_class, group.kind, group.qty, group.stop_price, group.time_in_force, group.status) == \
-        ("", "stop", D("7"), D("145"), "gtc", "new")  # Alpaca answers "" for a simple order
+        ("", "stop", D("7"), D("145"), "gtc", "pending_new")  # Alpaca answers "" for a simple order
     assert len(audit_events(db, "PROTECTION_REPAIRED", "trade", trade["id"])) == 1
 
 
@@ -523,6 +528,7 @@ def test_stop_replaced_twice_is_followed_to_the_live_order_and_kept(db, exchange
     trade = open_position(db, exchange, broker)
     first = rows(db, trade["id"], "STOP_LOSS")[0]
     second = replace_order(exchange, first["alpaca_order_id"], stop_price=146)
+    exchange.step()  # the first replace completes before the person changes the stop again
     third = replace_order(exchange, second["id"], stop_price=147)  # a person moved the stop up twice
     broker.calls.reset()
 
@@ -567,7 +573,7 @@ def test_repair_unanswered_through_a_whole_run_is_looked_up_and_sent_again_with_
     summary = run_monitor(db, broker)  # the next run, moments later: no two-minute wait
 
     intent = db.get_by_id("order_execution", intent["id"])
-    assert intent["order_status"] == "new" and intent["alpaca_order_id"]
+    assert intent["order_status"] == "pending_new" and intent["alpaca_order_id"]
     (group,) = open_groups(broker, "AAPL")
     assert group.client_order_id == intent["client_order_id"]  # the same id, sent again
     assert summary.counts["protection_repaired"] == 0 and summary.counts["protection_protected"] == 1
@@ -585,7 +591,7 @@ def test_protective_order_answered_500_is_back_within_the_same_run(db, exchange,
     (group,) = open_groups(broker, "AAPL")
     assert group.order_class == "oco" and group.client_order_id.endswith("-p1")
     (repair,) = [r for r in rows(db, trade["id"]) if r["client_order_id"] == group.client_order_id]
-    assert repair["order_status"] == "new"
+    assert repair["order_status"] == "pending_new"
 
 
 def test_protection_refused_by_the_broker_is_recorded_and_warned(db, exchange, broker):
@@ -595,6 +601,7 @@ def test_protection_refused_by_the_broker_is_recorded_and_warned(db, exchange, b
 
     trade = open_position(db, exchange, broker)
     broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+    exchange.step()  # the cancel completes: the shares are free
     outside = TradingClient("key", "secret", paper=True, url_override=exchange.url)  # someone else's sell
     outside.submit_order(LimitOrderRequest(symbol="AAPL", qty=10, side=OrderSide.SELL, limit_price=170,
                                            time_in_force=TimeInForce.GTC))
@@ -869,10 +876,13 @@ def close_outside(exchange, trade_id: int, db, client_order_id: str, symbol: str
     protective = [r for r in rows(db, trade_id) if r["order_type"] in ("STOP_LOSS", "TAKE_PROFIT")
                   and r["order_status"] in lifecycle.OPEN_ORDER_STATUSES]
     person.cancel_order(protective[0]["alpaca_order_id"])
+    exchange.step()  # the cancel completes: the shares are free
     from trading.broker import OrderRequest
 
     sold = person.submit_order(OrderRequest(symbol=symbol, qty=exchange.positions()[symbol], side="sell",
                                             kind="market", time_in_force="day", client_order_id=client_order_id))
+    exchange.step()  # and the sell fills
+    sold = person.get_order(sold.id)
     assert sold.status == "filled" and exchange.positions() == {}
     return sold
 
@@ -925,6 +935,7 @@ def test_protection_repair_of_a_position_sold_outside_sends_no_oco_and_closes_it
 def test_two_protection_repairs_at_once_place_one_group_and_neither_run_dies(db, make_db, exchange, broker):
     trade = open_position(db, exchange, broker)
     broker.cancel_order(rows(db, trade["id"], "STOP_LOSS")[0]["alpaca_order_id"])
+    exchange.step()  # the cancel completes
     from trading.protection import Protector
 
     # The cancel is recorded first, so both programs see the same unprotected position.
@@ -942,7 +953,7 @@ def test_two_protection_repairs_at_once_place_one_group_and_neither_run_dies(db,
         own_db = make_db()
         own_broker = AlpacaBroker(base_url=exchange.url, data_url=exchange.url, timeout=5)
         protector = Protector(own_db, own_broker, Reconciler(own_db, Auditor(own_db, program)), make_settings(),
-                              now=dt.datetime.now(dt.UTC), warn=lambda _note: None, sleep=lambda _s: None)
+                              now=dt.datetime.now(dt.UTC), warn=lambda _note: None, sleep=exchange.sleeper())
         start.wait(5)
         try:
             outcomes.append(protector.ensure(trade["id"]))
@@ -1013,3 +1024,17 @@ def test_order_marked_not_found_is_looked_up_again_later_and_its_late_fill_appli
         "POSITION", D("10"), D("150"), None)
     assert summary.counts["fills"] >= 1
     check_invariants(db, broker)  # the position is recorded and protected by its bracket legs
+
+
+def test_the_invariant_checks_catch_a_short_position_the_margin_account_would_open(db, exchange, broker):
+    # The exchange is a margin account, as Alpaca paper: a sell of shares not held is accepted and opens
+    # a short. The checks after every run must see it (a sell beyond the shares held is the defect).
+    from trading.broker import OrderRequest
+
+    open_position(db, exchange, broker)
+    outside_client(exchange).submit_order(OrderRequest(symbol="MSFT", qty=Decimal("3"), side="sell", kind="market",
+                                                       time_in_force="day", client_order_id="naked-sell"))
+    exchange.quotes(MSFT=("400.00", "400.10"))  # acknowledged and filled: MSFT -3
+    assert exchange.positions()["MSFT"] == Decimal("-3")
+    with pytest.raises(AssertionError, match=r"short positions at the exchange .*'MSFT': Decimal\('-3'\)"):
+        check_invariants(db, broker)

@@ -32,9 +32,12 @@ def ex() -> Iterator[Exchange]:
 
 
 def buy(ex: Exchange, qty: int = 1, **kwargs) -> object:
-    return ex.trading.submit_order(
+    """A market buy, then one matching pass (it is acknowledged and fills); the order as submitted."""
+    order = ex.trading.submit_order(
         MarketOrderRequest(symbol="AAPL", qty=qty, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, **kwargs)
     )
+    ex.step()
+    return order
 
 
 # ---------------------------------------------------------------------------- quotes, assets, account
@@ -81,7 +84,7 @@ def test_assets_known_unknown_added_and_not_tradable(ex: Exchange) -> None:
 def test_account_cash_is_set_by_admin_and_moves_with_fills(ex: Exchange) -> None:
     account = ex.trading.get_account()
     assert (account.cash, account.equity, account.buying_power, account.status.value) == (
-        "100000.00", "100000.00", "100000.00", "ACTIVE",
+        "100000.00", "100000.00", "200000.00", "ACTIVE",  # a margin account: twice the equity
     )
     ex.admin("POST", "/admin/account", {"cash": 50000})
     buy(ex, 10)
@@ -232,7 +235,9 @@ def test_fault_after_processes_the_order_then_drops_the_connection(ex: Exchange)
     with pytest.raises(requests.exceptions.ConnectionError):
         buy(ex, 2, client_order_id="tm-lost-answer")
     order = ex.trading.get_order_by_client_id("tm-lost-answer")  # the broker did accept it
-    assert order.status == OrderStatus.FILLED and order.qty == "2"
+    assert order.status == OrderStatus.PENDING_NEW and order.qty == "2"
+    ex.step()
+    assert ex.trading.get_order_by_client_id("tm-lost-answer").status == OrderStatus.FILLED
 
 
 def test_fault_after_with_status_and_429_headers(ex: Exchange) -> None:
@@ -240,6 +245,7 @@ def test_fault_after_with_status_and_429_headers(ex: Exchange) -> None:
     response = ex.api("POST", "/v2/orders", json={"symbol": "AAPL", "qty": 1, "side": "buy", "type": "market",
                                                  "time_in_force": "day", "client_order_id": "tm-504"})
     assert response.status_code == 504 and response.json()["code"] == 50410000
+    ex.step()
     assert ex.trading.get_order_by_client_id("tm-504").status == OrderStatus.FILLED
     ex.admin("POST", "/admin/faults", {"status": 429, "path": "/v2/account"})
     limited = ex.api("GET", "/v2/account")
@@ -392,3 +398,27 @@ def test_serving_on_a_port_held_by_something_else_names_the_port_and_no_tracebac
                                 text=True, timeout=30, cwd=root)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "not a paper exchange" in result.stderr
+
+
+def test_pending_cancels_acknowledgements_and_shorts_survive_a_restart() -> None:
+    import json
+
+    from paper_exchange import PaperExchange
+
+    original = PaperExchange(seed=3, simulated_clock=True, start_time="2026-11-20T14:45:00Z", price_simulation=False)
+    original.set_quote("AAPL", "150.20", "150.30")
+    resting = original.submit_order({"symbol": "AAPL", "qty": 5, "side": "buy", "type": "limit", "limit_price": 149,
+                                     "time_in_force": "gtc"})
+    original.advance(0)
+    original.cancel_order(resting["id"])
+    short = original.submit_order({"symbol": "AAPL", "qty": 2, "side": "sell", "type": "market",
+                                   "time_in_force": "day"})
+    restored = PaperExchange(seed=99, simulated_clock=True, start_time="2030-01-01T00:00:00Z")
+    restored.load_state(json.loads(json.dumps(original.to_state())))
+    assert (restored.get_order(resting["id"])["status"], restored.get_order(short["id"])["status"]) == (
+        "pending_cancel", "pending_new")
+    restored.advance(0)  # the pending steps complete after the restart as they would have before it
+    assert (restored.get_order(resting["id"])["status"], restored.get_order(short["id"])["status"]) == (
+        "canceled", "filled")
+    [position] = restored.list_positions()
+    assert (position["qty"], position["side"], position["cost_basis"]) == ("-2", "short", "-300.40")

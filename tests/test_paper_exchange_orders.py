@@ -60,6 +60,17 @@ def nested(ex: Exchange, order_id) -> object:
     return ex.trading.get_order_by_id(order_id, GetOrderByIdRequest(nested=True))
 
 
+def settled(ex: Exchange, order) -> object:
+    """One matching pass (a new order is acknowledged and may fill), then the order now (nested)."""
+    ex.step()
+    return nested(ex, order.id)
+
+
+def bought(ex: Exchange, qty: int, symbol: str = "AAPL"):
+    """A market buy that has filled (submitted, then one matching pass)."""
+    return settled(ex, market_buy(ex, qty, symbol))
+
+
 def legs_by_type(order) -> dict[str, object]:
     return {leg.type.value: leg for leg in order.legs}
 
@@ -71,7 +82,9 @@ def position_qty(ex: Exchange, symbol: str = "AAPL") -> Decimal:
 
 # ---------------------------------------------------------------------------- brackets
 def test_bracket_entry_fills_at_ask_and_legs_activate(ex: Exchange) -> None:
-    order = buy_bracket(ex)
+    submitted = buy_bracket(ex)
+    assert submitted.status == OrderStatus.PENDING_NEW  # answered before it can fill, as at Alpaca
+    order = settled(ex, submitted)
     assert order.status == OrderStatus.FILLED
     assert order.filled_avg_price == "150.3"  # the ask, better than the 150.50 limit
     assert order.filled_qty == "10"
@@ -86,7 +99,7 @@ def test_bracket_entry_fills_at_ask_and_legs_activate(ex: Exchange) -> None:
 
 
 def test_bracket_legs_stay_held_until_the_entry_is_completely_filled(ex: Exchange) -> None:
-    order = buy_bracket(ex, limit_price=149.00, stop=148.00)
+    order = settled(ex, buy_bracket(ex, limit_price=149.00, stop=148.00))
     assert order.status == OrderStatus.NEW
     assert {leg.status for leg in order.legs} == {OrderStatus.HELD}
     ex.quote("AAPL", "148.90", "149.00")
@@ -97,7 +110,7 @@ def test_bracket_legs_stay_held_until_the_entry_is_completely_filled(ex: Exchang
 
 
 def test_bracket_take_profit_fills_and_stop_is_canceled(ex: Exchange) -> None:
-    order = buy_bracket(ex)
+    order = settled(ex, buy_bracket(ex))
     ex.quote("AAPL", "155.10", "155.20")
     parent = nested(ex, order.id)
     legs = legs_by_type(parent)
@@ -110,7 +123,7 @@ def test_bracket_take_profit_fills_and_stop_is_canceled(ex: Exchange) -> None:
 
 
 def test_bracket_stop_fills_and_take_profit_is_canceled(ex: Exchange) -> None:
-    order = buy_bracket(ex)
+    order = settled(ex, buy_bracket(ex))
     ex.quote("AAPL", "145.50", "145.60")  # above the stop: nothing happens
     assert legs_by_type(nested(ex, order.id))["stop"].status == OrderStatus.HELD
     ex.quote("AAPL", "144.80", "144.90")  # the bid reaches the stop
@@ -122,7 +135,7 @@ def test_bracket_stop_fills_and_take_profit_is_canceled(ex: Exchange) -> None:
 
 
 def test_take_profit_partial_fill_shrinks_the_stop_to_the_remainder(ex: Exchange) -> None:
-    order = buy_bracket(ex)
+    order = settled(ex, buy_bracket(ex))
     ex.admin("POST", "/admin/config", {"partial_fill_probability": 1.0})
     ex.quote("AAPL", "155.10", "155.20")
     legs = legs_by_type(nested(ex, order.id))
@@ -143,7 +156,7 @@ def test_take_profit_partial_fill_shrinks_the_stop_to_the_remainder(ex: Exchange
 
 
 def test_second_separate_exit_is_refused_for_insufficient_quantity(ex: Exchange) -> None:
-    buy_bracket(ex)
+    settled(ex, buy_bracket(ex))
     with pytest.raises(APIError) as refused:
         ex.trading.submit_order(
             StopOrderRequest(symbol="AAPL", qty=10, side=OrderSide.SELL, time_in_force=TimeInForce.GTC, stop_price=140)
@@ -154,26 +167,32 @@ def test_second_separate_exit_is_refused_for_insufficient_quantity(ex: Exchange)
 
 
 def test_canceling_a_held_stop_leg_cancels_the_whole_group(ex: Exchange) -> None:
-    order = buy_bracket(ex)
+    order = settled(ex, buy_bracket(ex))
     stop_id = legs_by_type(order)["stop"].id
     ex.trading.cancel_order_by_id(stop_id)
     legs = legs_by_type(nested(ex, order.id))
+    assert {leg.status for leg in legs.values()} == {OrderStatus.PENDING_CANCEL}
+    legs = legs_by_type(settled(ex, order))
     assert legs["stop"].status == OrderStatus.CANCELED
     assert legs["limit"].status == OrderStatus.CANCELED
     assert ex.trading.get_open_position("AAPL").qty_available == "10"
 
 
 def test_canceling_an_unfilled_bracket_entry_cancels_its_legs(ex: Exchange) -> None:
-    order = buy_bracket(ex, limit_price=149.00, stop=148.00)
+    order = settled(ex, buy_bracket(ex, limit_price=149.00, stop=148.00))
     ex.trading.cancel_order_by_id(order.id)
-    parent = nested(ex, order.id)
+    assert nested(ex, order.id).status == OrderStatus.PENDING_CANCEL
+    parent = settled(ex, order)
     assert parent.status == OrderStatus.CANCELED
+    # The legs follow their parent one pass later (still live meanwhile, as at Alpaca).
+    assert {leg.status for leg in parent.legs} == {OrderStatus.PENDING_CANCEL}
+    parent = settled(ex, order)
     assert {leg.status for leg in parent.legs} == {OrderStatus.CANCELED}
 
 
 def test_oco_exit_take_profit_new_stop_held_and_stop_elected(ex: Exchange) -> None:
-    market_buy(ex, 5)
-    oco = ex.trading.submit_order(
+    bought(ex, 5)
+    submitted = ex.trading.submit_order(
         LimitOrderRequest(
             symbol="AAPL",
             qty=5,
@@ -184,6 +203,7 @@ def test_oco_exit_take_profit_new_stop_held_and_stop_elected(ex: Exchange) -> No
             stop_loss=StopLossRequest(stop_price=140),
         )
     )
+    oco = settled(ex, submitted)
     assert oco.order_class == OrderClass.OCO
     assert oco.status == OrderStatus.NEW and oco.limit_price == "160"
     assert [leg.status for leg in oco.legs] == [OrderStatus.HELD]
@@ -208,6 +228,7 @@ def test_oto_single_stop_leg_activates_as_new_after_entry_fill(ex: Exchange) -> 
             stop_loss=StopLossRequest(stop_price=147.00),
         )
     )
+    order = settled(ex, order)
     assert order.status == OrderStatus.NEW
     assert [leg.status for leg in order.legs] == [OrderStatus.HELD]
     ex.quote("AAPL", "149.90", "150.00")
@@ -259,10 +280,11 @@ def test_marketable_limit_fills_at_the_quote_and_unmarketable_rests(ex: Exchange
     sell_side = ex.trading.submit_order(
         LimitOrderRequest(symbol="AAPL", qty=2, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=151)
     )
-    assert sell_side.filled_avg_price == "150.3"
+    assert settled(ex, sell_side).filled_avg_price == "150.3"
     resting = ex.trading.submit_order(
         LimitOrderRequest(symbol="AAPL", qty=2, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=150.25)
     )
+    resting = settled(ex, resting)
     assert resting.status == OrderStatus.NEW and resting.filled_avg_price is None
     ex.quote("AAPL", "150.10", "150.24")
     filled = ex.trading.get_order_by_id(resting.id)
@@ -271,7 +293,7 @@ def test_marketable_limit_fills_at_the_quote_and_unmarketable_rests(ex: Exchange
 
 
 def test_sell_stop_elected_by_the_bid_and_buy_stop_by_the_ask(ex: Exchange) -> None:
-    market_buy(ex, 3)
+    bought(ex, 3)
     sell_stop = ex.trading.submit_order(
         StopOrderRequest(symbol="AAPL", qty=3, side=OrderSide.SELL, time_in_force=TimeInForce.GTC, stop_price=149)
     )
@@ -287,7 +309,7 @@ def test_sell_stop_elected_by_the_bid_and_buy_stop_by_the_ask(ex: Exchange) -> N
 
 
 def test_stop_limit_becomes_a_limit_when_elected(ex: Exchange) -> None:
-    market_buy(ex, 2)
+    bought(ex, 2)
     order = ex.trading.submit_order(
         StopLimitOrderRequest(
             symbol="AAPL", qty=2, side=OrderSide.SELL, time_in_force=TimeInForce.GTC, stop_price=149, limit_price=148.5
@@ -301,7 +323,7 @@ def test_stop_limit_becomes_a_limit_when_elected(ex: Exchange) -> None:
 
 
 def test_trailing_stop_tracks_the_high_water_mark(ex: Exchange) -> None:
-    market_buy(ex, 5)
+    bought(ex, 5)
     order = ex.trading.submit_order(
         TrailingStopOrderRequest(
             symbol="AAPL", qty=5, side=OrderSide.SELL, time_in_force=TimeInForce.GTC, trail_price=1.00
@@ -323,6 +345,7 @@ def test_partial_fills_progress_until_filled(ex: Exchange) -> None:
     order = ex.trading.submit_order(
         MarketOrderRequest(symbol="AAPL", qty=10, side=OrderSide.BUY, time_in_force=TimeInForce.DAY)
     )
+    order = settled(ex, order)
     assert order.status == OrderStatus.PARTIALLY_FILLED
     seen = [Decimal(order.filled_qty)]
     for _ in range(10):
@@ -337,16 +360,43 @@ def test_partial_fills_progress_until_filled(ex: Exchange) -> None:
     assert current.filled_avg_price == "150.3"
 
 
-def test_buying_power_is_checked_and_reserved(ex: Exchange) -> None:
+def test_cash_account_buying_power_is_cash_minus_open_buys() -> None:
+    with running_exchange(account_type="cash") as ex:
+        ex.quote("AAPL", "150.20", "150.30")
+        ex.admin("POST", "/admin/account", {"cash": 10000})
+        ex.trading.submit_order(
+            LimitOrderRequest(symbol="AAPL", qty=50, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=100)
+        )
+        account = ex.trading.get_account()
+        assert account.cash == "10000.00" and account.buying_power == "5000.00"
+        assert account.multiplier == "1" and account.shorting_enabled is False
+        with pytest.raises(APIError) as refused:
+            ex.trading.submit_order(
+                LimitOrderRequest(symbol="AAPL", qty=40, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                                  limit_price=130)
+            )
+        assert refused.value.status_code == 403
+        assert refused.value.message == "insufficient buying power"
+
+
+def test_margin_account_buying_power_is_twice_the_excess_equity_minus_open_orders(ex: Exchange) -> None:
     ex.admin("POST", "/admin/account", {"cash": 10000})
+    account = ex.trading.get_account()
+    assert account.multiplier == "2" and account.shorting_enabled is True
+    assert account.buying_power == "20000.00"
     ex.trading.submit_order(
         LimitOrderRequest(symbol="AAPL", qty=50, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=100)
     )
+    assert ex.trading.get_account().buying_power == "15000.00"
+    bought(ex, 10)  # 10 x 150.30 = 1503.00 of cash into shares worth 1502.50 (the midpoint)
     account = ex.trading.get_account()
-    assert account.cash == "10000.00" and account.buying_power == "5000.00"
+    assert account.cash == "8497.00" and account.long_market_value == "1502.50"
+    assert account.initial_margin == "751.25" and account.maintenance_margin == "450.75"
+    # equity 9999.50 - initial margin 751.25 = 9248.25 excess, x2 = 18496.50, minus 5000 reserved
+    assert account.buying_power == "13496.50"
     with pytest.raises(APIError) as refused:
         ex.trading.submit_order(
-            LimitOrderRequest(symbol="AAPL", qty=40, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=130)
+            LimitOrderRequest(symbol="AAPL", qty=40, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=340)
         )
     assert refused.value.status_code == 403
     assert refused.value.message == "insufficient buying power"
@@ -362,7 +412,7 @@ def test_duplicate_client_order_id_refused_also_after_cancel(ex: Exchange) -> No
     )
     assert ex.trading.get_order_by_client_id("tm-1").id == order.id
     ex.trading.cancel_order_by_id(order.id)
-    canceled = ex.trading.get_order_by_id(order.id)
+    canceled = settled(ex, order)
     assert canceled.status == OrderStatus.CANCELED and canceled.canceled_at is not None
     with pytest.raises(APIError) as duplicate:
         ex.trading.submit_order(
@@ -377,7 +427,7 @@ def test_duplicate_client_order_id_refused_also_after_cancel(ex: Exchange) -> No
 
 
 def test_canceling_a_filled_order_is_refused(ex: Exchange) -> None:
-    order = market_buy(ex, 1)
+    order = bought(ex, 1)
     with pytest.raises(APIError) as refused:
         ex.trading.cancel_order_by_id(order.id)
     assert refused.value.status_code == 422
@@ -389,26 +439,36 @@ def test_replace_creates_a_new_order_and_marks_the_old_replaced(ex: Exchange) ->
     order = ex.trading.submit_order(
         LimitOrderRequest(symbol="AAPL", qty=5, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=149)
     )
+    with pytest.raises(APIError) as too_early:  # not replaceable while pending_new
+        ex.trading.replace_order_by_id(order.id, ReplaceOrderRequest(limit_price=149.2))
+    assert too_early.value.status_code == 422
+    order = settled(ex, order)
     change = ReplaceOrderRequest(qty=6, limit_price=149.5, client_order_id="tm-r")
     new = ex.trading.replace_order_by_id(order.id, change)
     assert new.id != order.id and new.replaces == order.id
     assert new.qty == "6" and new.limit_price == "149.5" and new.client_order_id == "tm-r"
     assert new.submitted_at > order.submitted_at
+    assert new.status == OrderStatus.PENDING_NEW
+    assert ex.trading.get_order_by_id(order.id).status == OrderStatus.PENDING_REPLACE
+    ex.quote("AAPL", "148.90", "149.00")  # the replace completes at this pass; the replacement fills
+    assert ex.trading.get_order_by_id(order.id).status == OrderStatus.REPLACED
+    assert ex.trading.get_order_by_id(new.id).status == OrderStatus.FILLED  # the replacement filled
     old = ex.trading.get_order_by_id(order.id)
     assert old.status == OrderStatus.REPLACED and old.replaced_by == new.id and old.replaced_at is not None
     with pytest.raises(APIError) as again:
         ex.trading.replace_order_by_id(order.id, ReplaceOrderRequest(limit_price=149.6))
     assert again.value.status_code == 422
-    ex.quote("AAPL", "149.40", "149.50")
-    assert ex.trading.get_order_by_id(new.id).status == OrderStatus.FILLED
+    assert position_qty(ex) == 6
 
 
 def test_replacing_the_held_stop_of_a_bracket_moves_the_protection(ex: Exchange) -> None:
-    order = buy_bracket(ex)
+    order = settled(ex, buy_bracket(ex))
     stop = legs_by_type(order)["stop"]
     moved = ex.trading.replace_order_by_id(stop.id, ReplaceOrderRequest(stop_price=149.00))
-    assert moved.status == OrderStatus.HELD and moved.stop_price == "149"
-    legs = legs_by_type(nested(ex, order.id))
+    assert moved.status == OrderStatus.PENDING_NEW and moved.stop_price == "149"
+    assert legs_by_type(nested(ex, order.id))["stop"].status == OrderStatus.PENDING_REPLACE
+    legs = legs_by_type(settled(ex, order))
+    assert legs["stop"].status == OrderStatus.HELD
     assert legs["stop"].id == moved.id
     ex.quote("AAPL", "148.90", "149.00")
     legs = legs_by_type(nested(ex, order.id))
@@ -423,6 +483,9 @@ def test_cancel_all_cancels_every_open_order(ex: Exchange) -> None:
     responses = ex.trading.cancel_orders()
     assert len(responses) == 4  # entry, two legs, the simple order
     assert {r.status for r in responses} == {200}
+    assert {o.status for o in ex.trading.get_orders()} == {OrderStatus.PENDING_CANCEL}
+    ex.step()
+    ex.step()  # the legs complete one pass after their parent
     assert ex.trading.get_orders() == []
     closed = ex.trading.get_orders(GetOrdersRequest(status=QueryOrderStatus.CLOSED))
     assert {o.status for o in closed} == {OrderStatus.CANCELED}
@@ -430,14 +493,17 @@ def test_cancel_all_cancels_every_open_order(ex: Exchange) -> None:
 
 # ---------------------------------------------------------------------------- positions
 def test_close_position_partially_then_fully(ex: Exchange) -> None:
-    market_buy(ex, 10)
+    bought(ex, 10)
     part = ex.trading.close_position("AAPL", ClosePositionRequest(qty="4"))
-    assert part.side == OrderSide.SELL and part.qty == "4" and part.status == OrderStatus.FILLED
-    assert part.filled_avg_price == "150.2"
+    assert part.side == OrderSide.SELL and part.qty == "4" and part.status == OrderStatus.PENDING_NEW
+    part = settled(ex, part)
+    assert part.status == OrderStatus.FILLED and part.filled_avg_price == "150.2"
     half = ex.trading.close_position("AAPL", ClosePositionRequest(percentage="50"))
     assert half.qty == "3"
+    ex.step()
     rest = ex.trading.close_position("AAPL")
     assert rest.qty == "3"
+    ex.step()
     with pytest.raises(APIError) as gone:
         ex.trading.get_open_position("AAPL")
     assert gone.value.status_code == 404
@@ -446,16 +512,20 @@ def test_close_position_partially_then_fully(ex: Exchange) -> None:
 
 def test_close_all_positions_cancels_orders_first(ex: Exchange) -> None:
     ex.quote("MSFT", "400.00", "400.10")
-    buy_bracket(ex)
-    market_buy(ex, 2, "MSFT")
+    settled(ex, buy_bracket(ex))
+    bought(ex, 2, "MSFT")
     results = ex.trading.close_all_positions(cancel_orders=True)
     assert sorted((r.symbol, r.status) for r in results) == [("AAPL", 200), ("MSFT", 200)]
+    # The cancels complete at once (so the closing sells meet free shares); the sells fill at
+    # the next pass.
+    assert {o.status for o in ex.trading.get_orders()} == {OrderStatus.PENDING_NEW}
+    ex.step()
     assert ex.trading.get_all_positions() == []
     assert ex.trading.get_orders() == []
 
 
 def test_position_values_follow_the_quote(ex: Exchange) -> None:
-    market_buy(ex, 10)
+    bought(ex, 10)
     ex.quote("AAPL", "160.00", "160.10")
     position = ex.trading.get_open_position("AAPL")
     assert position.current_price == "160.05"  # the midpoint
@@ -513,7 +583,7 @@ def test_early_close_ends_day_orders_at_13_00(ex: Exchange) -> None:
 
 def test_partially_filled_day_entry_expires_and_its_legs_are_canceled(ex: Exchange) -> None:
     ex.admin("POST", "/admin/config", {"partial_fill_probability": 1.0})
-    order = buy_bracket(ex, tif=TimeInForce.DAY)
+    order = settled(ex, buy_bracket(ex, tif=TimeInForce.DAY))
     assert order.status == OrderStatus.PARTIALLY_FILLED
     ex.admin("POST", "/admin/config", {"partial_fill_probability": 0.0})
     ex.quote("AAPL", "150.60", "150.70")  # no longer marketable
@@ -566,7 +636,7 @@ def test_listing_1200_orders_page_by_page(ex: Exchange) -> None:
 
 
 def test_nested_listing_puts_legs_under_their_parent(ex: Exchange) -> None:
-    order = buy_bracket(ex)
+    order = settled(ex, buy_bracket(ex))
     ex.quote("MSFT", "400.00", "400.10")
     ex.trading.submit_order(
         LimitOrderRequest(symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, limit_price=390)
@@ -593,3 +663,159 @@ def test_submitted_at_is_strictly_increasing_within_the_same_microsecond(ex: Exc
         LimitOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC, limit_price=100)
     )
     assert second.submitted_at - first.submitted_at == timedelta(microseconds=1)
+
+
+# ---------------------------------------------------------------------------- asynchronous order life
+def limit_buy(ex: Exchange, price: float, qty: int = 10):
+    return ex.trading.submit_order(
+        LimitOrderRequest(symbol="AAPL", qty=qty, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+                          limit_price=price)
+    )
+
+
+def test_submit_is_answered_pending_new_then_new_then_filled(ex: Exchange) -> None:
+    order = limit_buy(ex, 150.00)
+    assert order.status == OrderStatus.PENDING_NEW
+    assert ex.trading.get_order_by_id(order.id).status == OrderStatus.PENDING_NEW  # reading does not pass time
+    ex.step()
+    assert ex.trading.get_order_by_id(order.id).status == OrderStatus.NEW
+    ex.quote("AAPL", "149.90", "150.00")
+    filled = ex.trading.get_order_by_id(order.id)
+    assert filled.status == OrderStatus.FILLED and filled.filled_avg_price == "150"
+
+
+def test_cancel_passes_through_pending_cancel_and_a_repeated_cancel_is_accepted(ex: Exchange) -> None:
+    order = settled(ex, limit_buy(ex, 149.00))
+    response = ex.api("DELETE", f"/v2/orders/{order.id}")
+    assert response.status_code == 204 and response.content == b""
+    assert ex.trading.get_order_by_id(order.id).status == OrderStatus.PENDING_CANCEL
+    assert ex.api("DELETE", f"/v2/orders/{order.id}").status_code == 204  # still pending: accepted again
+    ex.step()
+    canceled = ex.trading.get_order_by_id(order.id)
+    assert canceled.status == OrderStatus.CANCELED and canceled.canceled_at is not None
+    refused = ex.api("DELETE", f"/v2/orders/{order.id}")
+    assert refused.status_code == 422 and refused.json()["message"] == "order is not cancelable"
+
+
+def test_a_fill_that_lands_before_the_cancel_completes_wins_the_race(ex: Exchange) -> None:
+    order = settled(ex, limit_buy(ex, 149.00))
+    ex.trading.cancel_order_by_id(order.id)
+    ex.quote("AAPL", "148.90", "149.00")  # the quote reaches the limit before the cancel completes
+    raced = ex.trading.get_order_by_id(order.id)
+    assert raced.status == OrderStatus.FILLED and raced.canceled_at is None
+    assert position_qty(ex) == 10
+
+
+def test_a_partial_fill_in_the_race_ends_canceled_with_the_filled_shares_kept(ex: Exchange) -> None:
+    order = settled(ex, limit_buy(ex, 149.00))
+    ex.trading.cancel_order_by_id(order.id)
+    ex.admin("POST", "/admin/config", {"partial_fill_probability": 1.0})
+    ex.quote("AAPL", "148.90", "149.00")
+    raced = ex.trading.get_order_by_id(order.id)
+    assert raced.status == OrderStatus.CANCELED
+    assert 0 < Decimal(raced.filled_qty) < 10
+    assert position_qty(ex) == Decimal(raced.filled_qty)
+
+
+def test_a_held_stop_with_a_pending_cancel_is_still_elected_when_the_price_falls(ex: Exchange) -> None:
+    order = settled(ex, buy_bracket(ex))
+    ex.trading.cancel_order_by_id(order.legs[0].id)
+    ex.quote("AAPL", "144.80", "144.90")  # the stop's price trades before the cancel completes
+    legs = legs_by_type(nested(ex, order.id))
+    assert legs["stop"].status == OrderStatus.FILLED and legs["limit"].status == OrderStatus.CANCELED
+    assert position_qty(ex) == 0
+
+
+def test_wall_clock_orders_are_acknowledged_after_the_latency() -> None:
+    import time
+
+    with running_exchange(simulated_clock=False, ack_latency=0.2) as ex:
+        ex.quote("AAPL", "150.20", "150.30")
+        order = market_buy(ex, 1)
+        assert order.status == OrderStatus.PENDING_NEW
+        deadline = time.monotonic() + 5
+        while ex.trading.get_order_by_id(order.id).status != OrderStatus.FILLED:
+            assert time.monotonic() < deadline, "never filled"
+            time.sleep(0.05)
+        assert ex.trading.get_order_by_id(order.id).filled_at >= order.submitted_at + timedelta(seconds=0.2)
+
+
+def test_instant_exchange_fills_on_submission_and_cancels_at_once() -> None:
+    with running_exchange(instant=True) as ex:
+        ex.quote("AAPL", "150.20", "150.30")
+        assert market_buy(ex, 1).status == OrderStatus.FILLED
+        resting = limit_buy(ex, 149.00)
+        assert resting.status == OrderStatus.NEW
+        ex.trading.cancel_order_by_id(resting.id)
+        assert ex.trading.get_order_by_id(resting.id).status == OrderStatus.CANCELED
+
+
+# ---------------------------------------------------------------------------- margin and short sales
+def market_sell(ex: Exchange, qty: int, symbol: str = "AAPL"):
+    return ex.trading.submit_order(
+        MarketOrderRequest(symbol=symbol, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY)
+    )
+
+
+def test_a_sell_without_shares_opens_a_short_position(ex: Exchange) -> None:
+    order = market_sell(ex, 10)
+    assert order.position_intent.value == "sell_to_open"
+    assert settled(ex, order).status == OrderStatus.FILLED
+    position = ex.trading.get_open_position("AAPL")
+    assert position.side.value == "short" and position.qty == "-10" and position.qty_available == "-10"
+    assert position.avg_entry_price == "150.2" and position.cost_basis == "-1502.00"
+    ex.quote("AAPL", "151.20", "151.30")  # the price rises: the short loses
+    position = ex.trading.get_open_position("AAPL")
+    assert position.market_value == "-1512.50" and position.unrealized_pl == "-10.50"
+    account = ex.trading.get_account()
+    assert account.cash == "101502.00" and account.short_market_value == "-1512.50"
+    assert account.equity == "99989.50"
+    more = settled(ex, market_sell(ex, 5))  # a second sell increases the short
+    assert more.status == OrderStatus.FILLED and position_qty(ex) == -15
+
+
+def test_closing_a_short_buys_to_cover(ex: Exchange) -> None:
+    settled(ex, market_sell(ex, 10))
+    cover = ex.trading.close_position("AAPL")
+    assert cover.side == OrderSide.BUY and cover.qty == "10" and cover.position_intent.value == "buy_to_close"
+    assert settled(ex, cover).filled_avg_price == "150.3"
+    assert position_qty(ex) == 0
+    assert ex.trading.get_account().cash == "99999.00"  # sold at 150.20, bought back at 150.30
+
+
+def test_a_sell_that_would_flip_a_long_to_short_is_refused(ex: Exchange) -> None:
+    bought(ex, 5)
+    with pytest.raises(APIError) as refused:
+        market_sell(ex, 8)
+    assert refused.value.status_code == 403
+    assert refused.value.message == "insufficient qty available for order (requested: 8, available: 5)"
+    assert position_qty(ex) == 5
+
+
+def test_shares_reserved_by_an_open_sell_are_not_sold_short_again(ex: Exchange) -> None:
+    bought(ex, 10)
+    ex.trading.submit_order(
+        StopOrderRequest(symbol="AAPL", qty=10, side=OrderSide.SELL, time_in_force=TimeInForce.GTC, stop_price=140)
+    )
+    assert ex.trading.get_open_position("AAPL").qty_available == "0"
+    with pytest.raises(APIError) as refused:
+        market_sell(ex, 10)
+    assert refused.value.status_code == 403
+    assert refused.value.message == "insufficient qty available for order (requested: 10, available: 0)"
+
+
+def test_fractional_short_sales_are_refused(ex: Exchange) -> None:
+    response = ex.api("POST", "/v2/orders", json={"symbol": "AAPL", "qty": "0.5", "side": "sell",
+                                                  "type": "market", "time_in_force": "day"})
+    assert response.status_code == 403
+    assert response.json()["message"] == "fractional orders cannot be sold short"
+
+
+def test_cash_account_refuses_a_sell_without_shares() -> None:
+    with running_exchange(account_type="cash") as ex:
+        ex.quote("AAPL", "150.20", "150.30")
+        with pytest.raises(APIError) as refused:
+            market_sell(ex, 1)
+        assert refused.value.status_code == 403
+        assert refused.value.message == "insufficient qty available for order (requested: 1, available: 0)"
+        assert ex.trading.get_all_positions() == []

@@ -154,13 +154,19 @@ def test_order_responses_match_the_trading_spec(ex: Exchange) -> None:
           json=order_body(type="stop_limit", stop_price=152, limit_price=153, qty=1))
     check(ex, "GET", f"/v2/orders/{bracket['id']}?nested=true", "/v2/orders/{order_id}", 200)
     check(ex, "GET", "/v2/orders:by_client_order_id?client_order_id=schema-1", "/v2/orders:by_client_order_id", 200)
+    ex.step()  # acknowledged: replaceable now
     replaced = check(ex, "PATCH", f"/v2/orders/{simple['id']}", "/v2/orders/{order_id}", 200,
                      json={"limit_price": "148.5", "qty": "4"})
     assert replaced["replaces"] == simple["id"]
+    pending = check(ex, "GET", f"/v2/orders/{simple['id']}", "/v2/orders/{order_id}", 200)
+    assert pending["status"] == "pending_replace"
+    ex.step()
     for query in ("status=all", "status=all&nested=true", "status=closed&direction=asc", "symbols=AAPL&limit=2"):
         check(ex, "GET", f"/v2/orders?{query}", "/v2/orders", 200)
     response = ex.api("DELETE", f"/v2/orders/{replaced['id']}", expect=204)
     assert response.content == b""
+    pending = check(ex, "GET", f"/v2/orders/{replaced['id']}", "/v2/orders/{order_id}", 200)
+    assert pending["status"] == "pending_cancel"
     canceled = check(ex, "DELETE", "/v2/orders", "/v2/orders", 207)
     assert canceled and all(item["status"] == 200 for item in canceled)
 
@@ -170,13 +176,19 @@ def test_position_account_and_market_responses_match_the_specs(ex: Exchange) -> 
     for symbol in ("AAPL", "MSFT"):
         ex.api("POST", "/v2/orders", expect=200,
                json={"symbol": symbol, "qty": 6, "side": "buy", "type": "market", "time_in_force": "day"})
-    check(ex, "GET", "/v2/positions", "/v2/positions", 200)
+    ex.api("POST", "/v2/orders", expect=200,  # a short sale
+           json={"symbol": "SPY", "qty": 3, "side": "sell", "type": "market", "time_in_force": "day"})
+    ex.step()
+    positions = check(ex, "GET", "/v2/positions", "/v2/positions", 200)
+    assert {p["symbol"]: p["side"] for p in positions} == {"AAPL": "long", "MSFT": "long", "SPY": "short"}
     position = check(ex, "GET", "/v2/positions/AAPL", "/v2/positions/{symbol_or_asset_id}", 200)
     check(ex, "GET", f"/v2/positions/{position['asset_id']}", "/v2/positions/{symbol_or_asset_id}", 200)
-    check(ex, "DELETE", "/v2/positions/AAPL?qty=2", "/v2/positions/{symbol_or_asset_id}", 200)
-    closed = check(ex, "DELETE", "/v2/positions?cancel_orders=true", "/v2/positions", 207)
-    assert {item["symbol"] for item in closed} == {"AAPL", "MSFT"}
+    check(ex, "GET", "/v2/positions/SPY", "/v2/positions/{symbol_or_asset_id}", 200)
     check(ex, "GET", "/v2/account", "/v2/account", 200)
+    check(ex, "DELETE", "/v2/positions/AAPL?qty=2", "/v2/positions/{symbol_or_asset_id}", 200)
+    ex.step()
+    closed = check(ex, "DELETE", "/v2/positions?cancel_orders=true", "/v2/positions", 207)
+    assert {item["symbol"] for item in closed} == {"AAPL", "MSFT", "SPY"}
     check(ex, "GET", "/v2/clock", "/v2/clock", 200)
     days = check(ex, "GET", "/v2/calendar?start=2026-11-20&end=2026-12-31", "/v2/calendar", 200)
     assert {d["date"] for d in days}.isdisjoint({"2026-11-26", "2026-12-25"})
@@ -202,6 +214,7 @@ def test_error_responses_match_the_error_schema(ex: Exchange) -> None:
     no_keys = {"APCA-API-KEY-ID": "", "APCA-API-SECRET-KEY": ""}
     assert check_error(ex, "GET", "/v2/account", 401, headers=no_keys)["code"] == 40110000
     filled = ex.api("POST", "/v2/orders", expect=200, json=order_body(type="market", limit_price=None)).json()
+    ex.step()
     expected = [
         ("GET", f"/v2/orders/{uuid.uuid4()}", 404, {}, 40410000, "order not found"),
         ("DELETE", f"/v2/orders/{uuid.uuid4()}", 404, {}, 40410000, "order not found"),
@@ -222,6 +235,9 @@ def test_error_responses_match_the_error_schema(ex: Exchange) -> None:
         ("POST", "/v2/orders", 403, {"json": order_body(side="sell", qty=6)}, 40310000,
          "insufficient qty available for order (requested: 6, available: 5)"),
         ("POST", "/v2/orders", 403, {"json": order_body(qty=100000)}, 40310000, "insufficient buying power"),
+        ("POST", "/v2/orders", 403, {"json": order_body(symbol="SPY", side="sell", qty="0.5", type="market",
+                                                        limit_price=None, time_in_force="day")},
+         40310000, "fractional orders cannot be sold short"),
         ("GET", "/v2/orders?limit=501", 422, {}, 42210000, "invalid limit 501: must be between 1 and 500"),
         ("POST", "/v2/orders", 400, {"data": b"{not json"}, 40010000, "request body format is invalid"),
         ("GET", "/v2/stocks/bars?symbols=AAPL&timeframe=7Days", 400, {}, 40010000, "invalid timeframe: '7Days'"),

@@ -21,7 +21,7 @@ import order_executor
 import order_monitor
 import position_monitor
 from alpaca_client import AlpacaBroker
-from tests.factories import add_decision, make_settings, snapshot
+from tests.factories import ExchangeAdmin, add_decision, make_settings, snapshot
 from trading import audit
 from trading.broker import OrderRequest
 
@@ -29,12 +29,15 @@ SETTINGS = make_settings()
 TRADE_TABLES = ("analysis_decision", "trade_journal", "order_execution", "position_tracking")
 
 
-def no_sleep(_seconds: float) -> None:
-    return None
+def exchange_sleep(broker: AlpacaBroker) -> Any:
+    """The programs' waits between cancel confirmations pass the exchange's simulated clock."""
+    return ExchangeAdmin(broker.base_url).sleeper()
 
 
 def run_position_monitor(db: Any, broker: AlpacaBroker, **options: Any) -> Any:
-    return position_monitor.run_once(db, broker, settings=SETTINGS, sleep=no_sleep, **options)
+    """One position monitor run, after one matching pass of the exchange (runs are minutes apart)."""
+    ExchangeAdmin(broker.base_url).step()
+    return position_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker), **options)
 
 
 def open_trades(db: Any, broker: AlpacaBroker, exchange: Any, **trades: tuple[str, str, str, str, int]) -> None:
@@ -43,10 +46,10 @@ def open_trades(db: Any, broker: AlpacaBroker, exchange: Any, **trades: tuple[st
     The entry limit is filled at the ask (= the entry) by a quote of (bid, entry)."""
     for symbol, (entry, stop, target, _bid, qty) in trades.items():
         add_decision(db, symbol, planned_entry=entry, planned_sl=stop, planned_tp=target, planned_qty=qty)
-    placed = order_executor.run_once(db, broker, settings=SETTINGS)
+    placed = order_executor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     assert placed.counts["placed"] == len(trades), placed.notes
     exchange.quotes(**{symbol: (bid, entry) for symbol, (entry, _s, _t, bid, _q) in trades.items()})
-    opened = order_monitor.run_once(db, broker, settings=SETTINGS, sleep=no_sleep)
+    opened = order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     assert opened.counts["positions_opened"] == len(trades), opened.notes
     assert exchange.positions() == {symbol: Decimal(qty) for symbol, (*_rest, qty) in trades.items()}
 
@@ -93,12 +96,16 @@ def cancel_protection_outside(outside: AlpacaBroker, exchange: Any, symbol: str 
     legs = [o for o in open_exchange_orders(exchange, symbol) if o["side"] == "sell"]
     assert legs
     outside.cancel_order(legs[0]["id"])
+    exchange.step()  # the cancel completes (an OCO's stop leg one pass after its parent)
+    exchange.step()
     assert [o for o in open_exchange_orders(exchange, symbol) if o["side"] == "sell"] == []
 
 
 def sell_outside(outside: AlpacaBroker, qty: int, client_order_id: str, symbol: str = "AAPL") -> Any:
     order = outside.submit_order(OrderRequest(symbol=symbol, qty=Decimal(qty), side="sell", kind="market",
                                               time_in_force="day", client_order_id=client_order_id))
+    ExchangeAdmin(outside.base_url).step()  # it fills at the next matching pass
+    order = outside.get_order(order.id)
     assert order.status == "filled"
     return order
 
@@ -267,7 +274,7 @@ def test_exit_leg_filled_before_order_monitor_ran_closes_with_its_reason_and_fil
 
     # order_monitor, running next, finds everything already recorded: no second booking.
     before = snapshot(db)
-    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=no_sleep)
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     assert snapshot(db) == before
 
 
@@ -298,6 +305,7 @@ def test_position_closed_from_the_dashboard_with_close_all_closes_at_the_fill_pr
     response = requests.delete(f"{exchange.url}/v2/positions", params={"cancel_orders": "true"}, timeout=5,
                                headers={"APCA-API-KEY-ID": "dashboard", "APCA-API-SECRET-KEY": "operator"})
     assert response.status_code == 207
+    exchange.step()  # the market sells fill at the next matching pass
     assert exchange.positions() == {}
 
     run_position_monitor(db, broker)
@@ -373,22 +381,25 @@ def test_quantity_mismatch_takes_the_brokers_quantity_and_resizes_protection_at_
     # One group at the exchange covers exactly the 6 shares: an OCO (take-profit 160 + stop 145).
     sells = [o for o in open_exchange_orders(exchange) if o["side"] == "sell"]
     assert sorted((o["type"], Decimal(o["qty"]), o["status"]) for o in sells) == [
-        ("limit", Decimal(6), "new"), ("stop", Decimal(6), "held")]
+        ("limit", Decimal(6), "pending_new"), ("stop", Decimal(6), "held")]  # as answered to this run
     take_profit = next(o for o in sells if o["type"] == "limit")
     stop = next(o for o in sells if o["type"] == "stop")
     group = outside.get_order(take_profit["id"])
     assert (group.order_class, [leg.id for leg in group.legs]) == ("oco", [stop["id"]])
     assert Decimal(stop["stop_price"]) == Decimal("145")
     assert row["stop_loss_order_id"] == stop["id"]
-    protecting = [r for r in db.query("order_execution") if r["order_status"] in ("new", "held")]
+    protecting = [r for r in db.query("order_execution") if r["order_status"] in ("pending_new", "held")]
     assert sorted((r["order_type"], r["qty"]) for r in protecting) == [("STOP_LOSS", 6), ("TAKE_PROFIT", 6)]
 
-    # Nothing new at the broker: the next run, and order_monitor's, change nothing.
+    # Once order_monitor recorded the OCO's acknowledgement (pending_new -> new), nothing is new at the
+    # broker: the next run, and order_monitor's, change nothing.
+    exchange.step()
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     before = snapshot(db)
     again = run_position_monitor(db, broker)
     assert snapshot(db) == before
     assert again.outcome == "success", again.notes
-    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=no_sleep)
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     assert snapshot(db) == before
 
     # The rest is sold outside later at another price: each outside sell is used once.
@@ -415,6 +426,7 @@ def test_shares_bought_outside_are_recorded_not_adopted_and_the_trade_keeps_its_
     exchange.quotes(AAPL=("151.00", "151.10"))
     outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(5), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-5"))
+    exchange.step()  # acknowledged and filled at the next matching pass
     assert exchange.positions() == {"AAPL": Decimal(15)}
 
     summary = run_position_monitor(db, broker)
@@ -438,6 +450,7 @@ def test_orphan_broker_position_is_recorded_once_and_never_sold(db, broker, exch
     exchange.quotes(MSFT=("400.00", "400.10"))
     outside.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(3), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-msft"))
+    exchange.step()  # acknowledged and filled at the next matching pass
 
     first = run_position_monitor(db, broker)
 
@@ -461,6 +474,7 @@ def test_orphan_broker_position_is_recorded_once_and_never_sold(db, broker, exch
     # A changed orphan quantity is recorded again (once).
     outside.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(2), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-msft-2"))
+    exchange.step()  # acknowledged and filled at the next matching pass
     run_position_monitor(db, broker)
     run_position_monitor(db, broker)
     assert [r["new_value"] for r in audit_rows(db, audit.ORPHAN_POSITION)] == ["3", "5"]
@@ -468,7 +482,7 @@ def test_orphan_broker_position_is_recorded_once_and_never_sold(db, broker, exch
 
 def test_entry_filled_before_order_monitor_ran_is_not_an_orphan(db, broker, exchange):
     add_decision(db, "AAPL")
-    order_executor.run_once(db, broker, settings=SETTINGS)
+    order_executor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
     exchange.quotes(AAPL=("149.90", "150.00"))  # the entry fills; order_monitor has not run yet
     assert exchange.positions() == {"AAPL": Decimal(10)}
 
@@ -574,11 +588,11 @@ def test_unrecorded_entry_fill_of_another_trade_of_the_symbol_is_booked_on_its_o
     second_decision = add_decision(db, "AAPL", planned_entry="152.00", planned_sl="147.00", planned_tp="165.00",
                                    planned_qty=5)
     exchange.quotes(AAPL=("152.90", "153.00"))  # the second entry rests
-    assert order_executor.run_once(db, broker, settings=settings).counts["placed"] == 1
+    assert order_executor.run_once(db, broker, settings=settings, sleep=exchange_sleep(broker)).counts["placed"] == 1
     exchange.quotes(AAPL=("151.90", "152.00"))  # the second entry fills; order_monitor has not run
     assert exchange.positions() == {"AAPL": Decimal(15)}
 
-    position_monitor.run_once(db, broker, settings=settings, sleep=no_sleep)
+    position_monitor.run_once(db, broker, settings=settings, sleep=exchange_sleep(broker))
 
     (second,) = db.query("trade_journal", {"initial_analysis_id": second_decision})
     assert (second["status"], second["actual_qty"], second["actual_entry"]) == ("POSITION", Decimal(5),
@@ -610,15 +624,16 @@ def test_fill_during_the_run_is_not_counted_twice_against_a_stale_position_snaps
     settings = make_settings(ALLOW_SAME_SYMBOL="true")
     for target in ("160", "165", "175"):
         add_decision(db, "AAPL", planned_entry="150", planned_sl="145", planned_tp=target, planned_qty=10)
-    assert order_executor.run_once(db, broker, settings=settings).counts["placed"] == 3
+    assert order_executor.run_once(db, broker, settings=settings, sleep=exchange_sleep(broker)).counts["placed"] == 3
     exchange.quotes(AAPL=("149.90", "150.00"))
-    assert order_monitor.run_once(db, broker, settings=settings, sleep=no_sleep).counts["positions_opened"] == 3
+    opened = order_monitor.run_once(db, broker, settings=settings, sleep=exchange_sleep(broker))
+    assert opened.counts["positions_opened"] == 3
     exchange.quotes(AAPL=("160.00", "160.10"))  # the first target fills before the run
     assert exchange.positions() == {"AAPL": Decimal(20)}
     racing = MidRunFillBroker(after_positions=lambda: exchange.quotes(AAPL=("165.00", "165.10")),
                               base_url=exchange.url, data_url=exchange.url, timeout=3)
 
-    summary = position_monitor.run_once(db, racing, settings=settings, sleep=no_sleep)
+    summary = position_monitor.run_once(db, racing, settings=settings, sleep=exchange_sleep(broker))
 
     assert exchange.positions() == {"AAPL": Decimal(10)}
     trades = db.query("trade_journal", {"symbol": "AAPL"}, order_by="id")
@@ -659,8 +674,10 @@ def test_outside_buy_after_a_stop_out_is_an_orphan_and_later_symbols_are_still_r
     exchange.quotes(AAPL=("144.00", "144.10"), MSFT=("401.00", "401.10"))  # AAPL's stop fills at the broker
     outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(5), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-after-stop"))
+    exchange.step()  # acknowledged and filled at the next matching pass
     outside.submit_order(OrderRequest(symbol="MSFT", qty=Decimal(1), side="buy", kind="market",
                                       time_in_force="day", client_order_id="dashboard-buy-msft"))
+    exchange.step()  # acknowledged and filled at the next matching pass
     assert exchange.positions() == {"AAPL": Decimal(5), "MSFT": Decimal(3)}
 
     summary = run_position_monitor(db, broker)
@@ -680,6 +697,7 @@ def test_one_symbols_failure_is_recorded_and_the_batch_goes_on_to_the_snapshot(d
     for symbol in ("AAPL", "MSFT"):  # both positions changed outside: both need a look at their orders
         outside.submit_order(OrderRequest(symbol=symbol, qty=Decimal(1), side="buy", kind="market",
                                           time_in_force="day", client_order_id=f"dashboard-buy-{symbol}"))
+        exchange.step()  # acknowledged and filled at the next matching pass
     [aapl_entry] = db.query("order_execution", {"symbol": "AAPL", "order_type": "ENTRY"})
     aapl_root = aapl_entry["alpaca_order_id"]
     exchange.fault(status=500, method="GET", path=f"/v2/orders/{aapl_root}", count=10)

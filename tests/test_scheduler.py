@@ -361,6 +361,7 @@ def test_the_real_programs_run_through_the_job_wrapper(settings, broker, calenda
     runner = JobRunner(settings, broker, calendar, clock=simulated_clock(broker))
     by_id = {s.id: s for s in build_job_table(settings.schedule, calendar)}
     assert runner.run(by_id["order_executor"]).counts["placed"] == 1
+    exchange.step()  # the entry is acknowledged and fills at the exchange's next matching pass
     assert runner.run(by_id["order_monitor"]).outcome == "success"
     assert runner.run(by_id["position_monitor"]).outcome == "success"
     [trade] = db.query("trade_journal")

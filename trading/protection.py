@@ -410,6 +410,7 @@ class Protector:
                 # Already finished (filled, canceled) or unknown: the look-up below tells which.
                 logger.info("cancel of order %s: %s", target["alpaca_order_id"], exc)
         pending_roots = set(groups)
+        recanceled: set[str] = set()
         for attempt in range(self.confirm_attempts):
             for root in sorted(pending_roots):
                 try:
@@ -420,14 +421,33 @@ class Protector:
                 root_row = self.reconciler.orders.by_alpaca_id(root)
                 if root_row is not None:
                     self.record(trade_id, root_row["id"], order)
-                if all(o.terminal for o in order.walk() if o.id in {m["alpaca_order_id"] for m in groups[root]}):
+                # Confirmed only when the whole group has ended: at Alpaca a canceled parent can be
+                # final while its legs are still live (pending_cancel), and a stop still live must
+                # never be met by new protection for the same shares.
+                live = [o for o in order.walk() if not o.terminal]
+                if not live:
                     pending_roots.discard(root)
+                    continue
+                if order.terminal:
+                    self._cancel_live_legs(live, recanceled)
             if not pending_roots:
                 return True
             if attempt + 1 < self.confirm_attempts:
                 self.sleep(self.confirm_interval)
         self.warn(f"trade {trade_id}: cancel not confirmed yet for order(s) {', '.join(sorted(pending_roots))}")
         return False
+
+    def _cancel_live_legs(self, live: list[BrokerOrder], recanceled: set[str]) -> None:
+        """The parent ended but legs still work: each leg not already on its way out
+        (``pending_cancel``) gets one cancel of its own; then the confirmation waits for them."""
+        for leg in live:
+            if leg.status == "pending_cancel" or leg.id in recanceled:
+                continue
+            recanceled.add(leg.id)
+            try:
+                self.broker.cancel_order(leg.id)
+            except (NotFoundError, BrokerRejectedError) as exc:
+                logger.info("cancel of leg %s: %s", leg.id, exc)
 
     # -- exiting --------------------------------------------------------------------------------
 
@@ -478,10 +498,31 @@ class Protector:
                                                            "exit_next_step_at": due})
         outcome = self._send(trade_id, row_id, request)
         if outcome == "sent":
+            self._await_exit(trade_id, row_id)
             return "exit_submitted"
         self.warn(f"trade {trade_id} {view.trade['symbol']}: exit refused ({outcome}); protection restored")
         self.ensure(trade_id)
         return "failed"
+
+    def _await_exit(self, trade_id: int, row_id: int) -> None:
+        """Wait, briefly, for the market exit just sent to end (Alpaca answers ``pending_new`` and
+        fills a moment later), recording each answer, so the run ends with the trade closed rather
+        than with unprotected shares and an exit in flight. Not filled in time, the exit keeps
+        working and the next run records it (``ensure`` sees it as ``exiting``)."""
+        row = self.db.get_by_id("order_execution", row_id)
+        if row is None or not row.get("alpaca_order_id") or lifecycle.is_terminal(row["order_status"]):
+            return
+        for attempt in range(self.confirm_attempts):
+            try:
+                order = self.broker.get_order(row["alpaca_order_id"])
+            except (NotFoundError, BrokerUnavailableError) as exc:
+                logger.info("exit %s not confirmed yet: %s", row["alpaca_order_id"], exc)
+                return
+            self.record(trade_id, row_id, order)
+            if order.terminal:
+                return
+            if attempt + 1 < self.confirm_attempts:
+                self.sleep(self.confirm_interval)
 
     @_one_program_per_trade("deferred")
     def cancel_entry(self, trade_id: int, entry_reason: str, reason: str) -> str:

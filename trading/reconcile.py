@@ -132,6 +132,13 @@ class Reconciler:
                 self.trades.cancel(trade, reason, row.get("canceled_at") or now,
                                    f"entry order {change.new_status} with nothing filled")
                 result.cancelled = True
+                # Its legs may outlive it for a moment (Alpaca cancels them after the parent:
+                # ``pending_cancel``); they are confirmed ended so the finished trade has no live order.
+                # Not for an entry the broker stopped showing (not_found): it may still be working.
+                if change.new_status != lifecycle.NOT_FOUND:
+                    result.to_cancel.extend(
+                        other for other in self.orders.for_trade(trade["id"])
+                        if other["id"] != row["id"] and other["order_status"] in lifecycle.OPEN_ORDER_STATUSES)
             elif filled > ZERO:
                 self.audit.record("trade", trade["id"], audit.TRADE_UPDATED, symbol=trade["symbol"],
                                   reason=f"entry {change.new_status} with {filled} of {row['qty']} filled: "
