@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 import order_executor
-from tests.factories import add_decision, make_settings
+from tests.factories import ExchangeAdmin, add_decision, make_settings
 from tests.monitor_support import audit_events, open_position, rows, run_monitor, working_sells
 from trading.broker import Quote
 from trading.exits import EXIT_STEP, MARKET, ExitStep, Urgency, exit_step
@@ -51,7 +51,8 @@ def covered(db, exchange, trade_id: int) -> None:
 
 def close(db, broker, trade_id: int, **env: str):
     add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
-    summary = order_executor.run_once(db, broker, settings=make_settings(**env))
+    summary = order_executor.run_once(db, broker, settings=make_settings(**env),
+                                      sleep=ExchangeAdmin(broker.base_url).sleeper())
     assert summary.counts["closing"] == 1, summary.as_dict()
 
 
@@ -71,13 +72,15 @@ def test_normal_close_walks_its_limit_from_the_mid_to_the_bid_and_fills_with_eve
 
     exchange.clock(advance_seconds=STEP)
     run_monitor(db, broker, settings, check=False)  # step 1: halfway to the bid, by replace
+    run_monitor(db, broker, settings, check=False)  # the replace completed: its successor is adopted
     exits = rows(db, trade["id"], "EXIT")
     assert [(r["limit_price"], r["order_status"]) for r in exits] == [(Decimal("151.50"), "replaced"),
                                                                       (Decimal("151.25"), "new")]
     covered(db, exchange, trade["id"])
 
     exchange.clock(advance_seconds=STEP)
-    run_monitor(db, broker, settings, check=False)  # step 2: at the bid, marketable: fills
+    run_monitor(db, broker, settings, check=False)  # step 2: at the bid, marketable
+    run_monitor(db, broker, settings, check=False)  # the replacement fills at the next pass
     trade = db.get_by_id("trade_journal", trade["id"])
     assert (trade["status"], trade["exit_reason"]) == ("CLOSED", "CLOSE_REQUESTED")
     assert (trade["exit_price"], trade["actual_pnl"]) == (Decimal("151.00"), Decimal("10.00"))

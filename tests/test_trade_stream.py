@@ -43,9 +43,21 @@ def streaming():
     """A paper exchange that serves the trade-updates stream, and a broker on it."""
     handle = start_server(exchange=PaperExchange(seed=7, simulated_clock=True, start_time=FRIDAY_0945,
                                                  price_simulation=False), stream_port=0)
+    # A running exchange takes matching passes by itself: acknowledgements, fills and cancels
+    # complete while the listener works (the simulated clock does not move).
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.wait(0.05):
+            handle.exchange.advance(0)
+
+    pumping = threading.Thread(target=pump, daemon=True)
+    pumping.start()
     try:
         yield handle, ExchangeAdmin(handle.url), AlpacaBroker(base_url=handle.url, data_url=handle.url, timeout=3)
     finally:
+        stop.set()
+        pumping.join(timeout=5)
         handle.stop()
 
 

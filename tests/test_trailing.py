@@ -22,8 +22,14 @@ def live_stop(db, trade_id: int) -> dict:
 
 
 def run_position_monitor(db, broker):
+    """A position-monitor run, then the exchange's next pass and an order-monitor run: a raised stop
+    is answered pending_replace and its successor is adopted by the sync once the replace completes."""
+    from tests.factories import ExchangeAdmin
+
     summary = position_monitor.run_once(db, broker, settings=make_settings(), sleep=lambda _s: None)
     assert summary.outcome == "success", summary.as_dict()
+    ExchangeAdmin(broker.base_url).step()
+    run_monitor(db, broker, check=False)
     return summary
 
 
