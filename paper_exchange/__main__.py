@@ -23,6 +23,7 @@ from pathlib import Path
 from . import service
 from .engine import PaperExchange
 from .persistence import StateFile
+from .ratelimit import ALPACA_REQUESTS_PER_MINUTE, check_limit
 from .server import ExchangeServer
 
 DESCRIPTION = """\
@@ -75,12 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no random walk: only quotes set through /admin/quotes exist")
     parser.add_argument("--partial-fill-probability", type=float, default=0.0,
                         help="chance that an eligible fill is partial (Alpaca paper: about 0.1; default 0)")
+    parser.add_argument("--rate-limit", type=_rate_limit, default=ALPACA_REQUESTS_PER_MINUTE, metavar="N",
+                        help="requests per minute per API key on the Trading API, and apart on the "
+                             f"Market-data API, before 429 (Alpaca: {ALPACA_REQUESTS_PER_MINUTE}; the default)")
     parser.add_argument("--state-file", type=Path,
                         help="load state from this JSON file at start and keep saving to it")
     parser.add_argument("--pid-file", type=Path, help="write the process id here while running")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
                         help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     return parser
+
+
+def _rate_limit(text: str) -> int:
+    try:
+        return check_limit(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}") from None
 
 
 def _parse_symbols(text: str) -> dict[str, Decimal | None]:
@@ -138,7 +149,7 @@ def serve(argv: Sequence[str]) -> int:
         state_file.load()
         state_file.start()
     try:
-        server = ExchangeServer(exchange=exchange, host=args.host, port=args.port)
+        server = ExchangeServer(exchange=exchange, host=args.host, port=args.port, rate_limit=args.rate_limit)
     except OSError as exc:
         if state_file is not None:
             state_file.stop()
@@ -160,7 +171,8 @@ def serve(argv: Sequence[str]) -> int:
     print(f"Paper exchange listening on {server.url} ({clock} clock, {hours})", flush=True)
     print(f"  ALPACA_BASE_URL={server.url}", flush=True)
     print(f"  ALPACA_DATA_URL={server.url}", flush=True)
-    print("  any non-empty API key and secret are accepted; Ctrl-C stops", flush=True)
+    print(f"  any non-empty API key and secret are accepted; {args.rate_limit} requests/min per key; "
+          "Ctrl-C stops", flush=True)
     try:
         while not stopping.wait(0.5):
             pass

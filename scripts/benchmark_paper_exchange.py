@@ -45,8 +45,10 @@ def exchange(url: str | None, in_process: bool) -> Iterator[str]:
         return
     if in_process:
         from paper_exchange import PaperExchange, start_server
+        from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
 
-        handle = start_server(exchange=PaperExchange(price_simulation=False))
+        handle = start_server(exchange=PaperExchange(price_simulation=False),
+                              rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
         try:
             yield handle.url
         finally:
