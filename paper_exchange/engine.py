@@ -29,6 +29,7 @@ from typing import Any
 from . import fills
 from .bars import TimeFrame, aggregate, iter_symbols
 from .calendar import NyseCalendar
+from .configurations import AccountConfigurations, AccountConfigurationsApi
 from .errors import (
     CODE_CONFLICT,
     CODE_UNPROCESSABLE_INPUT,
@@ -38,6 +39,7 @@ from .errors import (
     not_found,
     unprocessable,
 )
+from .history import EquityHistory, PortfolioHistoryApi
 from .market import Market, Quote, check_symbol, parse_quote_side, seeded_rng
 from .money import ZERO, cents, check_price, fmt, fmt_money, to_decimal
 from .orders import (
@@ -57,12 +59,15 @@ from .orders import (
     Order,
     OrderSpec,
     check_exit_prices,
+    check_replaceable,
     new_order_id,
+    notional_qty,
     parse_client_order_id,
     parse_order_request,
     parse_qty,
 )
 from .positions import Position
+from .snapshots import MarketSnapshotsApi
 from .timeutil import (
     UTC,
     eastern_datetime,
@@ -91,7 +96,7 @@ CALENDAR_LAST = date(2029, 12, 31)
 ONE_MICROSECOND = timedelta(microseconds=1)
 
 
-class PaperExchange:
+class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHistoryApi):
     """An Alpaca-compatible paper exchange engine (no HTTP; see :mod:`paper_exchange.server`).
 
     Args:
@@ -164,7 +169,9 @@ class PaperExchange:
         self._by_client_id: dict[str, str] = {}
         self._open_by_symbol: dict[str, dict[str, Order]] = {}
         self._positions: dict[str, Position] = {}
+        self.configurations = AccountConfigurations()
         self.cash: Decimal = self.starting_cash
+        self.equity_history = EquityHistory(self._now, self.cash)
         self.last_equity: Decimal = self.starting_cash
         self._seq = 0
         self._last_stamp: datetime | None = None
@@ -264,6 +271,7 @@ class PaperExchange:
     def _advance_to(self, target: datetime, reevaluate: bool = False) -> None:
         cursor = self._now
         if target > cursor:
+            self.equity_history.record(cursor, self._equity())  # what happened while time stood still
             step_from = max(cursor, target - MAX_STEPPED_SPAN)
             for moment, kind in self.calendar.boundaries(cursor, target):
                 self._run_minutes(cursor, moment, step_from)
@@ -275,6 +283,7 @@ class PaperExchange:
                 cursor = moment
             self._run_minutes(cursor, target, step_from)
             self._now = target
+            self.equity_history.record(target, self._equity())
             self._touch()
         if reevaluate or self._now - self._last_reevaluation >= REEVALUATE_EVERY:
             self._last_reevaluation = self._now
@@ -292,6 +301,8 @@ class PaperExchange:
             for symbol in self.market.step(minute):
                 if self._open_by_symbol.get(symbol):
                     self._match_symbol(symbol)
+            if self._positions:
+                self.equity_history.record(minute, self._equity())
             minute += timedelta(minutes=1)
 
     def _on_open(self, moment: datetime) -> None:
@@ -326,6 +337,8 @@ class PaperExchange:
                     self._finish(order, CANCELED, moment)
         self.market.mark_close()
         self.last_equity = self._equity()
+        self.equity_history.record_close(
+            self.calendar.current_or_next_session(moment - ONE_MICROSECOND).day, self.last_equity)
 
     # ================================================================== order index
     def _open_orders(self) -> list[Order]:
@@ -501,6 +514,8 @@ class PaperExchange:
     def _submit(self, spec: OrderSpec, replaces: Order | None = None) -> tuple[Order, list[Order]]:
         asset_id = self._check_asset(spec.symbol)
         client_order_id = self._check_client_order_id(spec.client_order_id)
+        if spec.notional is not None:  # sized here for the checks, again at the fill price
+            spec.qty = notional_qty(spec.notional, self._base_price(spec))
         if spec.order_class in ("bracket", "oto"):
             check_exit_prices(
                 spec.side,
@@ -515,6 +530,8 @@ class PaperExchange:
             qty=spec.qty, created_at=self._now, submitted_at=self._now, updated_at=self._now,
             status=NEW, seq=0, limit_price=spec.limit_price, stop_price=spec.stop_price,
         )
+        held = self._positions.get(spec.symbol)
+        self.configurations.check_new_order(spec.side, spec.qty, held.qty if held else ZERO)
         if spec.side == "sell":
             self._check_sell(spec.symbol, spec.qty, exclude=replaces)
         else:
@@ -550,6 +567,7 @@ class PaperExchange:
         )
         if spec.type == "trailing_stop" and quote is not None:
             fills.update_trailing_stop(parent, quote)
+        parent.notional = spec.notional
         legs: list[Order] = []
         exit_side = "sell" if spec.side == "buy" else "buy"
         if spec.order_class == "oco":
@@ -656,6 +674,8 @@ class PaperExchange:
         price = fills.execution_price(order, quote)
         if price is None:
             return False
+        if order.notional is not None and order.filled_qty == 0:
+            order.qty = notional_qty(order.notional, price)
         qty = self._fill_quantity(order)
         if qty <= 0:
             return False
@@ -790,6 +810,8 @@ class PaperExchange:
             return new.to_json(legs=self._legs(new) if new.leg_ids else None)
 
     def _replacement(self, old: Order, fields: Mapping[str, Any]) -> Order:
+        self.configurations.check_replace()
+        check_replaceable(old, fields)
         qty = old.remaining
         if "qty" in fields:
             qty = parse_qty(fields["qty"], allow_fraction=old.qty != old.qty.to_integral_value())
@@ -1070,7 +1092,7 @@ class PaperExchange:
             equity = self.cash + long_value
             buying_power = self._buying_power()
             previous = self.calendar.previous_session(self._now)
-            return {
+            account = {
                 "id": self.account_id,
                 "account_number": self.account_number,
                 "status": "ACTIVE",
@@ -1107,6 +1129,7 @@ class PaperExchange:
                 "options_approved_level": 0,
                 "options_trading_level": 0,
             }
+            return self.configurations.apply_to_account(account)
 
     def _clock_json(self) -> dict[str, Any]:
         now = self._now
@@ -1373,6 +1396,8 @@ class PaperExchange:
                 "account_number": self.account_number,
                 "account_created_at": iso_utc(self.account_created_at),
                 "partial_fill_probability": self.partial_fill_probability,
+                "configurations": self.configurations.to_json(),
+                "equity_history": self.equity_history.to_state(),
                 "orders": [o.to_state() for o in self._order_list],
                 "positions": [p.to_state() for p in self._positions.values()],
                 "fill_rng": [version, list(internal), gauss_next],
@@ -1395,6 +1420,8 @@ class PaperExchange:
             self.account_id = str(data.get("account_id", self.account_id))
             self.account_number = str(data.get("account_number", self.account_number))
             self.partial_fill_probability = float(data.get("partial_fill_probability", 0.0))
+            self.configurations = AccountConfigurations.from_state(data.get("configurations"))
+            self.equity_history = EquityHistory.from_state(data.get("equity_history"), self._now, self.cash)
             self._seq = int(data["seq"])
             self._last_stamp = parse_timestamp(data["last_stamp"]) if data.get("last_stamp") else None
             version, internal, gauss_next = data["fill_rng"]

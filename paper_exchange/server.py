@@ -152,6 +152,23 @@ def _account(server: ExchangeServer, request: Request) -> Response:
     return Response(200, server.exchange.get_account())
 
 
+@route("GET", "/v2/account/configurations")
+def _configurations(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.get_account_configurations())
+
+
+@route("PATCH", "/v2/account/configurations")
+def _update_configurations(server: ExchangeServer, request: Request) -> Response:
+    if not isinstance(request.body, dict):
+        raise unprocessable("request body must be a JSON object")
+    return Response(200, server.exchange.update_account_configurations(request.body))
+
+
+@route("GET", "/v2/account/portfolio/history")
+def _portfolio_history(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.portfolio_history(request.params))
+
+
 @route("GET", "/v2/clock")
 def _clock(server: ExchangeServer, request: Request) -> Response:
     return Response(200, server.exchange.get_clock())
@@ -280,6 +297,26 @@ def _latest_quotes(server: ExchangeServer, request: Request) -> Response:
 @route("GET", "/v2/stocks/trades/latest")
 def _latest_trades(server: ExchangeServer, request: Request) -> Response:
     return Response(200, server.exchange.latest_trades(request.params.get("symbols", "")))
+
+
+@route("GET", "/v2/stocks/bars/latest")
+def _latest_bars(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.latest_bars(request.params.get("symbols", "")))
+
+
+@route("GET", "/v2/stocks/{symbol}/bars/latest")
+def _latest_bar(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.latest_bar(request.match["symbol"]))
+
+
+@route("GET", "/v2/stocks/snapshots")
+def _snapshots(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.stock_snapshots(request.params.get("symbols", "")))
+
+
+@route("GET", "/v2/stocks/{symbol}/snapshot")
+def _snapshot(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.stock_snapshot(request.match["symbol"]))
 
 
 @route("GET", "/v2/stocks/bars")
