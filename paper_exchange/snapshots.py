@@ -15,16 +15,20 @@ answered 404 by the single-symbol ones.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from .bars import iter_symbols
+from .bars import TimeFrame, aggregate, iter_symbols
 from .errors import bad_request, not_found
+from .timeutil import UTC, eastern_datetime, to_eastern
 
 # How far back to look for the last minute bar and the last two daily bars: further than any
 # market closure (a long weekend plus holidays).
 _LOOKBACK = timedelta(days=14)
+_MINUTE = TimeFrame(1, "Min")
+_DAY = TimeFrame(1, "Day")
 
 
 class MarketSnapshotsApi:
@@ -44,10 +48,9 @@ class MarketSnapshotsApi:
                     snapshot["latestTrade"] = trades[symbol]
                 if symbol in quotes:
                     snapshot["latestQuote"] = quotes[symbol]
-                minute = self._last_bars(symbol, "1Min", now, 1)
-                if minute:
-                    snapshot["minuteBar"] = minute[0]
-                daily = self._last_bars(symbol, "1Day", now, 2)
+                minute, daily = self._latest_bars(symbol, now)
+                if minute is not None:
+                    snapshot["minuteBar"] = minute
                 if daily:
                     snapshot["dailyBar"] = daily[0]
                 if len(daily) > 1:
@@ -69,9 +72,9 @@ class MarketSnapshotsApi:
             now = self.now()  # type: ignore[attr-defined]
             bars = {}
             for symbol in _known(self, symbols):
-                last = self._last_bars(symbol, "1Min", now, 1)
-                if last:
-                    bars[symbol] = last[0]
+                minute, _daily = self._latest_bars(symbol, now, daily=False)
+                if minute is not None:
+                    bars[symbol] = minute
             return {"bars": bars}
 
     def latest_bar(self, symbol: str) -> dict[str, Any]:
@@ -82,11 +85,29 @@ class MarketSnapshotsApi:
         name, bar = next(iter(bars.items()))
         return {"symbol": name, "bar": bar}
 
-    def _last_bars(self, symbol: str, timeframe: str, now: Any, count: int) -> list[dict[str, Any]]:
-        """The ``count`` latest bars of ``symbol``, newest first."""
-        page = self.bars(symbol, timeframe, start=now - _LOOKBACK, end=now,  # type: ignore[attr-defined]
-                         limit=count, sort="desc")
-        return list(page["bars"].get(symbol, []))
+    def _latest_bars(
+        self, symbol: str, now: datetime, daily: bool = True
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """(the last minute bar, [the latest daily bar, the one before]) of ``symbol``: the same
+        bars ``GET /v2/stocks/bars`` answers, aggregated over the last two trading days only."""
+        series = self.market.bar_series(symbol, now)  # type: ignore[attr-defined]
+        if series is None:
+            return None, []
+        recent = series.indices(now - _LOOKBACK, now)
+        if not recent:
+            return None, []
+        last = datetime.fromtimestamp(series.times[recent[-1]], UTC)
+        minute = aggregate(series, _MINUTE, last, last)[0]
+        if not daily:
+            return minute, []
+        day_start = eastern_datetime(to_eastern(last).date(), 0, 0)
+        first_today = bisect.bisect_left(series.times, int(day_start.timestamp()))
+        since = day_start
+        if first_today > 0:  # the trading day before, whenever it was
+            before = datetime.fromtimestamp(series.times[first_today - 1], UTC)
+            since = eastern_datetime(to_eastern(before).date(), 0, 0)
+        days = aggregate(series, _DAY, since, now)
+        return minute, days[::-1][:2]
 
 
 def _known(exchange: Any, symbols: str | Iterable[str]) -> list[str]:
