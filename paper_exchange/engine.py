@@ -675,7 +675,7 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
         if price is None:
             return False
         if order.notional is not None and order.filled_qty == 0:
-            order.qty = notional_qty(order.notional, price)
+            order.qty = notional_qty(order.notional, price, on_submit=False)
         qty = self._fill_quantity(order)
         if qty <= 0:
             return False

@@ -331,13 +331,16 @@ def _parse_notional(body: Mapping[str, Any], order_type: str, tif: str, order_cl
     return notional
 
 
-def notional_qty(notional: Decimal, price: Decimal | None) -> Decimal:
+def notional_qty(notional: Decimal, price: Decimal | None, *, on_submit: bool = True) -> Decimal:
     """Shares a notional amount buys or sells at ``price``: rounded down to 9 decimals, so the
-    order never costs more than the amount. 422 when the symbol has no price to size it."""
+    order never costs more than the amount. On submission 422 when there is no price to size it
+    or the amount buys nothing; at a fill (``on_submit`` false) never an error: 0 just does not fill."""
     if price is None or price <= 0:
-        raise unprocessable("notional orders need a price: the symbol has no quote")
+        if on_submit:
+            raise unprocessable("notional orders need a price: the symbol has no quote")
+        return Decimal(0)
     qty = (notional / price).quantize(QTY_PLACES, rounding=ROUND_FLOOR)
-    if qty <= 0:
+    if qty <= 0 and on_submit:
         raise unprocessable("notional is too small to buy any share")
     return qty
 
