@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=service.DEFAULT_PORT,
                         help=f"port to listen on, 0 for any free port (default {service.DEFAULT_PORT})")
+    parser.add_argument("--rate-limit", type=_rate_limit, default=ALPACA_REQUESTS_PER_MINUTE, metavar="N",
+                        help="requests per minute per API key on the Trading API, and apart on the "
+                             f"Market-data API, before 429 (Alpaca: {ALPACA_REQUESTS_PER_MINUTE}; the default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the price simulation (default 0)")
     parser.add_argument("--cash", default="100000", help="starting cash in dollars (default 100000)")
     parser.add_argument("--simulated-clock", action="store_true",
@@ -76,9 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no random walk: only quotes set through /admin/quotes exist")
     parser.add_argument("--partial-fill-probability", type=float, default=0.0,
                         help="chance that an eligible fill is partial (Alpaca paper: about 0.1; default 0)")
-    parser.add_argument("--rate-limit", type=_rate_limit, default=ALPACA_REQUESTS_PER_MINUTE, metavar="N",
-                        help="requests per minute per API key on the Trading API, and apart on the "
-                             f"Market-data API, before 429 (Alpaca: {ALPACA_REQUESTS_PER_MINUTE}; the default)")
     parser.add_argument("--state-file", type=Path,
                         help="load state from this JSON file at start and keep saving to it")
     parser.add_argument("--pid-file", type=Path, help="write the process id here while running")

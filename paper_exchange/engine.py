@@ -297,12 +297,12 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
             return  # the segment between two boundaries is entirely outside a session
         minute = floor_minute(max(start, step_from)) + timedelta(minutes=1)
         while minute <= end:
+            if self._positions:  # the equity after the previous minute's step and matching
+                self.equity_history.record(self._now, self._equity())
             self._now = minute
             for symbol in self.market.step(minute):
                 if self._open_by_symbol.get(symbol):
                     self._match_symbol(symbol)
-            if self._positions:
-                self.equity_history.record(minute, self._equity())
             minute += timedelta(minutes=1)
 
     def _on_open(self, moment: datetime) -> None:
@@ -335,10 +335,10 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
                 parent = self._orders.get(order.parent_id)
                 if parent is not None and parent.is_final and parent.status != FILLED:
                     self._finish(order, CANCELED, moment)
+        self.equity_history.record_close(
+            self.calendar.current_or_next_session(moment - ONE_MICROSECOND).day, self._equity())
         self.market.mark_close()
         self.last_equity = self._equity()
-        self.equity_history.record_close(
-            self.calendar.current_or_next_session(moment - ONE_MICROSECOND).day, self.last_equity)
 
     # ================================================================== order index
     def _open_orders(self) -> list[Order]:
@@ -516,6 +516,8 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
         client_order_id = self._check_client_order_id(spec.client_order_id)
         if spec.notional is not None:  # sized here for the checks, again at the fill price
             spec.qty = notional_qty(spec.notional, self._base_price(spec))
+        held = self._positions.get(spec.symbol)
+        self.configurations.check_new_order(spec.side, spec.qty, held.qty if held else ZERO)
         if spec.order_class in ("bracket", "oto"):
             check_exit_prices(
                 spec.side,
@@ -530,8 +532,6 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
             qty=spec.qty, created_at=self._now, submitted_at=self._now, updated_at=self._now,
             status=NEW, seq=0, limit_price=spec.limit_price, stop_price=spec.stop_price,
         )
-        held = self._positions.get(spec.symbol)
-        self.configurations.check_new_order(spec.side, spec.qty, held.qty if held else ZERO)
         if spec.side == "sell":
             self._check_sell(spec.symbol, spec.qty, exclude=replaces)
         else:

@@ -61,7 +61,6 @@ from config import (
 from db_layer import TradingDB
 from paper_exchange import PaperExchange, start_server
 from paper_exchange.calendar import NyseCalendar
-from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
 from scheduler import JobRunner, JobSpec, TradingCalendar, build_job_table, fire_times
 from scripts.health_check import run_checks
 from trading import schema
@@ -271,6 +270,8 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
     reset_database(postgres)
     exchange = PaperExchange(seed=seed, simulated_clock=True, start_time=eastern(day, START_OF_DAY),
                              price_simulation=True, annual_volatility=volatility, history_days=1)
+    from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE  # a simulated day is not a program's pace
+
     server = start_server(exchange=exchange, rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
     try:
         broker = AlpacaBroker(base_url=server.url, data_url=server.url, timeout=10)
