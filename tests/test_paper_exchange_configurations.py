@@ -94,6 +94,7 @@ def test_suspend_trade_refuses_new_orders_and_replaces_but_cancels_still_work(ex
     buy(ex, 3)
     resting = ex.trading.submit_order(LimitOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY, limit_price=140,
                                                         time_in_force=TimeInForce.GTC))
+    ex.advance(1)  # acknowledged (new) on an exchange that acknowledges at its next pass
     configure(ex, suspend_trade=True)
     assert ex.api("GET", "/v2/account", expect=200).json()["trade_suspended_by_user"] is True
     expected = "new orders are not accepted: the account's suspend_trade configuration is true"

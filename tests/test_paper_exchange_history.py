@@ -27,7 +27,8 @@ def ex() -> Iterator[Exchange]:
         exchange.quote("AAPL", "150.20", "150.30")
         exchange.trading.submit_order(MarketOrderRequest(symbol="AAPL", qty=10, side=OrderSide.BUY,
                                                          time_in_force=TimeInForce.DAY))
-        exchange.advance(300)
+        exchange.advance(1)  # filled by now, whether on arrival or at the next pass
+        exchange.advance(299)
         exchange.quote("AAPL", "151.20", "151.30")
         exchange.advance(150)
         yield exchange

@@ -253,8 +253,8 @@ def _route_samples(ex: Exchange) -> list[tuple[tuple[str, str], str, str, int, d
     for symbol in ("AAPL", "MSFT"):
         ex.api("POST", "/v2/orders", expect=200,
                json={"symbol": symbol, "qty": 6, "side": "buy", "type": "market", "time_in_force": "day"})
-    ex.advance(120)
     resting = ex.api("POST", "/v2/orders", expect=200, json=order_body(client_order_id="route-1")).json()
+    ex.advance(120)  # filled and acknowledged, on arrival or at the next pass
     asset_id = ex.api("GET", "/v2/assets/AAPL", expect=200).json()["id"]
     return [
         (("GET", "/v2/account"), "/v2/account", "/v2/account", 200, {}),
