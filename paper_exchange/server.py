@@ -1,8 +1,10 @@
 """HTTP front end: Alpaca's Trading API v2 and market-data routes plus the admin API.
 
 Built on ``http.server.ThreadingHTTPServer`` with HTTP/1.1 keep-alive. Every answer is
-JSON (or empty for 204), errors are ``{"code", "message"}`` with Alpaca's status codes,
-and the server never redirects (a trailing slash is simply ignored).
+JSON (or empty for 204), errors are ``{"code", "message"}`` with Alpaca's status codes (also
+for HEAD, OPTIONS, unknown methods and malformed requests), and the server never redirects
+(a trailing slash is simply ignored). Keyed ``/v2`` requests are counted against Alpaca's rate
+limit (:mod:`paper_exchange.ratelimit`) and every answer to them carries its headers.
 """
 
 from __future__ import annotations
