@@ -23,6 +23,7 @@ from pathlib import Path
 from . import service
 from .engine import PaperExchange
 from .persistence import StateFile
+from .ratelimit import ALPACA_REQUESTS_PER_MINUTE, check_limit
 from .server import ExchangeServer
 
 DESCRIPTION = """\
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=service.DEFAULT_PORT,
                         help=f"port to listen on, 0 for any free port (default {service.DEFAULT_PORT})")
+    parser.add_argument("--rate-limit", type=_rate_limit, default=ALPACA_REQUESTS_PER_MINUTE, metavar="N",
+                        help="requests per minute per API key on the Trading API, and apart on the "
+                             f"Market-data API, before 429 (Alpaca: {ALPACA_REQUESTS_PER_MINUTE}; the default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the price simulation (default 0)")
     parser.add_argument("--cash", default="100000", help="starting cash in dollars (default 100000)")
     parser.add_argument("--simulated-clock", action="store_true",
@@ -93,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
                         help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     return parser
+
+
+def _rate_limit(text: str) -> int:
+    try:
+        return check_limit(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}") from None
 
 
 def _parse_symbols(text: str) -> dict[str, Decimal | None]:
@@ -153,7 +164,7 @@ def serve(argv: Sequence[str]) -> int:
         state_file.load()
         state_file.start()
     try:
-        server = ExchangeServer(exchange=exchange, host=args.host, port=args.port,
+        server = ExchangeServer(exchange=exchange, host=args.host, port=args.port, rate_limit=args.rate_limit,
                                 stream_port=None if args.stream_port < 0 else args.stream_port)
     except OSError as exc:
         if state_file is not None:
@@ -178,7 +189,8 @@ def serve(argv: Sequence[str]) -> int:
     print(f"  ALPACA_DATA_URL={server.url}", flush=True)
     if server.stream is not None:
         print(f"  ALPACA_STREAM_URL={server.stream.url}", flush=True)
-    print("  any non-empty API key and secret are accepted; Ctrl-C stops", flush=True)
+    print(f"  any non-empty API key and secret are accepted; {args.rate_limit} requests/min per key; "
+          "Ctrl-C stops", flush=True)
     try:
         while not stopping.wait(0.5):
             pass

@@ -42,6 +42,7 @@ from typing import Any
 from . import fills
 from .bars import TimeFrame, aggregate, iter_symbols
 from .calendar import NyseCalendar
+from .configurations import AccountConfigurations, AccountConfigurationsApi
 from .errors import (
     CODE_CONFLICT,
     CODE_UNPROCESSABLE_INPUT,
@@ -51,6 +52,7 @@ from .errors import (
     not_found,
     unprocessable,
 )
+from .history import EquityHistory, PortfolioHistoryApi
 from .market import Market, Quote, check_symbol, parse_quote_side, seeded_rng
 from .money import ZERO, cents, check_price, fmt, fmt_money, to_decimal
 from .orders import (
@@ -73,12 +75,15 @@ from .orders import (
     Order,
     OrderSpec,
     check_exit_prices,
+    check_replaceable,
     new_order_id,
+    notional_qty,
     parse_client_order_id,
     parse_order_request,
     parse_qty,
 )
 from .positions import Position
+from .snapshots import MarketSnapshotsApi
 from .timeutil import (
     UTC,
     eastern_datetime,
@@ -115,7 +120,7 @@ MAINTENANCE_MARGIN_RATE = Decimal("0.3")
 MARGIN_MULTIPLIER = Decimal(2)
 
 
-class PaperExchange:
+class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHistoryApi):
     """An Alpaca-compatible paper exchange engine (no HTTP; see :mod:`paper_exchange.server`).
 
     Args:
@@ -204,7 +209,9 @@ class PaperExchange:
         self._by_client_id: dict[str, str] = {}
         self._open_by_symbol: dict[str, dict[str, Order]] = {}
         self._positions: dict[str, Position] = {}
+        self.configurations = AccountConfigurations()
         self.cash: Decimal = self.starting_cash
+        self.equity_history = EquityHistory(self._now, self.cash)
         self.last_equity: Decimal = self.starting_cash
         self._seq = 0
         self._last_stamp: datetime | None = None
@@ -311,6 +318,7 @@ class PaperExchange:
     def _advance_to(self, target: datetime, reevaluate: bool = False) -> None:
         cursor = self._now
         if target > cursor:
+            self.equity_history.record(cursor, self._equity())  # what happened while time stood still
             step_from = max(cursor, target - MAX_STEPPED_SPAN)
             for moment, kind in self.calendar.boundaries(cursor, target):
                 self._run_minutes(cursor, moment, step_from)
@@ -322,6 +330,7 @@ class PaperExchange:
                 cursor = moment
             self._run_minutes(cursor, target, step_from)
             self._now = target
+            self.equity_history.record(target, self._equity())
             self._touch()
         if reevaluate or self._now - self._last_reevaluation >= REEVALUATE_EVERY:
             self._last_reevaluation = self._now
@@ -335,6 +344,8 @@ class PaperExchange:
             return  # the segment between two boundaries is entirely outside a session
         minute = floor_minute(max(start, step_from)) + timedelta(minutes=1)
         while minute <= end:
+            if self._positions:  # the equity after the previous minute's step and matching
+                self.equity_history.record(self._now, self._equity())
             self._now = minute
             for symbol in self.market.step(minute):
                 if self._open_by_symbol.get(symbol):
@@ -371,6 +382,8 @@ class PaperExchange:
                 parent = self._orders.get(order.parent_id)
                 if parent is not None and parent.is_final and parent.status != FILLED:
                     self._finish(order, CANCELED, moment)
+        self.equity_history.record_close(
+            self.calendar.current_or_next_session(moment - ONE_MICROSECOND).day, self._equity())
         self.market.mark_close()
         self.last_equity = self._equity()
         self.last_maintenance_margin = self._maintenance_margin()
@@ -648,6 +661,10 @@ class PaperExchange:
     def _submit(self, spec: OrderSpec, replaces: Order | None = None) -> tuple[Order, list[Order]]:
         asset_id = self._check_asset(spec.symbol)
         client_order_id = self._check_client_order_id(spec.client_order_id)
+        if spec.notional is not None:  # sized here for the checks, again at the fill price
+            spec.qty = notional_qty(spec.notional, self._base_price(spec))
+        held = self._positions.get(spec.symbol)
+        self.configurations.check_new_order(spec.side, spec.qty, held.qty if held else ZERO)
         if spec.order_class in ("bracket", "oto"):
             check_exit_prices(
                 spec.side,
@@ -699,6 +716,7 @@ class PaperExchange:
             parent.pending_due = self._due()
         if spec.type == "trailing_stop" and quote is not None:
             fills.update_trailing_stop(parent, quote)
+        parent.notional = spec.notional
         legs: list[Order] = []
         exit_side = "sell" if spec.side == "buy" else "buy"
         if spec.order_class == "oco":
@@ -876,6 +894,8 @@ class PaperExchange:
         price = fills.execution_price(order, quote)
         if price is None:
             return False
+        if order.notional is not None and order.filled_qty == 0:
+            order.qty = notional_qty(order.notional, price, on_submit=False)
         qty = self._fill_quantity(order)
         if qty <= 0:
             return False
@@ -1032,6 +1052,8 @@ class PaperExchange:
             return new.to_json(legs=self._legs(new) if new.leg_ids else None)
 
     def _replacement(self, old: Order, fields: Mapping[str, Any]) -> Order:
+        self.configurations.check_replace()
+        check_replaceable(old, fields)
         qty = old.remaining
         if "qty" in fields:
             qty = parse_qty(fields["qty"], allow_fraction=old.qty != old.qty.to_integral_value())
@@ -1369,7 +1391,7 @@ class PaperExchange:
             buying_power = self._buying_power()
             margin = self.account_type == "margin"
             previous = self.calendar.previous_session(self._now)
-            return {
+            account = {
                 "id": self.account_id,
                 "account_number": self.account_number,
                 "status": "ACTIVE",
@@ -1406,6 +1428,7 @@ class PaperExchange:
                 "options_approved_level": 0,
                 "options_trading_level": 0,
             }
+            return self.configurations.apply_to_account(account)
 
     def _clock_json(self) -> dict[str, Any]:
         now = self._now
@@ -1675,6 +1698,8 @@ class PaperExchange:
                 "account_number": self.account_number,
                 "account_created_at": iso_utc(self.account_created_at),
                 "partial_fill_probability": self.partial_fill_probability,
+                "configurations": self.configurations.to_json(),
+                "equity_history": self.equity_history.to_state(),
                 "orders": [o.to_state() for o in self._order_list],
                 "positions": [p.to_state() for p in self._positions.values()],
                 "fill_rng": [version, list(internal), gauss_next],
@@ -1698,6 +1723,8 @@ class PaperExchange:
             self.account_id = str(data.get("account_id", self.account_id))
             self.account_number = str(data.get("account_number", self.account_number))
             self.partial_fill_probability = float(data.get("partial_fill_probability", 0.0))
+            self.configurations = AccountConfigurations.from_state(data.get("configurations"))
+            self.equity_history = EquityHistory.from_state(data.get("equity_history"), self._now, self.cash)
             self._seq = int(data["seq"])
             self._last_stamp = parse_timestamp(data["last_stamp"]) if data.get("last_stamp") else None
             version, internal, gauss_next = data["fill_rng"]

@@ -17,6 +17,7 @@ SUB_DOLLAR_TICK = Decimal("0.0001")
 ONE = Decimal(1)
 ZERO = Decimal(0)
 PRICE_PLACES = Decimal("0.0001")
+MAX_DIGITS_BEFORE_POINT = 15
 
 
 def to_decimal(value: Any, field: str) -> Decimal:
@@ -31,8 +32,11 @@ def to_decimal(value: Any, field: str) -> Decimal:
         result = Decimal(str(value).strip()) if not isinstance(value, Decimal) else value
     except (InvalidOperation, ValueError):
         raise unprocessable(f"invalid {field}: {value!r}") from None
-    if not result.is_finite():
-        raise unprocessable(f"invalid {field}: {value!r}")
+    if not result.is_finite() or (result and result.adjusted() >= MAX_DIGITS_BEFORE_POINT):
+        # No amount, quantity or price at a broker has 16 digits before the point; beyond the
+        # context's precision Decimal arithmetic (quantize) would raise instead of answering 422.
+        shown = str(value) if isinstance(value, Decimal) else repr(value)  # a JSON number as sent
+        raise unprocessable(f"invalid {field}: {shown}")
     return result
 
 

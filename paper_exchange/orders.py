@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from .errors import CODE_UNPROCESSABLE_INPUT, unprocessable
-from .money import ZERO, check_price, fmt, fmt_price, to_decimal
+from .money import ZERO, check_price, fmt, fmt_price, round_to_tick, to_decimal
 from .timeutil import iso_utc, parse_timestamp
 
 # Statuses -------------------------------------------------------------------------
@@ -47,6 +47,14 @@ SUPPORTED_TIF = ("day", "gtc")
 KNOWN_TIF = ("day", "gtc", "opg", "cls", "ioc", "fok")
 ORDER_CLASSES = ("simple", "bracket", "oco", "oto")
 CLIENT_ORDER_ID_MAX = 128
+# Alpaca takes fractional quantities on simple day orders of these types (market and limit
+# since 2020, stop and stop-limit since 2024); notional amounts on simple market day orders.
+FRACTIONAL_TYPES = ("market", "limit", "stop", "stop_limit")
+QTY_PLACES = Decimal("0.000000001")
+MIN_NOTIONAL = Decimal(1)
+# Buy stops become stop-limits with a limit this far above the stop (Alpaca's protection).
+BUY_STOP_LIMIT_MARKUP_UNDER_50 = Decimal("0.04")
+BUY_STOP_LIMIT_MARKUP_FROM_50 = Decimal("0.025")
 
 
 @dataclass
@@ -72,6 +80,8 @@ class Order:
     trail_price: Decimal | None = None
     trail_percent: Decimal | None = None
     hwm: Decimal | None = None
+    # A notional order's dollar amount; its qty is sized from it at the fill price.
+    notional: Decimal | None = None
     filled_qty: Decimal = ZERO
     filled_notional: Decimal = ZERO
     filled_at: datetime | None = None
@@ -155,8 +165,8 @@ class Order:
             "asset_id": self.asset_id,
             "symbol": self.symbol,
             "asset_class": "us_equity",
-            "notional": None,
-            "qty": fmt(self.qty),
+            "notional": _num(self.notional),
+            "qty": None if self.notional is not None else fmt(self.qty),
             "filled_qty": fmt(self.filled_qty),
             "filled_avg_price": None if avg is None else fmt_price(avg),
             # Alpaca answers "" for simple orders; alpaca-py maps it to OrderClass.SIMPLE.
@@ -247,6 +257,8 @@ class OrderSpec:
     trail_percent: Decimal | None = None
     take_profit: LegSpec | None = None
     stop_loss: LegSpec | None = None
+    # Notional orders: the dollar amount (``qty`` is then an estimate until the fill sizes it).
+    notional: Decimal | None = None
 
 
 def new_order_id() -> str:
@@ -285,11 +297,11 @@ def parse_qty(value: Any, allow_fraction: bool) -> Decimal:
     qty = to_decimal(value, "qty")
     if qty <= 0:
         raise unprocessable("qty must be > 0")
-    if qty != qty.quantize(Decimal("0.000000001")):
+    if qty != qty.quantize(QTY_PLACES):
         raise unprocessable("qty can have at most 9 decimal places")
     if qty != qty.to_integral_value() and not allow_fraction:
         raise unprocessable(
-            "fractional orders are only supported for simple market or limit day orders"
+            "fractional orders are only supported for simple market, limit, stop or stop_limit day orders"
         )
     return qty.to_integral_value() if qty == qty.to_integral_value() else qty
 
@@ -301,8 +313,6 @@ def parse_order_request(body: Mapping[str, Any]) -> OrderSpec:
     symbol = body.get("symbol")
     if not isinstance(symbol, str) or not symbol.strip():
         raise unprocessable("symbol is required")
-    if body.get("notional") is not None:
-        raise unprocessable("notional orders are not supported by the paper exchange; use qty")
     if body.get("legs"):
         raise unprocessable("mleg orders are not supported by the paper exchange")
     side = _enum(body, "side", ("buy", "sell"))
@@ -318,10 +328,12 @@ def parse_order_request(body: Mapping[str, Any]) -> OrderSpec:
     order_class = str(raw_class)
     if body.get("extended_hours") is True:
         raise unprocessable("extended hours orders are not supported by the paper exchange")
-    fraction_ok = order_class == "simple" and order_type in ("market", "limit") and tif == "day"
+    fraction_ok = order_class == "simple" and order_type in FRACTIONAL_TYPES and tif == "day"
+    notional = _parse_notional(body, order_type, tif, order_class)
     spec = OrderSpec(
         symbol=symbol.strip().upper(),
-        qty=parse_qty(body.get("qty"), fraction_ok),
+        qty=parse_qty(body.get("qty"), fraction_ok) if notional is None else ZERO,
+        notional=notional,
         side=side,
         type=order_type,
         time_in_force=tif,
@@ -330,7 +342,60 @@ def parse_order_request(body: Mapping[str, Any]) -> OrderSpec:
     )
     _parse_prices(body, spec)
     _parse_legs(body, spec)
+    if spec.type == "stop" and spec.side == "buy":
+        convert_buy_stop(spec)
     return spec
+
+
+def _parse_notional(body: Mapping[str, Any], order_type: str, tif: str, order_class: str) -> Decimal | None:
+    """The dollar amount of a notional order (None for a qty order); Alpaca's rules: not with
+    ``qty``, simple market day orders only, at least $1, at most 9 decimals."""
+    raw = body.get("notional")
+    if raw is None:
+        return None
+    if body.get("qty") is not None:
+        raise unprocessable("only one of qty or notional may be given")
+    if order_class != "simple" or order_type != "market" or tif != "day":
+        raise unprocessable("notional orders are only supported for simple market day orders")
+    notional = to_decimal(raw, "notional")
+    if notional != notional.quantize(QTY_PLACES):
+        raise unprocessable("notional can have at most 9 decimal places")
+    if notional < MIN_NOTIONAL:
+        raise unprocessable(f"notional must be at least {fmt(MIN_NOTIONAL)}")
+    return notional
+
+
+def notional_qty(notional: Decimal, price: Decimal | None, *, on_submit: bool = True) -> Decimal:
+    """Shares a notional amount buys or sells at ``price``: rounded down to 9 decimals, so the
+    order never costs more than the amount. On submission 422 when there is no price to size it
+    or the amount buys nothing; at a fill (``on_submit`` false) never an error: 0 just does not fill."""
+    if price is None or price <= 0:
+        if on_submit:
+            raise unprocessable("notional orders need a price: the symbol has no quote")
+        return Decimal(0)
+    qty = (notional / price).quantize(QTY_PLACES, rounding=ROUND_FLOOR)
+    if qty <= 0 and on_submit:
+        raise unprocessable("notional is too small to buy any share")
+    return qty
+
+
+def convert_buy_stop(spec: OrderSpec) -> None:
+    """Alpaca turns every buy stop into a stop-limit whose limit is 4 % above a stop under $50
+    and 2.5 % above a stop of $50 or more (rounded to the tick), so that a gap up cannot fill
+    it at any price. The order is then answered and kept as a ``stop_limit``."""
+    assert spec.stop_price is not None
+    markup = BUY_STOP_LIMIT_MARKUP_UNDER_50 if spec.stop_price < 50 else BUY_STOP_LIMIT_MARKUP_FROM_50
+    spec.type = "stop_limit"
+    spec.limit_price = round_to_tick(spec.stop_price * (1 + markup))
+
+
+def check_replaceable(old: Order, fields: Mapping[str, Any]) -> None:
+    """Alpaca's limits on replacing: a notional order cannot be replaced at all, the qty of a
+    fractional order cannot change."""
+    if old.notional is not None:
+        raise unprocessable("notional orders cannot be replaced; cancel and submit a new order")
+    if "qty" in fields and old.qty != old.qty.to_integral_value():
+        raise unprocessable("the qty of a fractional order cannot be changed")
 
 
 def _parse_prices(body: Mapping[str, Any], spec: OrderSpec) -> None:

@@ -1,8 +1,10 @@
 """HTTP front end: Alpaca's Trading API v2 and market-data routes plus the admin API.
 
 Built on ``http.server.ThreadingHTTPServer`` with HTTP/1.1 keep-alive. Every answer is
-JSON (or empty for 204), errors are ``{"code", "message"}`` with Alpaca's status codes,
-and the server never redirects (a trailing slash is simply ignored).
+JSON (or empty for 204), errors are ``{"code", "message"}`` with Alpaca's status codes (also
+for HEAD, OPTIONS, unknown methods and malformed requests), and the server never redirects
+(a trailing slash is simply ignored). Keyed ``/v2`` requests are counted against Alpaca's rate
+limit (:mod:`paper_exchange.ratelimit`) and every answer to them carries its headers.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .errors import (
     unprocessable,
 )
 from .faults import FaultInjector, FaultRule
+from .ratelimit import ALPACA_REQUESTS_PER_MINUTE, RateDecision, RateLimiter
 from .stats import RequestStats
 from .stream import TradeUpdateStream
 from .timeutil import parse_timestamp
@@ -82,6 +85,11 @@ def route(method: str, template: str) -> Callable[[Handler], Handler]:
         return handler
 
     return register
+
+
+def _allowed_methods(path: str) -> list[str]:
+    """The methods served on ``path`` (the ``Allow`` header of a 405)."""
+    return sorted({m for m, pattern, _t, _h in _ROUTES if pattern.match(path)})
 
 
 def _find_route(method: str, path: str) -> tuple[Handler | None, re.Match[str] | None, str, bool]:
@@ -145,6 +153,23 @@ def _object_body(request: Request) -> dict[str, Any]:
 @route("GET", "/v2/account")
 def _account(server: ExchangeServer, request: Request) -> Response:
     return Response(200, server.exchange.get_account())
+
+
+@route("GET", "/v2/account/configurations")
+def _configurations(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.get_account_configurations())
+
+
+@route("PATCH", "/v2/account/configurations")
+def _update_configurations(server: ExchangeServer, request: Request) -> Response:
+    if not isinstance(request.body, dict):
+        raise unprocessable("request body must be a JSON object")
+    return Response(200, server.exchange.update_account_configurations(request.body))
+
+
+@route("GET", "/v2/account/portfolio/history")
+def _portfolio_history(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.portfolio_history(request.params))
 
 
 @route("GET", "/v2/clock")
@@ -277,6 +302,26 @@ def _latest_trades(server: ExchangeServer, request: Request) -> Response:
     return Response(200, server.exchange.latest_trades(request.params.get("symbols", "")))
 
 
+@route("GET", "/v2/stocks/bars/latest")
+def _latest_bars(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.latest_bars(request.params.get("symbols", "")))
+
+
+@route("GET", "/v2/stocks/{symbol}/bars/latest")
+def _latest_bar(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.latest_bar(request.match["symbol"]))
+
+
+@route("GET", "/v2/stocks/snapshots")
+def _snapshots(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.stock_snapshots(request.params.get("symbols", "")))
+
+
+@route("GET", "/v2/stocks/{symbol}/snapshot")
+def _snapshot(server: ExchangeServer, request: Request) -> Response:
+    return Response(200, server.exchange.stock_snapshot(request.match["symbol"]))
+
+
 @route("GET", "/v2/stocks/bars")
 def _bars(server: ExchangeServer, request: Request) -> Response:
     p = request.params
@@ -365,6 +410,7 @@ def _reset(server: ExchangeServer, request: Request) -> Response:
     server.exchange.reset(starting_cash=body.get("cash"))
     server.faults.clear()
     server.stats.reset()
+    server.rate_limits.reset()
     return Response(200, server.exchange.state())
 
 
@@ -414,6 +460,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Idle keep-alive connections are closed after this many seconds.
     timeout = 300
     server: _HTTPServer
+    # Rate-limit headers of the request being answered (sent with whatever the answer is).
+    rate_headers: dict[str, str] = {}
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -429,6 +477,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._handle("PUT")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        self._handle("OPTIONS")
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, FOO, ...) is routed too, so that it gets a JSON 404/405
+        # instead of the standard library's 501 HTML page.
+        if name.startswith("do_") and name[3:].isalpha():
+            method = name[3:]
+            return lambda: self._handle(method)
+        raise AttributeError(name)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the standard library raises itself (malformed request line or headers, URI
+        too long) answer Alpaca-style JSON like every other error."""
+        self.close_connection = True
+        self._send(Response(code, {"code": code * 100000 + 10000, "message": (message or "bad request").lower()}))
 
     def log_message(self, format: str, *args: Any) -> None:
         # Request lines only (never headers, so API keys are never logged).
@@ -452,6 +520,12 @@ class _Handler(BaseHTTPRequestHandler):
         fault: FaultRule | None = None
         if is_api:
             app.stats.record(method, path, template)
+            rate = self._take_rate(path)
+            if rate is not None:
+                self.rate_headers = rate.headers()
+                if not rate.allowed:  # not processed, no fault consumed: Alpaca never saw it
+                    self._send(Response(429, rate.error().body()))
+                    return
             fault = app.faults.take(method, path)
             if fault is not None and fault.when == "before":
                 answer = self._apply_fault(fault)
@@ -470,6 +544,16 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             response = answer or response
         self._send(response)
+
+    def _take_rate(self, path: str) -> RateDecision | None:
+        """Count the request against its key's allowance (Trading and Market-data API apart,
+        as they are two services at Alpaca); None for a request without credentials (it is
+        answered 401 and counts against no key)."""
+        key = self.headers.get("APCA-API-KEY-ID", "").strip() or self.headers.get("Authorization", "").strip()
+        if not key or not self._authorized():
+            return None
+        service = "data" if path.startswith("/v2/stocks/") else "trading"
+        return self.server.app.rate_limits.take(f"{service}:{key}")
 
     def _apply_fault(self, fault: FaultRule) -> Response | None:
         """Wait the fault's delay, then drop the connection (returns ``_DROPPED``), or return the
@@ -500,7 +584,9 @@ class _Handler(BaseHTTPRequestHandler):
             return Response(401, {"code": CODE_UNAUTHORIZED, "message": "request is not authorized"})
         if handler is None or match is None:
             if known:
-                return Response(405, {"code": CODE_METHOD_NOT_ALLOWED, "message": "method not allowed"})
+                allowed = ", ".join(_allowed_methods(path))
+                return Response(405, {"code": CODE_METHOD_NOT_ALLOWED, "message": "method not allowed"},
+                                {"Allow": allowed})
             return Response(404, {"code": CODE_NOT_FOUND, "message": "endpoint not found"})
         try:
             body = json.loads(raw, parse_float=Decimal) if raw.strip() else None
@@ -539,6 +625,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = b""
         if response.payload is not None and status != 204:
             body = json.dumps(response.payload, separators=(",", ":"), default=_json_default).encode()
+        headers = {**self.rate_headers, **(response.headers or {})}
+        self.rate_headers = {}
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
@@ -551,12 +639,13 @@ class _Handler(BaseHTTPRequestHandler):
         if status != 204:
             lines.append("Content-Type: application/json; charset=utf-8")
             lines.append(f"Content-Length: {len(body)}")
-        for name, value in (response.headers or {}).items():
+        for name, value in headers.items():
             lines.append(f"{name}: {value}")
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + body)
+        # A HEAD answer says how long the body would be but sends none (HTTP forbids it).
+        self.wfile.write(head if getattr(self, "command", None) == "HEAD" else head + body)
         self.log_request(status, len(body))
 
     def _drop(self) -> None:
@@ -607,6 +696,10 @@ class ExchangeServer:
     Use :func:`start_server` for a background server (tests, the demo), or
     :meth:`serve_forever` to block (the CLI). ``url`` is what to give alpaca-py as
     ``url_override`` (and to use as ``ALPACA_BASE_URL`` / ``ALPACA_DATA_URL``).
+
+    ``rate_limit`` is the allowance of requests per minute per API key, counted apart for the
+    Trading and the Market-data API (Alpaca: 200); tests raise it so that a fast suite is not
+    throttled, and every answer still carries the ``X-RateLimit-*`` headers.
     """
 
     def __init__(
@@ -614,6 +707,7 @@ class ExchangeServer:
         exchange: PaperExchange | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        rate_limit: int = ALPACA_REQUESTS_PER_MINUTE,
         stream_port: int | None = None,
     ) -> None:
         self.exchange = exchange if exchange is not None else PaperExchange()
@@ -622,6 +716,7 @@ class ExchangeServer:
             None if stream_port is None else TradeUpdateStream(self.exchange, host, stream_port))
         self.faults = FaultInjector()
         self.stats = RequestStats()
+        self.rate_limits = RateLimiter(rate_limit)
         self._httpd = _HTTPServer((host, port), self)
         self.host = host
         self.port = int(self._httpd.server_address[1])
@@ -676,12 +771,18 @@ class ExchangeServer:
 
 
 def start_server(
-    host: str = "127.0.0.1", port: int = 0, exchange: PaperExchange | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    exchange: PaperExchange | None = None,
+    rate_limit: int = ALPACA_REQUESTS_PER_MINUTE,
     stream_port: int | None = None,
 ) -> ExchangeServer:
     """Start a server in the background (port 0 picks a free port) and return its handle.
 
+    ``rate_limit``: requests per minute per API key (Alpaca's 200 unless raised).
+
     ``handle.url`` is the base URL for alpaca-py, ``handle.exchange`` the engine (drive it
     directly or through the admin API), ``handle.stop()`` shuts it down cleanly.
     """
-    return ExchangeServer(exchange=exchange, host=host, port=port, stream_port=stream_port).start()
+    return ExchangeServer(exchange=exchange, host=host, port=port, rate_limit=rate_limit,
+                          stream_port=stream_port).start()

@@ -44,6 +44,7 @@ from config import PostgresConfig, load_settings, parse_database_url
 from db_layer import TradingDB
 from order_executor import run_once
 from paper_exchange import PaperExchange, start_server
+from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
 from paper_exchange.universe import DEFAULT_UNIVERSE
 from trading import schema
 
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n must be at least 1")
 
     handle = start_server(exchange=PaperExchange(seed=7, simulated_clock=True, start_time=START,
-                                                 price_simulation=False, starting_cash=CASH))
+                                                 price_simulation=False, starting_cash=CASH),
+                          rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
     try:
         with database() as (pg, where):
             print(f"database: {where} ({pg.host}:{pg.port}/{pg.dbname}); exchange: in-process at {handle.url}")

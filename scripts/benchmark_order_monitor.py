@@ -129,11 +129,13 @@ def timed_run(db: TradingDB, broker: AlpacaBroker, admin: Admin, settings: Any, 
 
 def benchmark(sizes: list[int], repeat: int) -> list[dict]:
     from paper_exchange import PaperExchange
+    from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
     from paper_exchange.server import start_server
 
     db, server = database()
     handle = start_server(exchange=PaperExchange(seed=7, simulated_clock=True, start_time=FRIDAY_0945,
-                                                 price_simulation=False))
+                                                 price_simulation=False),
+                          rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
     results: list[dict] = []
     try:
         admin = Admin(handle.url)

@@ -45,15 +45,19 @@ def exchange(url: str | None, in_process: bool) -> Iterator[str]:
         return
     if in_process:
         from paper_exchange import PaperExchange, start_server
+        from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
 
-        handle = start_server(exchange=PaperExchange(price_simulation=False))
+        handle = start_server(exchange=PaperExchange(price_simulation=False),
+                              rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
         try:
             yield handle.url
         finally:
             handle.stop()
         return
     process = subprocess.Popen(
-        [sys.executable, "-m", "paper_exchange", "--port", "0", "--no-price-simulation", "--log-level", "WARNING"],
+        # The throughput is measured, not Alpaca's 200 requests a minute: the limit is raised.
+        [sys.executable, "-m", "paper_exchange", "--port", "0", "--no-price-simulation", "--log-level", "WARNING",
+         "--rate-limit", "1000000"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     try:

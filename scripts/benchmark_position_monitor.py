@@ -58,6 +58,7 @@ from alpaca_client import AlpacaBroker
 from config import parse_database_url
 from db_layer import TradingDB
 from paper_exchange import PaperExchange, start_server
+from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
 from tests.conftest import truncate_all
 from tests.factories import FRIDAY_0945, ExchangeAdmin, add_decision, make_settings
 
@@ -115,7 +116,8 @@ def main() -> int:
 
     handle = start_server(exchange=PaperExchange(seed=7, simulated_clock=True, start_time=FRIDAY_0945,
                                                  price_simulation=False, include_default_universe=False,
-                                                 starting_cash=Decimal(count) * 10_000))
+                                                 starting_cash=Decimal(count) * 10_000),
+                          rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
     try:
         with database() as db:
             admin = ExchangeAdmin(handle.url)

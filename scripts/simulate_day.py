@@ -271,7 +271,9 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
     reset_database(postgres)
     exchange = PaperExchange(seed=seed, simulated_clock=True, start_time=eastern(day, START_OF_DAY),
                              price_simulation=True, annual_volatility=volatility, history_days=1)
-    server = start_server(exchange=exchange)
+    from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE  # a simulated day is not a program's pace
+
+    server = start_server(exchange=exchange, rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
     try:
         broker = AlpacaBroker(base_url=server.url, data_url=server.url, timeout=10)
         settings = Settings(

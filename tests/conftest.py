@@ -97,11 +97,13 @@ def exchange_server():
     """One in-process paper exchange for the session: simulated clock, no random walk (tests set
     every quote), reset before each test."""
     from paper_exchange import PaperExchange
+    from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
     from paper_exchange.server import start_server
     from tests.factories import FRIDAY_0945
 
     handle = start_server(exchange=PaperExchange(seed=7, simulated_clock=True, start_time=FRIDAY_0945,
-                                                 price_simulation=False))
+                                                 price_simulation=False),
+                          rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
     try:
         yield handle
     finally:

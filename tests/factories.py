@@ -126,6 +126,13 @@ class ExchangeAdmin:
     def reset_stats(self) -> None:
         self.session.delete(f"{self.url}/admin/stats", timeout=10).raise_for_status()
 
+    def configure_account(self, **changes: Any) -> dict[str, Any]:
+        """``PATCH /v2/account/configurations`` as an operator would (``no_shorting=True``)."""
+        response = self.session.patch(f"{self.url}/v2/account/configurations", json=changes, timeout=10,
+                                      headers={"APCA-API-KEY-ID": "operator", "APCA-API-SECRET-KEY": "operator"})
+        response.raise_for_status()
+        return response.json()
+
     def state(self) -> dict[str, Any]:
         return self.session.get(f"{self.url}/admin/state", timeout=10).json()
 

@@ -43,6 +43,7 @@ from alpaca_client import AlpacaBroker  # noqa: E402
 from config import PostgresConfig, Secret, parse_database_url  # noqa: E402
 from db_layer import TradingDB  # noqa: E402
 from paper_exchange import PaperExchange  # noqa: E402
+from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE  # noqa: E402
 from paper_exchange.server import start_server  # noqa: E402
 from scripts import setup_nocodb  # noqa: E402
 from tests.factories import FRIDAY_0945, ExchangeAdmin, add_decision, make_settings  # noqa: E402
@@ -134,7 +135,8 @@ def wait_for_base(noco: Noco, base_id: str) -> dict[str, dict[str, Any]]:
 def run(check: Check) -> None:
     pg = RootSafePostgresql()
     exchange_handle = start_server(exchange=PaperExchange(seed=7, simulated_clock=True, start_time=FRIDAY_0945,
-                                                          price_simulation=False))
+                                                          price_simulation=False),
+                                   rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
     workdir = Path(tempfile.mkdtemp(prefix="nocodb-check-", dir=NOCODB_DIR))
     nocodb = None
     try:

@@ -15,6 +15,7 @@ from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.trading.client import TradingClient
 
 from paper_exchange import PaperExchange, start_server
+from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
 
 KEY, SECRET = "test-key", "test-secret"
 AUTH = {"APCA-API-KEY-ID": KEY, "APCA-API-SECRET-KEY": SECRET}
@@ -65,9 +66,10 @@ class Exchange:
 
 
 @contextmanager
-def running_exchange(**options: Any) -> Iterator[Exchange]:
+def running_exchange(rate_limit: int = UNTHROTTLED_REQUESTS_PER_MINUTE, **options: Any) -> Iterator[Exchange]:
     """Start an exchange (simulated clock on a Friday morning, no price simulation, unless
-    told otherwise) and yield it with alpaca-py clients; stop it afterwards."""
+    told otherwise) and yield it with alpaca-py clients; stop it afterwards. The rate limit is
+    raised so tests are not throttled (``rate_limit=200`` is Alpaca's)."""
     settings: dict[str, Any] = {
         "seed": 7,
         "simulated_clock": True,
@@ -75,7 +77,7 @@ def running_exchange(**options: Any) -> Iterator[Exchange]:
         "price_simulation": False,
     }
     settings.update(options)
-    handle = start_server(exchange=PaperExchange(**settings))
+    handle = start_server(exchange=PaperExchange(**settings), rate_limit=rate_limit)
     exchange = Exchange(
         url=handle.url,
         trading=TradingClient(KEY, SECRET, paper=True, url_override=handle.url),

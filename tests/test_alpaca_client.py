@@ -198,7 +198,15 @@ def test_one_symbols_position_is_read_at_that_moment_and_none_when_nothing_is_he
     assert broker.calls.counts["get_position"] == 2
 
 
-def test_account_configurations_missing_at_the_broker_raise_not_found(broker):
+def test_account_configurations_are_read_as_the_broker_sends_them(broker, exchange):
+    assert broker.get_account_configurations()["no_shorting"] is False
+    exchange.configure_account(no_shorting=True)
+    configuration = broker.get_account_configurations()
+    assert configuration["no_shorting"] is True and configuration["suspend_trade"] is False
+
+
+def test_account_configurations_missing_at_the_broker_raise_not_found(broker, exchange):
+    exchange.fault(status=404, path="/v2/account/configurations", message="endpoint not found")
     with pytest.raises(NotFoundError, match="get_account_configurations: HTTP 404"):
         broker.get_account_configurations()
 

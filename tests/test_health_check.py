@@ -39,7 +39,9 @@ def settings(pg_config):
 
 @pytest.fixture
 def healthy(db, broker, exchange, settings):
-    """Friday 09:45: one protected AAPL position, every program has just run successfully."""
+    """Friday 09:45: one protected AAPL position, every program has just run successfully, on
+    the long-only account the system is meant for (no_shorting, docs/paper-trading-validation.md)."""
+    exchange.configure_account(no_shorting=True)
     exchange.quotes(AAPL=("150.00", "150.10"))
     add_decision(db, "AAPL", planned_entry=151, planned_sl=145, planned_tp=160)
     for program in (OrderExecutor, OrderMonitor, PositionMonitor):
@@ -64,9 +66,8 @@ def test_a_healthy_system_passes_every_check_and_exits_0(healthy, settings, pg_c
     assert code == 0
     assert list(checks) == ["database", "broker", "order_monitor", "position_monitor", "order_executor",
                             "protection", "orphan_positions", "short_selling", "trade_stream", "recent_runs"]
-    # The paper exchange has no account configurations endpoint: that one check cannot be evaluated.
-    assert all(c.status == OK for name, c in checks.items() if name != "short_selling"), checks
-    assert checks["short_selling"].status == SKIPPED and "could not be evaluated" in checks["short_selling"].message
+    assert all(c.status == OK for c in checks.values()), checks
+    assert checks["short_selling"].message == "the account is long-only (no_shorting=true)"
     assert "1 open position, all protected" in checks["protection"].message
     assert "market open" in checks["broker"].message
 
@@ -75,8 +76,7 @@ def test_the_command_prints_one_line_per_check_or_json_and_exits_0_when_healthy(
     result = cli("--test-mode", ALPACA_BASE_URL=exchange.url)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 10 and all(line.startswith(("OK", "SKIP")) for line in lines)
-    assert [line.split()[1] for line in lines if line.startswith("SKIP")] == ["short_selling"]
+    assert len(lines) == 10 and all(line.startswith("OK") for line in lines), lines
     result = cli("--test-mode", "--json", ALPACA_BASE_URL=exchange.url)
     report = json.loads(result.stdout)
     assert result.returncode == 0 and report["status"] == "ok" and report["exit_code"] == 0
@@ -208,25 +208,11 @@ def test_an_incomplete_schema_is_critical_in_production_and_a_warning_on_the_tes
     assert by_name["protection"].status == OK
 
 
-class ConfiguredAccountBroker(AlpacaBroker):
-    """The real client, on an account whose configurations (GET /v2/account/configurations, not
-    served by the paper exchange) say ``configuration``."""
-
-    def __init__(self, *, configuration: dict, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.configuration = configuration
-
-    def get_account_configurations(self) -> dict:
-        self.calls.add("get_account_configurations")
-        return dict(self.configuration)
-
-
 @pytest.mark.parametrize(("no_shorting", "status"), [(False, WARNING), (True, OK)])
 def test_an_account_that_allows_short_selling_is_a_warning_that_says_how_to_turn_it_off(
-        healthy, settings, pg_config, exchange, no_shorting, status):
-    account = ConfiguredAccountBroker(configuration={"no_shorting": no_shorting, "dtbp_check": "entry"},
-                                      base_url=exchange.url, data_url=exchange.url, timeout=3)
-    checks, code = check(settings, pg_config, account)
+        healthy, settings, pg_config, exchange, broker, no_shorting, status):
+    exchange.configure_account(no_shorting=no_shorting)
+    checks, code = check(settings, pg_config, broker)
     assert checks["short_selling"].status == status
     assert code == (1 if status == WARNING else 0)
     if status == WARNING:
@@ -252,3 +238,11 @@ def test_the_trade_stream_check_reports_the_listener_as_it_recorded_itself(db, s
     checks, _code = check(settings, pg_config, broker, wall_now=now)
     assert checks["trade_stream"].status == expected
     assert words in checks["trade_stream"].message, checks["trade_stream"].message
+
+
+def test_a_broker_without_account_configurations_skips_the_short_selling_check(
+        healthy, settings, pg_config, exchange, broker):
+    exchange.fault(status=404, path="/v2/account/configurations", message="endpoint not found")
+    checks, code = check(settings, pg_config, broker)
+    assert code == 0
+    assert checks["short_selling"].status == SKIPPED and "could not be evaluated" in checks["short_selling"].message

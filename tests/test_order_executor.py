@@ -147,10 +147,12 @@ def own_exchange() -> Iterator[ExchangeAdmin]:
     """A private exchange for scenarios that move the simulated clock forward: the clock never
     goes back (not even on reset), so the session's shared exchange must stay at Friday 09:45."""
     from paper_exchange import PaperExchange
+    from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
     from paper_exchange.server import start_server
 
     handle = start_server(exchange=PaperExchange(seed=7, simulated_clock=True, start_time=FRIDAY_0945,
-                                                 price_simulation=False))
+                                                 price_simulation=False),
+                          rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
     try:
         yield ExchangeAdmin(handle.url)
     finally:

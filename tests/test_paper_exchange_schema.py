@@ -20,6 +20,7 @@ import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
+from paper_exchange.server import _ROUTES
 from tests.paper_exchange_helpers import Exchange, running_exchange
 
 SPEC_DIR = Path(__file__).resolve().parent / "data" / "alpaca"
@@ -100,9 +101,19 @@ def validate(instance: Any, schema: dict[str, Any]) -> None:
     Draft202012Validator(schema, format_checker=FORMATS).validate(instance)
 
 
+def check_rate_headers(response: Any) -> None:
+    """Every keyed answer carries Alpaca's rate-limit headers, integers as the specs define them."""
+    header_schema = _spec(TRADING_SPEC)["components"]["headers"]
+    for name, ref in (("X-RateLimit-Limit", "ratelimit_limit"), ("X-RateLimit-Remaining", "ratelimit_remaining"),
+                      ("X-RateLimit-Reset", "ratelimit_reset")):
+        assert name in response.headers, (response.request.method, response.url, name)
+        validate(int(response.headers[name]), header_schema[ref]["schema"])
+
+
 def check(ex: Exchange, method: str, url_path: str, spec_path: str, status: int, **kwargs: Any) -> Any:
     """Call the API and validate the body against the documented schema of ``status``."""
     response = ex.api(method, url_path, expect=status, **kwargs)
+    check_rate_headers(response)
     body = response.json()
     spec = DATA_SPEC if spec_path.startswith("/v2/stocks") else TRADING_SPEC
     validate(body, response_schema(spec, method, spec_path, status))
@@ -111,6 +122,8 @@ def check(ex: Exchange, method: str, url_path: str, spec_path: str, status: int,
 
 def check_error(ex: Exchange, method: str, url_path: str, status: int, **kwargs: Any) -> dict[str, Any]:
     response = ex.api(method, url_path, expect=status, **kwargs)
+    if status != 401:
+        check_rate_headers(response)
     body = response.json()
     validate(body, error_schema())
     assert set(body) >= {"code", "message"}
@@ -245,3 +258,120 @@ def test_error_responses_match_the_error_schema(ex: Exchange) -> None:
     for method, path, status, kwargs, code, message in expected:
         body = check_error(ex, method, path, status, **kwargs)
         assert (body["code"], body["message"]) == (code, message), (method, path)
+
+
+# ---------------------------------------------------------------------------- every route, measured
+# One sample call per route of the Trading and Market-data API: (method, the server's route
+# template) -> (url, the spec's path, status, request kwargs). DELETEs come last (they end what the
+# others read). test_every_api_route_has_a_validated_sample fails when a route is added without one.
+def _route_samples(ex: Exchange) -> list[tuple[tuple[str, str], str, str, int, dict[str, Any]]]:
+    ex.quote("MSFT", "400.00", "400.20")
+    for symbol in ("AAPL", "MSFT"):
+        ex.api("POST", "/v2/orders", expect=200,
+               json={"symbol": symbol, "qty": 6, "side": "buy", "type": "market", "time_in_force": "day"})
+    resting = ex.api("POST", "/v2/orders", expect=200, json=order_body(client_order_id="route-1")).json()
+    ex.advance(120)  # filled and acknowledged, on arrival or at the next pass
+    asset_id = ex.api("GET", "/v2/assets/AAPL", expect=200).json()["id"]
+    return [
+        (("GET", "/v2/account"), "/v2/account", "/v2/account", 200, {}),
+        (("GET", "/v2/account/configurations"), "/v2/account/configurations", "/v2/account/configurations", 200, {}),
+        (("PATCH", "/v2/account/configurations"), "/v2/account/configurations", "/v2/account/configurations",
+         200, {"json": {"trade_confirm_email": "none", "pdt_check": None}}),
+        (("GET", "/v2/account/portfolio/history"), "/v2/account/portfolio/history?period=1D&timeframe=1Min",
+         "/v2/account/portfolio/history", 200, {}),
+        (("GET", "/v2/clock"), "/v2/clock", "/v2/clock", 200, {}),
+        (("GET", "/v2/calendar"), "/v2/calendar?start=2026-11-01&end=2026-11-30", "/v2/calendar", 200, {}),
+        (("GET", "/v2/assets"), "/v2/assets", "/v2/assets", 200, {}),
+        (("GET", "/v2/assets/{symbol_or_id}"), f"/v2/assets/{asset_id}", "/v2/assets/{symbol_or_asset_id}", 200, {}),
+        (("POST", "/v2/orders"), "/v2/orders", "/v2/orders", 200,
+         {"json": {"symbol": "AAPL", "notional": "250", "side": "buy", "type": "market", "time_in_force": "day"}}),
+        (("GET", "/v2/orders"), "/v2/orders?status=all&nested=true", "/v2/orders", 200, {}),
+        (("GET", "/v2/orders:by_client_order_id"), "/v2/orders:by_client_order_id?client_order_id=route-1",
+         "/v2/orders:by_client_order_id", 200, {}),
+        (("GET", "/v2/orders/{order_id}"), f"/v2/orders/{resting['id']}", "/v2/orders/{order_id}", 200, {}),
+        (("PATCH", "/v2/orders/{order_id}"), f"/v2/orders/{resting['id']}", "/v2/orders/{order_id}", 200,
+         {"json": {"limit_price": "148"}}),
+        (("GET", "/v2/positions"), "/v2/positions", "/v2/positions", 200, {}),
+        (("GET", "/v2/positions/{symbol_or_id}"), "/v2/positions/MSFT", "/v2/positions/{symbol_or_asset_id}", 200, {}),
+        (("GET", "/v2/stocks/quotes/latest"), "/v2/stocks/quotes/latest?symbols=AAPL,SPY",
+         "/v2/stocks/quotes/latest", 200, {}),
+        (("GET", "/v2/stocks/trades/latest"), "/v2/stocks/trades/latest?symbols=AAPL,SPY",
+         "/v2/stocks/trades/latest", 200, {}),
+        (("GET", "/v2/stocks/bars"), "/v2/stocks/bars?symbols=SPY&timeframe=15Min&start=2026-11-19",
+         "/v2/stocks/bars", 200, {}),
+        (("GET", "/v2/stocks/bars/latest"), "/v2/stocks/bars/latest?symbols=AAPL,SPY", "/v2/stocks/bars/latest",
+         200, {}),
+        (("GET", "/v2/stocks/{symbol}/bars/latest"), "/v2/stocks/SPY/bars/latest", "/v2/stocks/{symbol}/bars/latest",
+         200, {}),
+        (("GET", "/v2/stocks/snapshots"), "/v2/stocks/snapshots?symbols=AAPL,SPY", "/v2/stocks/snapshots", 200, {}),
+        (("GET", "/v2/stocks/{symbol}/snapshot"), "/v2/stocks/SPY/snapshot", "/v2/stocks/{symbol}/snapshot", 200, {}),
+        (("DELETE", "/v2/positions/{symbol_or_id}"), "/v2/positions/AAPL?percentage=50",
+         "/v2/positions/{symbol_or_asset_id}", 200, {}),
+        (("DELETE", "/v2/positions"), "/v2/positions?cancel_orders=true", "/v2/positions", 207, {}),
+        (("DELETE", "/v2/orders"), "/v2/orders", "/v2/orders", 207, {}),
+    ]
+
+
+def test_every_api_route_has_a_validated_sample(ex: Exchange) -> None:
+    samples = _route_samples(ex)
+    api_routes = {(method, template) for method, _pattern, template, _handler in _ROUTES if template.startswith("/v2")}
+    sampled = {route for route, *_ in samples}
+    # DELETE /v2/orders/{order_id} answers 204 without a body: checked in the order test above.
+    assert api_routes - sampled == {("DELETE", "/v2/orders/{order_id}")}
+    assert sampled <= api_routes
+    for _route, url, spec_path, status, kwargs in samples:
+        check(ex, _route[0], url, spec_path, status, **kwargs)
+
+
+def test_new_order_kinds_match_the_order_schema(ex: Exchange) -> None:
+    notional = check(ex, "POST", "/v2/orders", "/v2/orders", 200,
+                     json={"symbol": "AAPL", "notional": 99.5, "side": "buy", "type": "market", "time_in_force": "day"})
+    assert notional["qty"] is None and notional["notional"] == "99.5"
+    converted = check(ex, "POST", "/v2/orders", "/v2/orders", 200,
+                      json=order_body(type="stop", limit_price=None, stop_price=155, qty=2))
+    assert (converted["type"], converted["limit_price"]) == ("stop_limit", "158.88")
+    fractional = check(ex, "POST", "/v2/orders", "/v2/orders", 200,
+                       json=order_body(type="stop_limit", stop_price=152, limit_price=153, qty="0.5",
+                                       time_in_force="day"))
+    assert fractional["qty"] == "0.5"
+
+
+def test_error_responses_of_the_newer_rules_match_the_error_schema(ex: Exchange) -> None:
+    no_shorting = {"json": {"no_shorting": True}}
+    check(ex, "PATCH", "/v2/account/configurations", "/v2/account/configurations", 200, **no_shorting)
+    sell = {"json": order_body(side="sell", type="market", limit_price=None, time_in_force="day")}
+    expected = [
+        ("POST", "/v2/orders", 403, sell, 40310000, "account is not allowed to short"),
+        ("POST", "/v2/orders", 422, {"json": order_body(type="market", limit_price=None, notional=10)}, 42210000,
+         "only one of qty or notional may be given"),
+        ("POST", "/v2/orders", 422, {"json": order_body(qty="1.5")}, 42210000,
+         "fractional orders are only supported for simple market, limit, stop or stop_limit day orders"),
+        ("PATCH", "/v2/account/configurations", 422, {"json": {"no_shorting": 1}}, 42210000,
+         "invalid no_shorting: 1 (expected true or false)"),
+        ("GET", "/v2/account/portfolio/history?timeframe=1W", 422, {}, 42210000,
+         "invalid timeframe: '1W' (1Min, 5Min, 15Min, 1H or 1D)"),
+        ("GET", "/v2/stocks/QQQQQ/snapshot", 404, {}, 40410000, "no snapshot for QQQQQ: unknown symbol"),
+        ("GET", "/v2/stocks/QQQQQ/bars/latest", 404, {}, 40410000, "no bar for QQQQQ"),
+        ("GET", "/v2/stocks/snapshots", 400, {}, 40010000, "symbols is required"),
+        ("POST", "/v2/orders", 422, {"data": b'{"symbol": "AAPL", "qty": 1e400, "side": "buy", "type": "market", '
+                                             b'"time_in_force": "day"}'}, 42210000, "invalid qty: 1E+400"),
+        ("POST", "/v2/orders", 422, {"json": order_body(limit_price="99999999999999999999")}, 42210000,
+         "invalid limit_price: '99999999999999999999'"),
+        ("OPTIONS", "/v2/orders", 405, {}, 40510000, "method not allowed"),
+        ("FOO", "/v2/account", 405, {}, 40510000, "method not allowed"),
+    ]
+    for method, path, status, kwargs, code, message in expected:
+        body = check_error(ex, method, path, status, **kwargs)
+        assert (body["code"], body["message"]) == (code, message), (method, path)
+    check(ex, "PATCH", "/v2/account/configurations", "/v2/account/configurations", 200,
+          json={"no_shorting": False, "suspend_trade": True})
+    body = check_error(ex, "POST", "/v2/orders", 403, json=order_body())
+    assert body == {"code": 40310000,
+                    "message": "new orders are not accepted: the account's suspend_trade configuration is true"}
+
+
+def test_the_rate_limit_answer_matches_the_error_schema_and_carries_its_headers() -> None:
+    with running_exchange(rate_limit=1) as ex:
+        check(ex, "GET", "/v2/clock", "/v2/clock", 200)
+        body = check_error(ex, "GET", "/v2/clock", 429)
+        assert body == {"code": 42910000, "message": "rate limit exceeded"}
