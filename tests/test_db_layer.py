@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import threading
 import time
 from decimal import Decimal
 
@@ -276,3 +277,45 @@ def test_schema_statements_quote_only_the_case_sensitive_column():
     text = "\n".join(schema.schema_statements())
     assert '"Approve" BOOLEAN' in text
     assert '"executed"' not in text
+
+
+def test_two_programs_started_at_once_do_not_deadlock_on_schema_work(db, make_db, exchange, monkeypatch):
+    """Issue 11 scenario 14: a program mid-run holds a trade row lock in its transaction (what
+    every monitor and the executor do per trade) while two more programs start at the same moment,
+    as the scheduler starts them at 09:45. Starting must not wait on the running program's reads:
+    schema work (an ALTER TABLE's exclusive lock) happens once, not in every run."""
+    import order_executor
+    import order_monitor
+
+    monkeypatch.setenv("ALPACA_BASE_URL", exchange.url)  # the programs' CLI on the test exchange
+    trade_id = db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+    running = make_db()
+    codes: dict[str, int] = {}
+    start = threading.Barrier(2)
+
+    def program(name: str, main) -> None:
+        start.wait(timeout=10)
+        codes[name] = main(["--test-mode"])
+
+    threads = [threading.Thread(target=program, args=(name, main), daemon=True)
+               for name, main in (("order_executor", order_executor.main), ("order_monitor", order_monitor.main))]
+    with running.transaction():
+        running.get_by_id("trade_journal", trade_id, for_update=True)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        waiting = [thread.name for thread in threads if thread.is_alive()]
+    for thread in threads:
+        thread.join(timeout=60)
+    assert waiting == [], "a starting program waited on the running program's locks (schema work in its run)"
+    assert codes == {"order_executor": 0, "order_monitor": 0}
+
+
+def test_schema_work_runs_again_only_when_the_recorded_version_is_behind(db):
+    assert db.schema_is_current()
+    db.execute_update(f"UPDATE {schema.SCHEMA_VERSION_TABLE} SET version = 'older' WHERE id = 1")
+    assert not db.schema_is_current()
+    db.ensure_schema()
+    row = db.execute_one(f"SELECT version FROM {schema.SCHEMA_VERSION_TABLE}")
+    assert row["version"] == schema.schema_version() and db.schema_is_current()

@@ -11,6 +11,7 @@ prices and quantities. Status vocabularies come from ``trading.lifecycle``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from trading import lifecycle
@@ -316,6 +317,28 @@ TABLES_BY_NAME = {table.name: table for table in TABLES}
 
 #: Serialises concurrent schema creation (two programs starting at once on a fresh database).
 SCHEMA_LOCK_KEY = 727_001
+
+#: The schema's own bookkeeping, outside the contract (never truncated, not shown in NocoDB): the
+#: version of these declarations the database was last brought up to. Programs compare it with
+#: ``schema_version()`` (one cheap SELECT) and run DDL only when it is behind: an ``ALTER TABLE``
+#: in every run would take exclusive locks that collide with the other programs' reads.
+SCHEMA_VERSION_TABLE = "trading_schema_version"
+#: How long schema work waits for other programs' locks before giving up until the next start.
+SCHEMA_LOCK_TIMEOUT = "15s"
+
+
+def schema_version() -> str:
+    """A fingerprint of the full schema's statements: it changes whenever a declaration does, so
+    a new column, check or trigger brings every database up to date once, at the next start."""
+    return hashlib.sha256("\n".join(schema_statements()).encode()).hexdigest()[:16]
+
+
+def version_table_statements() -> list[str]:
+    """The statements that create the version table (one row, ``id = 1``)."""
+    return [f"CREATE TABLE IF NOT EXISTS {SCHEMA_VERSION_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), "
+            "version TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), applied_by TEXT)",
+            f"COMMENT ON TABLE {SCHEMA_VERSION_TABLE} IS 'Which version of the schema declarations "
+            "(trading/schema.py) this database was brought up to; programs run schema work only when it is behind.'"]
 
 
 def _constraint_sql(table: Table, name: str, expression: str) -> str:
