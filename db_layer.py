@@ -42,7 +42,7 @@ from psycopg2 import sql
 
 from config import PostgresConfig, get_postgres_config
 from trading import schema
-from trading.errors import ConfigurationError, DatabaseUnavailableError
+from trading.errors import ConfigurationError, DatabaseUnavailableError, WriteConflictError
 
 logger = logging.getLogger(__name__)
 
@@ -231,8 +231,9 @@ class TradingDB:
         with self._lock:
             conn = self._connection()
             savepoint = f"sp_{self._depth}" if self._depth else None
-            with conn.cursor() as cur:
-                cur.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN")
+            # A server that died (restart, pg_terminate_backend) fails BEGIN or SAVEPOINT like any
+            # other statement: translated the same way, so one outage has one outcome.
+            self._control(conn, f"SAVEPOINT {savepoint}" if savepoint else "BEGIN")
             self._depth += 1
             try:
                 yield self
@@ -241,23 +242,38 @@ class TradingDB:
                 if not conn.closed:
                     with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
                         cur.execute(f"ROLLBACK TO SAVEPOINT {savepoint}" if savepoint else "ROLLBACK")
+                if conn.closed and self._conn is conn:
+                    self._conn = None  # the next statement outside a transaction reconnects
                 raise
             else:
                 self._depth -= 1
-                try:
-                    with conn.cursor() as cur:
-                        cur.execute(f"RELEASE SAVEPOINT {savepoint}" if savepoint else "COMMIT")
-                except psycopg2.Error as exc:
-                    raise self._translate(exc) from exc
+                self._control(conn, f"RELEASE SAVEPOINT {savepoint}" if savepoint else "COMMIT")
+
+    def _control(self, conn: psycopg2.extensions.connection, statement: str) -> None:
+        """Run a transaction-control statement; driver errors become the project's errors."""
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        except psycopg2.Error as exc:
+            raise self._translate(exc) from exc
 
     # ------------------------------------------------------------------ raw SQL
 
     def _translate(self, exc: psycopg2.Error) -> Exception:
+        """The project's error for a driver error: an outage (connection lost, server shutting
+        down, deadlock, serialization failure) is ``DatabaseUnavailableError``, a unique key
+        another writer took first is ``WriteConflictError``; anything else (a bug: syntax, a
+        check constraint) stays the driver's error and fails the run."""
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _is_transient(exc):
             if self._conn is not None and self._conn.closed:
                 self._conn = None
             return DatabaseUnavailableError(f"database error ({getattr(exc, 'pgcode', None) or 'connection'}): "
-                                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")
+                                            f"{first_line}")
+        if isinstance(exc, psycopg2.errors.UniqueViolation):
+            constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+            return WriteConflictError(f"another writer got there first ({constraint or 'unique key'}): {first_line}",
+                                      constraint=constraint)
         return exc
 
     def _execute(self, query: str | sql.Composable, params: Params) -> psycopg2.extensions.cursor:
@@ -551,4 +567,4 @@ class TradingDB:
 
 def is_unique_violation(exc: BaseException) -> bool:
     """Whether ``exc`` is a unique-constraint violation (another writer got there first)."""
-    return isinstance(exc, psycopg2.errors.UniqueViolation)
+    return isinstance(exc, (WriteConflictError, psycopg2.errors.UniqueViolation))

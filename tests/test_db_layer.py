@@ -13,7 +13,7 @@ import pytest
 from config import PostgresConfig, Secret
 from db_layer import TradingDB, is_unique_violation, lock_key
 from trading import schema
-from trading.errors import ConfigurationError, DatabaseUnavailableError
+from trading.errors import ConfigurationError, DatabaseUnavailableError, WriteConflictError
 
 # The contract of design.md section 4: table -> columns that must exist.
 CONTRACT = {
@@ -191,9 +191,59 @@ def test_transaction_is_invisible_to_others_until_commit(db, make_db):
 
 def test_unique_violation_is_recognised(db):
     db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy", "client_order_id": "x-1"})
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(WriteConflictError) as caught:
         db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy", "client_order_id": "x-1"})
     assert is_unique_violation(caught.value)
+    assert caught.value.constraint == "uq_order_execution_client_order_id"
+
+
+def terminate_backend(db: TradingDB, killer: TradingDB) -> None:
+    """What a server restart does to a session: its backend ends (from another connection)."""
+    pid = db.execute_one("SELECT pg_backend_pid() AS pid")["pid"]
+    killer.execute_query("SELECT pg_terminate_backend(%s)", (pid,))
+    deadline = time.monotonic() + 5
+    while killer.execute_one("SELECT 1 AS alive FROM pg_stat_activity WHERE pid = %s", (pid,)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_the_database_dying_at_begin_is_an_outage_like_at_any_other_moment(db, make_db):
+    """Issue 11 scenario 18: the crash is translated at BEGIN as at any statement, and the next
+    statement outside a transaction reconnects."""
+    terminate_backend(db, make_db())
+    with pytest.raises(DatabaseUnavailableError, match="database error"), db.transaction():
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+    assert not db.in_transaction
+    assert db.query("trade_journal") == []
+
+
+def test_the_database_dying_at_a_savepoint_is_an_outage_and_undoes_the_outer_block(db, make_db):
+    killer = make_db()
+    with pytest.raises(DatabaseUnavailableError), db.transaction():
+        db.insert("trade_journal", {"symbol": "OUTER", "trade_style": "SWING"})
+        terminate_backend(db, killer)
+        with db.transaction():
+            db.insert("trade_journal", {"symbol": "INNER", "trade_style": "SWING"})
+    assert not db.in_transaction
+    assert db.query("trade_journal") == []
+
+
+def test_the_database_dying_before_commit_is_an_outage_and_nothing_is_kept(db, make_db):
+    killer = make_db()
+    with pytest.raises(DatabaseUnavailableError), db.transaction():
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+        terminate_backend(db, killer)
+    assert db.query("trade_journal") == []
+
+
+def test_a_unique_key_taken_first_inside_a_transaction_is_a_write_conflict(db):
+    db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy", "client_order_id": "x-2"})
+    with pytest.raises(WriteConflictError), db.transaction():
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+        with db.transaction():
+            db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy",
+                                          "client_order_id": "x-2"})
+    assert db.query("trade_journal") == []
 
 
 def test_audit_table_is_append_only(db):
