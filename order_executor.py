@@ -21,7 +21,8 @@ CANCEL cancels the trade's working entry and its held legs (a filled entry is le
 with the reason recorded). AMEND cancels, then places the amended plan as a new trade that
 records the trade it replaces. CLOSE cancels the protection and sells the shares with a
 market order; outside the session it waits (the decision stays pending for the next run in
-the session). NO_ACTION adds one to the trade's ``days_open``.
+the session). NO_ACTION recounts the trade's ``days_open`` (trading days since its entry fill,
+from the broker's calendar; the position monitor keeps it for every trade).
 
 Every decision ends with an audit row. Refused decisions (malformed, invalid, unknown trade,
 risk limit, broker 403/422) are marked executed so they are not retried every day; transient
@@ -54,7 +55,7 @@ from trading.errors import (
     TransientError,
 )
 from trading.lifecycle import ExitReason, OrderType, TradeStatus
-from trading.market_time import MarketTime
+from trading.market_time import MarketTime, trading_dates
 from trading.orders import entry_client_order_id
 from trading.plan import TradePlan, parse_plan, referenced_ids
 from trading.pricing import ZERO
@@ -550,13 +551,20 @@ class OrderExecutor:
             self._finish(ctx, row, accepted=True, reason=f"trade {trade['id']} is {trade['status']}: days_open "
                                                           "not changed", trade_id=trade["id"])
             return Outcome("no_action", f"trade {trade['id']} not open")
-        self.db.execute_update("UPDATE trade_journal SET days_open = days_open + 1, updated_at = now() WHERE id = %s",
-                               (trade["id"],))
-        ctx.audit.record("trade", trade["id"], audit.TRADE_UPDATED, symbol=trade["symbol"], old=trade["days_open"],
-                         new=trade["days_open"] + 1, reason=f"NO_ACTION decision {row['id']}: days_open + 1")
-        self._finish(ctx, row, accepted=True, reason=f"trade {trade['id']} days_open {trade['days_open'] + 1}",
+        # days_open is counted from the broker's calendar (trading days since the entry fill), not
+        # by decisions: a review recounts it, so the decision's record shows the true figure.
+        book = TradeBook(self.db, ctx.audit)
+        today = ctx.market.trading_date
+        book.count_days_open(trading_dates(self.broker, book.first_entry_date([trade["id"]]), today), today,
+                             [trade["id"]])
+        days_open = self.db.get_by_id("trade_journal", trade["id"])["days_open"]
+        if days_open != trade["days_open"]:
+            ctx.audit.record("trade", trade["id"], audit.TRADE_UPDATED, symbol=trade["symbol"], old=trade["days_open"],
+                             new=days_open, reason=f"NO_ACTION decision {row['id']}: days_open recounted from the "
+                                                   "broker's calendar")
+        self._finish(ctx, row, accepted=True, reason=f"trade {trade['id']} days_open {days_open}",
                      trade_id=trade["id"])
-        return Outcome("no_action", f"trade {trade['id']} days_open + 1")
+        return Outcome("no_action", f"trade {trade['id']} days_open {days_open}")
 
     # ------------------------------------------------------------------ --dry-run
 
@@ -593,7 +601,7 @@ class OrderExecutor:
                 trade = self._referenced_trade(row)
                 return Outcome(f"would_{action.lower()}", f"trade {trade['id']} ({trade['status']})")
             if action == "NO_ACTION":
-                return Outcome("would_no_action", "days_open + 1")
+                return Outcome("would_no_action", "days_open recounted")
             raise RejectedError(f"unknown primary_action {row.get('primary_action')!r}")
         except RejectedError as exc:
             return Outcome("would_refuse", str(exc))

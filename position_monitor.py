@@ -8,8 +8,8 @@ Runs every 10 minutes 09:30-16:00 ET and at 18:15 ET under the scheduler, or by 
 One run, under its advisory lock:
 
 1. **Read the broker once**: all positions (one call), the latest quotes of every symbol the
-   database holds (one call), the account (one call). If the broker cannot be reached the run
-   ends with a warning and changes nothing.
+   database holds (one call), the account (one call), the calendar since the first entry
+   (one call). If the broker cannot be reached the run ends with a warning and changes nothing.
 2. **Reconcile**, the broker being the truth, symbol by symbol:
    - the broker holds fewer shares than the database: the trades' open orders are synced
      first (a stop or take-profit fill order_monitor has not seen yet closes the trade with
@@ -32,7 +32,10 @@ One run, under its advisory lock:
      (once per quantity) and reported by the health check; never adopted, never sold.
 3. **Revalue** every position: price = (bid + ask) / 2, or the one side present; no quote →
    the position keeps its previous values and a warning is logged (never zeroed).
-4. **Snapshot** the portfolio (cash, positions value, equity, unrealized P&L, realized P&L
+4. **Days open**: ``trade_journal.days_open`` of every trade, closed ones included, is the
+   number of the broker's trading days after the entry fill's date up to the exit's date (or
+   today while open), from the broker's calendar (one call per run); 0 for a trade never filled.
+5. **Snapshot** the portfolio (cash, positions value, equity, unrealized P&L, realized P&L
    today) in ``portfolio_snapshot``: one row per run, the equity curve.
 """
 
@@ -55,7 +58,7 @@ from trading import audit
 from trading.broker import Broker, BrokerPosition, Quote
 from trading.errors import TransientError
 from trading.lifecycle import TradeStatus
-from trading.market_time import MarketTime
+from trading.market_time import MarketTime, trading_dates
 from trading.positions import POSITIONS_SQL, PositionReconciler
 from trading.pricing import ZERO, mid_price, money
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
@@ -105,6 +108,8 @@ class PositionMonitor:
         symbols = sorted({p["symbol"] for p in positions})
         quotes = self.broker.get_latest_quotes(symbols) if symbols else {}
         account = self.broker.get_account()
+        trades = TradeBook(self.db, ctx.audit)
+        calendar = trading_dates(self.broker, trades.first_entry_date(), ctx.market.trading_date)
         ctx.summary.add("positions", len(positions))
 
         reconciler = Reconciler(self.db, ctx.audit)
@@ -124,6 +129,8 @@ class PositionMonitor:
                 self._record_symbol_failure(ctx, symbol, exc)
         self._orphans(ctx, held, set(by_symbol))
         self._revalue(ctx, quotes)
+        # After the reconciliation, so trades it closed count to their exit date.
+        ctx.summary.add("days_open_updated", trades.count_days_open(calendar, ctx.market.trading_date))
         self._snapshot(ctx, account)
 
     # ------------------------------------------------------------------ reconciliation

@@ -501,16 +501,25 @@ def test_close_of_an_unfilled_trade_cancels_its_entry(db, exchange, broker):
     assert not [o for o in exchange.orders() if o["type"] == "market"]
 
 
-def test_no_action_adds_one_day_to_the_trade(db, exchange, broker):
+def test_no_action_recounts_days_open_from_the_broker_calendar(db, exchange, broker):
+    """Issue 11 scenario 16: a review on Monday of a position bought on the Wednesday before
+    Thanksgiving shows 2 trading days (Friday, Monday), not one more than the last review."""
+    import order_monitor
+
+    exchange.clock(eastern("2026-11-25", "10:00"))
     trade_id = place_trade(db, broker, "AAPL")
+    exchange.quotes(AAPL=FILLING_QUOTE)
+    order_monitor.run_once(db, broker, settings=make_settings(), sleep=lambda _s: None)
+    assert db.get_by_id("trade_journal", trade_id)["status"] == "POSITION"
+    exchange.clock(eastern("2026-11-30", "09:45"))
     noop = add_decision(db, "AAPL", "NO_ACTION", trade_id=trade_id)
     broker.calls.reset()
 
     assert run(db, broker).counts["no_action"] == 1
 
-    assert db.get_by_id("trade_journal", trade_id)["days_open"] == 1
+    assert db.get_by_id("trade_journal", trade_id)["days_open"] == 2
     assert decision(db, noop)["executed"] is True
-    assert audit_reasons(db, noop, "DECISION_ACCEPTED") == [f"trade {trade_id} days_open 1"]
+    assert audit_reasons(db, noop, "DECISION_ACCEPTED") == [f"trade {trade_id} days_open 2"]
     assert broker.calls.counts.get("submit_order", 0) == 0
 
 
