@@ -45,7 +45,7 @@ from typing import Any
 
 from config import Settings, load_settings
 from trading import audit
-from trading.broker import Asset, Broker, BrokerOrder, OrderRequest
+from trading.broker import Asset, Broker, BrokerOrder, OrderRequest, Quote
 from trading.errors import (
     BrokerRejectedError,
     BrokerUnavailableError,
@@ -57,8 +57,8 @@ from trading.errors import (
 from trading.lifecycle import ExitReason, OrderType, TradeStatus
 from trading.market_time import MarketTime, trading_dates
 from trading.orders import entry_client_order_id
-from trading.plan import TradePlan, parse_plan, referenced_ids
-from trading.pricing import ZERO
+from trading.plan import TradePlan, check_against_quote, parse_plan, referenced_ids
+from trading.pricing import ZERO, mid_price
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
 from trading.protection import Protector, find_order
 from trading.reconcile import Reconciler
@@ -112,6 +112,9 @@ class OrderExecutor:
         self.dry_run = dry_run
         self._assets: dict[str, Asset] | None = None
         self._risk: RiskState | None = None
+        self._quotes: dict[str, Quote] | None = None
+        self._quotes_asked: set[str] = set()
+        self._quote_problem: str | None = None
 
     def run(self) -> RunSummary:
         """One run under the executor's advisory lock."""
@@ -127,6 +130,7 @@ class OrderExecutor:
             return
         self._assets = None
         self._risk = None
+        self._quotes = None
         reconciler = Reconciler(self.db, ctx.audit)
         protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
                               count=ctx.summary.add)
@@ -181,6 +185,39 @@ class OrderExecutor:
         sizing = size_position(plan, self.settings.risk, state.equity)
         return sizing, check_entry(plan, sizing.qty, self.settings.risk, state)
 
+    def _latest_quote(self, symbol: str) -> Quote | None:
+        """The symbol's latest quote: the quotes of every waiting decision's ticker are read in one
+        call at the first need, once per run; None when the broker has none or could not answer
+        (``_quote_problem`` says why)."""
+        if self._quotes is None:
+            self._quotes, self._quotes_asked, self._quote_problem = {}, set(), None
+        if symbol not in self._quotes_asked and self._quote_problem is None:
+            tickers = {str(r["ticker"]).strip().upper() for r in self.db.execute_query(
+                'SELECT DISTINCT ticker FROM analysis_decision WHERE executed = false AND "Approve" = true '
+                "AND ticker IS NOT NULL")}
+            wanted = sorted((tickers | {symbol}) - self._quotes_asked)
+            try:
+                self._quotes.update(self.broker.get_latest_quotes(wanted))
+            except (TransientError, NotFoundError, BrokerRejectedError) as exc:
+                self._quote_problem = f"the quote could not be read: {exc}"
+            self._quotes_asked.update(wanted)
+        return self._quotes.get(symbol)
+
+    def _check_market(self, plan: TradePlan) -> tuple[bool, str]:
+        """Compare the latest quote with the plan just before sending it: ``RejectedError``
+        (``STALE_PLAN``) when the stop is already crossed or the price drifted beyond
+        ``MAX_ENTRY_DRIFT_PCT``. A quote that cannot be read does not stop the entry (its limit
+        price bounds what is paid and its broker-held stop the loss; refusing would lose the
+        decision for a data outage). Returns whether the quote was compared and what was found,
+        recorded with the intent (``details.quote_check``); a quote call that failed also ends
+        the run as ``warning``."""
+        quote = self._latest_quote(plan.symbol)
+        if quote is None or mid_price(quote.bid, quote.ask) is None:
+            why = self._quote_problem or "the broker has no quote for it"
+            return False, (f"no quote for {plan.symbol} ({why}): sent without comparing the plan with the market "
+                           "(STALE_PLAN not checked)")
+        return True, check_against_quote(plan, quote.bid, quote.ask, self.settings.risk.max_entry_drift_pct)
+
     @staticmethod
     def _release(state: RiskState, trade: Row) -> None:
         """Take an unfilled trade that is being replaced out of the risk state."""
@@ -231,7 +268,7 @@ class OrderExecutor:
         code = getattr(exc, "code", code)
         logger.warning("%s: decision %s (%s %s) refused: %s", PROGRAM, row["id"], row.get("primary_action"),
                        row.get("ticker"), reason)
-        self._finish(ctx, row, accepted=False, reason=reason, code=code)
+        self._finish(ctx, row, accepted=False, reason=reason, code=code, details=getattr(exc, "details", None))
         return Outcome("refused", reason)
 
     def _referenced_trade(self, row: Row) -> Row:
@@ -296,8 +333,13 @@ class OrderExecutor:
                         _check_amendment(plan, replaces)
                     state = self._risk_state(ctx)
                     sizing, notional = self._gate(plan, state)
+                    quote_checked, quote_check = self._check_market(plan)
                 except RejectedError as exc:
                     return self._refuse(ctx, row, exc)
+                if not quote_checked:
+                    logger.warning("%s: decision %s: %s", PROGRAM, row["id"], quote_check)
+                    if self._quote_problem:  # a broker error degraded the check: the run says so
+                        ctx.summary.warn(f"decision {row['id']}: {quote_check}")
                 trade = reconciler.trades.create({
                     **plan.as_values(), "initial_analysis_id": row["id"], "planned_qty": sizing.qty,
                     "replaces_trade_journal_id": replaces["id"] if replaces else None})
@@ -307,7 +349,8 @@ class OrderExecutor:
                                  reason=f"sized {sizing.qty} shares by {sizing.method}"
                                         + (f"; {sizing.note}" if sizing.note else ""),
                                  details={"trade_journal_id": trade["id"], "client_order_id": coid,
-                                          "notional": notional})
+                                          "notional": notional, "quote_checked": quote_checked,
+                                          "quote_check": quote_check})
                 reservation: Reservation | None = state.accept(plan.symbol, notional)
                 intent_row: Row | None = None
             else:
@@ -467,6 +510,7 @@ class OrderExecutor:
             self._release(trial, old)
             try:
                 self._gate(plan, trial)
+                self._check_market(plan)  # a stale amendment leaves the old entry working
             except RejectedError as exc:
                 with self.db.transaction():
                     row = self._claim(decision_id)
@@ -587,6 +631,7 @@ class OrderExecutor:
                                             "unfilled entry")
                     self._release(trial, old)
                 sizing, notional = self._gate(plan, trial)
+                quote_checked, quote_check = self._check_market(plan)
                 if old is not None:
                     self._release(state, old)
                 state.accept(plan.symbol, notional)
@@ -596,7 +641,8 @@ class OrderExecutor:
                                               f"{request.limit_price} stop {request.stop_loss_price}"
                                               + (f" target {request.take_profit_price}" if request.take_profit_price
                                                  else "") + f" tif {request.time_in_force} ({sizing.method})"
-                                              + (f", replacing trade {old['id']}" if old is not None else ""))
+                                              + (f", replacing trade {old['id']}" if old is not None else "")
+                                              + ("" if quote_checked else f"; {quote_check}"))
             if action in ("CANCEL", "CLOSE"):
                 trade = self._referenced_trade(row)
                 return Outcome(f"would_{action.lower()}", f"trade {trade['id']} ({trade['status']})")

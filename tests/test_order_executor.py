@@ -1158,7 +1158,7 @@ def test_dry_run_prints_what_it_would_send_and_changes_nothing(db, exchange, bro
     assert snapshot(db, tables) == before
     assert exchange.orders() == orders_before
     assert set(exchange.stats()["requests"]) <= {"GET /v2/clock", "GET /v2/calendar", "GET /v2/account",
-                                                 "GET /v2/assets"}
+                                                 "GET /v2/assets", "GET /v2/stocks/quotes/latest"}
 
 
 def test_command_line_run_places_the_orders_and_prints_the_summary(db, exchange, cli_env, capsys):
@@ -1204,8 +1204,8 @@ def test_benchmark_script_places_one_order_per_decision_with_one_call_each(db, c
 
     out = capsys.readouterr().out
     assert "8 decisions:" in out
-    assert "broker calls (client):   12 = 1.500 per decision (8 submit_order + 4 per run" in out
-    assert "broker calls (exchange): 12 = 1.500 per decision" in out
+    assert "broker calls (client):   13 = 1.625 per decision (8 submit_order + 5 per run" in out
+    assert "broker calls (exchange): 13 = 1.625 per decision" in out
     assert "second run, nothing to do" in out and "2 broker calls" in out
 
 
@@ -1312,3 +1312,67 @@ def test_close_of_a_position_sold_outside_sends_no_sell_and_closes_it_as_outside
         "CLOSED", "MANUAL_EXIT", Decimal("152.00"), Decimal("20.00"))
     assert decision(db, close)["executed"] is True
     assert exchange.positions() == {}
+
+
+# --------------------------------------------------------------------------- stale plans (issue 11 scenario 15)
+
+
+def test_a_decision_whose_stop_the_market_already_crossed_is_refused_as_stale_plan(db, exchange, broker):
+    """At 09:45 AAPL trades at 144.50, under the plan's stop of 145: the limit at 150 would fill at
+    once below its own stop and be stopped out the same second. Refused, nothing sent."""
+    exchange.quotes(AAPL=("144.50", "144.60"))
+    stale = add_decision(db, "AAPL", planned_entry=150, planned_sl=145, planned_tp=160)
+
+    summary = run(db, broker, MAX_ENTRY_DRIFT_PCT="10")
+
+    assert summary.counts["refused"] == 1
+    assert refusal_code(db, stale) == "STALE_PLAN"
+    assert "bid 144.50 is at or below planned_sl 145.00" in refusal(db, stale)
+    assert decision(db, stale)["executed"] is True
+    assert db.query("trade_journal") == [] and exchange.orders() == []
+
+
+def test_a_decision_beyond_the_entry_drift_is_refused_as_stale_plan_and_one_within_is_placed(db, exchange, broker):
+    exchange.quotes(AAPL=("159.90", "160.10"), MSFT=("151.90", "152.10"))
+    drifted = add_decision(db, "AAPL", planned_entry=150, planned_sl=145, planned_tp=170)
+    near = add_decision(db, "MSFT", planned_entry=150, planned_sl=145, planned_tp=170)
+
+    summary = run(db, broker, MAX_ENTRY_DRIFT_PCT="3")
+
+    assert summary.counts["refused"] == 1 and summary.counts["placed"] == 1
+    assert refusal_code(db, drifted) == "STALE_PLAN"
+    assert "trades at 160.00 (6.67% from planned_entry 150.00)" in refusal(db, drifted)
+    assert "MAX_ENTRY_DRIFT_PCT 3%" in refusal(db, drifted)
+    assert [o["symbol"] for o in exchange.orders() if o["side"] == "buy"] == ["MSFT"]
+    assert broker.calls.counts["get_latest_quotes"] == 1  # one call for the batch
+    intent = db.query("audit_event", {"entity_type": "decision", "entity_id": near, "event": "ORDER_INTENT"})
+    assert intent[0]["details"]["quote_checked"] is True
+    assert intent[0]["details"]["quote_check"] == ("quote bid 151.90 ask 152.10: 1.33% from planned_entry, "
+                                                   "stop not crossed")
+
+
+def test_a_stale_amendment_is_refused_and_leaves_the_old_entry_working(db, exchange, broker):
+    trade_id = place_trade(db, broker, "AAPL")
+    exchange.quotes(AAPL=("228.40", "228.60"))  # the limit at 150 rests
+    amend = add_decision(db, "AAPL", "AMEND", trade_id=trade_id, planned_entry=200, planned_sl=190, planned_tp=240)
+
+    assert run(db, broker, MAX_ENTRY_DRIFT_PCT="10").counts["refused"] == 1
+
+    assert refusal_code(db, amend) == "STALE_PLAN"
+    assert db.get_by_id("trade_journal", trade_id)["status"] == "ORDERED"
+    assert [o["status"] for o in exchange.orders() if o["side"] == "buy"] == ["new"]
+
+
+def test_a_decision_whose_quote_cannot_be_read_is_placed_with_a_recorded_warning(db, exchange, broker):
+    """The data API answers 500: the entry is sent (its limit and its broker-held stop bound it),
+    the intent's record and the run's warning say the plan was not compared with the market."""
+    exchange.fault(status=500, method="GET", path="/v2/stocks/quotes/latest", count=5)
+    placed = add_decision(db, "AAPL")
+
+    summary = run(db, broker, MAX_ENTRY_DRIFT_PCT="3")
+
+    assert summary.counts["placed"] == 1
+    assert summary.outcome == "warning" and any("STALE_PLAN not checked" in note for note in summary.notes)
+    intent = db.query("audit_event", {"entity_type": "decision", "entity_id": placed, "event": "ORDER_INTENT"})
+    assert len(intent) == 1 and intent[0]["details"]["quote_checked"] is False
+    assert "no quote for AAPL (the quote could not be read" in intent[0]["details"]["quote_check"]
