@@ -44,7 +44,7 @@ from decimal import Decimal
 from typing import Any
 
 from config import Settings, load_settings
-from trading import audit
+from trading import audit, lifecycle
 from trading.broker import Asset, Broker, BrokerOrder, OrderRequest, Quote
 from trading.errors import (
     BrokerRejectedError,
@@ -143,6 +143,9 @@ class OrderExecutor:
             except TransientError as exc:
                 outages += 1
                 outcome = Outcome("deferred", str(exc))
+                # A decision left for later by a broker or database error is something to look at:
+                # the run ends as warning (exit 1), not success.
+                ctx.summary.warn(f"decision {decision_id} deferred, retried next run: {exc}")
                 self._note_deferred(ctx, decision_id, f"transient failure, retried next run: {exc}")
                 if outages >= MAX_CONSECUTIVE_OUTAGES:
                     ctx.summary.add("deferred")
@@ -428,10 +431,12 @@ class OrderExecutor:
 
     def _claim_open_trade(
             self, ctx: RunContext, decision_id: int, verb: str,
-            check: Callable[[Row, Row], Outcome | None] | None = None) -> tuple[Row | None, Outcome | None]:
+            check: Callable[[Row, Row], Outcome | None] | None = None,
+            done_before: Callable[[Row, Row], Outcome | None] | None = None) -> tuple[Row | None, Outcome | None]:
         """Claim the decision and find the open trade it names. Returns the trade, or the outcome
-        when the decision ends here (refused: no such trade, already finished, or ``check`` says so,
-        all within the claim's transaction)."""
+        when the decision ends here (refused: no such trade, already finished, or ``check`` says so;
+        a finished trade that ``done_before`` says this decision itself finished is its outcome),
+        all within the claim's transaction."""
         with self.db.transaction():
             row = self._claim(decision_id)
             if row is None:
@@ -441,6 +446,9 @@ class OrderExecutor:
             except RejectedError as exc:
                 return None, self._refuse(ctx, row, exc)
             if trade["status"] in (TradeStatus.CANCELLED.value, TradeStatus.CLOSED.value):
+                done = done_before(row, trade) if done_before else None
+                if done is not None:
+                    return None, done
                 return None, self._refuse(ctx, row, f"trade {trade['id']} is already {trade['status']}: nothing to "
                                                     f"{verb}", code=f"NOTHING_TO_{verb.upper()}")
             refused = check(row, trade) if check else None
@@ -454,7 +462,24 @@ class OrderExecutor:
                                               "place, nothing cancelled", code="ALREADY_FILLED")
             return None
 
-        trade, ended = self._claim_open_trade(ctx, decision_id, "cancel", filled_already)
+        def cancelled_by_this_decision(row: Row, trade: Row) -> Outcome | None:
+            # This decision's cancel was processed but its answer was lost (a 5xx), and a monitor
+            # recorded the canceled entry before this run: the decision did its work.
+            if trade["status"] != TradeStatus.CANCELLED.value or \
+                    trade.get("exit_reason") != ExitReason.CANCEL_REQUESTED.value:
+                return None
+            asked = self.db.execute_one(
+                "SELECT 1 AS asked FROM audit_event WHERE event = %s AND entity_type = 'order' AND reason = %s "
+                "AND entity_id IN (SELECT id FROM order_execution WHERE trade_journal_id = %s) LIMIT 1",
+                (audit.ORDER_CANCEL_REQUESTED, f"CANCEL decision {row['id']}", trade["id"]))
+            if asked is None:
+                return None
+            reason = (f"trade {trade['id']} entry canceled at the broker (this decision's cancel, its answer lost, "
+                      "confirmed by looking the order up)")
+            self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"])
+            return Outcome("cancelled", reason)
+
+        trade, ended = self._claim_open_trade(ctx, decision_id, "cancel", filled_already, cancelled_by_this_decision)
         if trade is None:
             assert ended is not None
             return ended
@@ -566,19 +591,31 @@ class OrderExecutor:
             if row is None:
                 return Outcome("skipped", "claimed by another run")
             after = self.db.get_by_id("trade_journal", trade["id"])
-            if result in ("exit_submitted", "exiting"):
+            if result == "exit_submitted":
                 reason = f"trade {trade['id']}: protection canceled, market sell sent"
                 self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"])
+                return Outcome("closing", reason)
+            if result == "exiting":
+                # Already closing (an earlier CLOSE, the day-end exit, or this decision before a
+                # crash): nothing was sent now, and the record says so.
+                exits = [r for r in self.db.query("order_execution", {"trade_journal_id": trade["id"],
+                                                                      "order_type": OrderType.EXIT.value},
+                                                  order_by="id")
+                         if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES]
+                working = ", ".join(f"{r['client_order_id']} ({r['order_status']})" for r in exits) or "an exit order"
+                reason = (f"trade {trade['id']} is already closing: its exit {working} works on the shares; "
+                          "no second sell sent")
+                self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"], code="ALREADY_CLOSING")
                 return Outcome("closing", reason)
             if result == "cancelled":
                 reason = f"trade {trade['id']} had no shares: its entry was canceled instead"
                 self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"])
                 return Outcome("cancelled", reason)
             if result == "closed":
-                reason = f"trade {trade['id']} is already {after['status']}: nothing to close"
-            else:
-                reason = f"trade {trade['id']}: the broker refused the exit; protection restored (see audit_event)"
-            return self._refuse(ctx, row, reason, code="CLOSE_FAILED")
+                return self._refuse(ctx, row, f"trade {trade['id']} is already {after['status']}: nothing to close",
+                                    code="NOTHING_TO_CLOSE")
+            return self._refuse(ctx, row, f"trade {trade['id']}: the broker refused the exit; protection restored "
+                                          "(see audit_event)", code="CLOSE_FAILED")
 
     # ------------------------------------------------------------------ NO_ACTION
 

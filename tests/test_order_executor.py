@@ -1376,3 +1376,83 @@ def test_a_decision_whose_quote_cannot_be_read_is_placed_with_a_recorded_warning
     intent = db.query("audit_event", {"entity_type": "decision", "entity_id": placed, "event": "ORDER_INTENT"})
     assert len(intent) == 1 and intent[0]["details"]["quote_checked"] is False
     assert "no quote for AAPL (the quote could not be read" in intent[0]["details"]["quote_check"]
+
+
+# ------------------------------------------------------------- records that tell the truth (issue 11 scenario 19)
+
+
+def test_a_second_close_of_a_trade_already_closing_is_not_recorded_as_a_market_sell_sent(db, exchange, broker):
+    exchange.quotes(AAPL=FILLING_QUOTE)
+    trade_id = place_trade(db, broker, "AAPL")
+    exchange.quotes(AAPL=("0", "151.30"))  # no bid: the market sell waits at the exchange
+    first = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
+    second = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
+
+    summary = run(db, broker)
+
+    assert summary.counts["closing"] == 2
+    assert [o["side"] for o in exchange.orders() if o["type"] == "market"] == ["sell"]  # one sell, not two
+    assert audit_reasons(db, first, "DECISION_ACCEPTED") == [f"trade {trade_id}: protection canceled, market sell sent"]
+    [exit_row] = db.query("order_execution", {"order_type": "EXIT"})
+    [reason] = audit_reasons(db, second, "DECISION_ACCEPTED")
+    assert reason == (f"trade {trade_id} is already closing: its exit {exit_row['client_order_id']} "
+                      f"({exit_row['order_status']}) works on the shares; no second sell sent")
+    assert "market sell sent" not in reason
+
+
+def test_a_cancel_processed_but_answered_5xx_is_resolved_by_looking_the_order_up(db, exchange, broker):
+    trade_id = place_trade(db, broker, "AAPL")
+    cancel = add_decision(db, "AAPL", "CANCEL", trade_id=trade_id)
+    exchange.fault(status=500, method="DELETE", path="/v2/orders/*", when="after", count=1)
+
+    summary = run(db, broker)
+
+    assert summary.counts["cancelled"] == 1
+    assert audit_reasons(db, cancel, "DECISION_ACCEPTED") == [f"trade {trade_id} entry canceled at the broker"]
+    assert audit_reasons(db, cancel, "DECISION_REFUSED") == []
+    trade = db.get_by_id("trade_journal", trade_id)
+    assert (trade["status"], trade["exit_reason"]) == ("CANCELLED", "CANCEL_REQUESTED")
+    assert {o["status"] for o in exchange.orders()} == {"canceled"}
+
+
+def test_a_cancel_whose_answer_was_lost_and_recorded_by_the_monitor_first_is_accepted_not_refused(
+        db, exchange, broker):
+    """The cancel is processed but answered 500 and the look-up fails too: the decision waits. The
+    order monitor then records the canceled entry; the next executor run finds its own cancel done
+    instead of refusing the decision as "already CANCELLED"."""
+    import order_monitor
+
+    trade_id = place_trade(db, broker, "AAPL")
+    cancel = add_decision(db, "AAPL", "CANCEL", trade_id=trade_id)
+    exchange.fault(status=500, method="DELETE", path="/v2/orders/*", when="after", count=1)
+    exchange.fault(status=503, method="GET", path="/v2/orders/*", count=1)
+
+    first = run(db, broker)
+    assert first.counts["deferred"] == 1 and first.outcome == "warning"
+    exchange.clear_faults()
+    order_monitor.run_once(db, broker, settings=make_settings(), sleep=lambda _s: None)
+    trade = db.get_by_id("trade_journal", trade_id)
+    assert (trade["status"], trade["exit_reason"]) == ("CANCELLED", "CANCEL_REQUESTED")
+
+    second = run(db, broker)
+
+    assert second.counts["cancelled"] == 1
+    assert audit_reasons(db, cancel, "DECISION_REFUSED") == []
+    assert audit_reasons(db, cancel, "DECISION_ACCEPTED") == [
+        f"trade {trade_id} entry canceled at the broker (this decision's cancel, its answer lost, confirmed by "
+        "looking the order up)"]
+
+
+def test_decisions_deferred_by_broker_errors_end_the_run_as_a_warning(db, exchange, broker):
+    from trading.program import exit_code
+
+    deferred = add_decision(db, "AAPL")
+    exchange.fault(status=503, method="POST", path="/v2/orders", count=5)
+
+    summary = run(db, broker)
+
+    assert summary.counts["deferred"] == 1
+    assert summary.outcome == "warning" and exit_code(summary) == 1
+    assert any(f"decision {deferred} deferred" in note for note in summary.notes)
+    assert db.get_by_id("program_run", summary.run_id)["outcome"] == "warning"
+    assert decision(db, deferred)["executed"] is False

@@ -201,3 +201,17 @@ def test_the_database_dying_at_begin_ends_the_run_as_a_warning_like_at_any_other
     assert db.get_by_id("trade_journal", trade["id"])["status"] == "ORDERED"  # nothing half-written
     assert order_monitor.run_once(db, broker, settings=make_settings()).outcome == "success"
     assert db.get_by_id("trade_journal", trade["id"])["status"] == "POSITION"  # the next run catches up
+
+
+def test_a_run_skipped_on_the_lock_says_so_instead_of_nothing_to_do(db, broker, make_db):
+    """Issue 11 scenario 19: the summary line (printed, in the scheduler's log) and --json tell a
+    skipped run from a run with nothing to do."""
+    other = make_db()
+    with other.advisory_lock("test_program") as taken:
+        assert taken
+        _, summary = run(db, broker)
+    assert summary.line() == "test_program: skipped: another run holds the lock"
+    assert summary.as_dict()["skipped_because"] == "another run holds the lock"
+    assert exit_code(summary) == 0
+    _, idle = run(db, broker, lambda ctx: ctx.summary.counts.clear())
+    assert idle.line() == "test_program: success (nothing to do)"

@@ -409,6 +409,11 @@ class Protector:
             except (NotFoundError, BrokerRejectedError) as exc:
                 # Already finished (filled, canceled) or unknown: the look-up below tells which.
                 logger.info("cancel of order %s: %s", target["alpaca_order_id"], exc)
+            except BrokerUnavailableError as exc:
+                # Unanswered (5xx, timeout): the cancel may have been processed. The look-up below
+                # says what happened; only if it cannot be read either is the outage raised.
+                logger.warning("cancel of order %s unanswered (%s): looking the order up", target["alpaca_order_id"],
+                               exc)
         pending_roots = set(groups)
         for attempt in range(self.confirm_attempts):
             for root in sorted(pending_roots):

@@ -405,8 +405,47 @@ def schema_statements(*, production: bool = False) -> list[str]:
     statements: list[str] = []
     for table in TABLES:
         statements.extend(table_statements(table, only_added_columns=production and table.upstream))
+    statements.extend(view_statements())
     statements.extend(guard_statements())
     return statements
+
+
+# ---------------------------------------------------------------------------------------------
+# Views: read-only answers an operator (or NocoDB) wants without writing SQL.
+
+#: The audit events that end (or defer) a decision, newest wins.
+DECISION_OUTCOME_EVENTS = ("DECISION_ACCEPTED", "DECISION_REFUSED", "DECISION_DEFERRED")
+
+#: One row per decision: what became of it and, for a refusal, why (``reason``, ``code``).
+#: ``outcome``: ``accepted`` (placed, cancelled, closing, ...), ``refused`` (marked executed, not
+#: retried), ``deferred`` (waiting for the next run after an outage or outside the session),
+#: ``waiting`` (approved, not yet looked at), ``not approved``, or ``executed`` (marked executed
+#: without an audit row: by hand, or before the audit trail existed).
+DECISION_OUTCOME_VIEW = "decision_outcome"
+
+_OUTCOME_EVENTS_SQL = ", ".join(f"'{event}'" for event in DECISION_OUTCOME_EVENTS)
+
+
+def view_statements() -> list[str]:
+    """The views; idempotent (``CREATE OR REPLACE``)."""
+    return [
+        f"""CREATE OR REPLACE VIEW {DECISION_OUTCOME_VIEW} AS
+SELECT d.id, d.created_at, d.ticker, d.primary_action, d."Approve" AS approved, d.executed, d.execution_time,
+       coalesce(d.existing_trade_journal_id, (last.details ->> 'trade_journal_id')::bigint) AS trade_journal_id,
+       CASE last.event WHEN 'DECISION_ACCEPTED' THEN 'accepted' WHEN 'DECISION_REFUSED' THEN 'refused'
+            WHEN 'DECISION_DEFERRED' THEN CASE WHEN d.executed THEN 'executed' ELSE 'deferred' END
+            ELSE CASE WHEN d.executed THEN 'executed' WHEN coalesce(d."Approve", false) THEN 'waiting'
+                      ELSE 'not approved' END END AS outcome,
+       CASE WHEN last.event = 'DECISION_REFUSED' THEN last.details ->> 'code' END AS code,
+       last.reason, last.occurred_at AS outcome_at, last.program
+FROM analysis_decision d
+LEFT JOIN LATERAL (
+    SELECT e.event, e.reason, e.details, e.occurred_at, e.program FROM audit_event e
+    WHERE e.entity_type = 'decision' AND e.entity_id = d.id AND e.event IN ({_OUTCOME_EVENTS_SQL})
+    ORDER BY e.id DESC LIMIT 1) AS last ON true""",
+        f"COMMENT ON VIEW {DECISION_OUTCOME_VIEW} IS 'Each decision with its outcome (accepted, refused, deferred, "
+        "waiting, not approved) and a refusal''s reason and code, from audit_event.'",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
