@@ -45,6 +45,7 @@ from typing import Any
 
 from config import Settings, load_settings
 from trading import audit, lifecycle
+from trading.accounts import account_identity, what_to_do
 from trading.broker import Asset, Broker, BrokerOrder, OrderRequest, Quote
 from trading.errors import (
     BrokerRejectedError,
@@ -290,6 +291,13 @@ class OrderExecutor:
         trade = self.db.get_by_id("trade_journal", trade_id)
         if trade is None:
             raise RejectedError(f"trade {trade_id} does not exist", code="UNKNOWN_TRADE")
+        recorded, current = trade.get("broker_account"), account_identity(self.broker)
+        if recorded is not None and current is not None and recorded != current:
+            # Its orders and shares are in another account: acting here would cancel or sell nothing
+            # of it, and reconcile it against an account it never was in (trading/accounts.py).
+            raise RejectedError(f"trade {trade['id']} was placed in broker account {recorded}, not in this "
+                                f"account {current}: nothing done. To resolve: {what_to_do(recorded, current)}",
+                                code="ACCOUNT_MISMATCH")
         return trade
 
     # ------------------------------------------------------------------ dispatch
@@ -345,6 +353,7 @@ class OrderExecutor:
                         ctx.summary.warn(f"decision {row['id']}: {quote_check}")
                 trade = reconciler.trades.create({
                     **plan.as_values(), "initial_analysis_id": row["id"], "planned_qty": sizing.qty,
+                    "broker_account": account_identity(self.broker),
                     "replaces_trade_journal_id": replaces["id"] if replaces else None})
                 request = entry_request(plan, sizing.qty, coid)
                 row_id = reconciler.orders.insert_intent(trade, OrderType.ENTRY.value, request)

@@ -55,6 +55,7 @@ from typing import Any
 
 from config import Settings, load_settings
 from trading import audit
+from trading.accounts import AccountGuard
 from trading.broker import Broker, BrokerPosition, Quote
 from trading.errors import TransientError
 from trading.lifecycle import TradeStatus
@@ -95,6 +96,7 @@ class PositionMonitor:
         self.settings = settings or load_settings()
         self.clock = clock
         self.sleep = sleep
+        self._foreign: frozenset[int] = frozenset()
 
     def run(self) -> RunSummary:
         """One run under the position monitor's advisory lock."""
@@ -115,6 +117,11 @@ class PositionMonitor:
         reconciler = Reconciler(self.db, ctx.audit)
         protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
                               sleep=self.sleep or time.sleep, count=ctx.summary.add)
+        # Trades placed in another broker account are never reconciled against this one.
+        protector.foreign = AccountGuard(self.db, self.broker, ctx.audit, ctx.summary.warn).foreign_trades()
+        ctx.summary.add("other_account_trades", len(protector.foreign))
+        positions = [row for row in positions if row["trade_journal_id"] not in protector.foreign]
+        self._foreign = protector.foreign
         book = PositionReconciler(self.db, self.broker, protector, count=ctx.summary.add, warn=ctx.summary.warn)
         by_symbol: dict[str, list[Row]] = defaultdict(list)
         for row in positions:
@@ -180,6 +187,8 @@ class PositionMonitor:
     def _revalue(self, ctx: RunContext, quotes: dict[str, Quote]) -> None:
         updates: dict[str, list[Any]] = {"ids": [], "prices": [], "values": [], "pnls": [], "pcts": []}
         for row in self.db.execute_query(POSITIONS_SQL, {"symbol": None}):
+            if row["trade_journal_id"] in self._foreign:
+                continue  # another account's position: this account's quotes do not value it
             quote = quotes.get(row["symbol"])
             price = mid_price(quote.bid, quote.ask) if quote else None
             if price is None:

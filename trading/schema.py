@@ -112,6 +112,9 @@ TRADE_JOURNAL = Table(
         Column("replaces_trade_journal_id", "BIGINT"),
         Column("realized_pnl", "NUMERIC", "0", not_null=True),
         Column("exited_qty", "NUMERIC", "0", not_null=True),
+        # The broker account (account number) the trade was placed in: it is never reconciled
+        # against another account (trading/accounts.py).
+        Column("broker_account", "TEXT"),
         CREATED_AT,
         UPDATED_AT,
     ),
