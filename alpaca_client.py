@@ -218,6 +218,7 @@ class AlpacaBroker:
         self._stream_keys = (api_key, secret_key)  # only for the stream's authentication message
         self.timeout = timeout
         self.calls = CallCounter()
+        self.last_account: Account | None = None
         self._trading = TradingClient(api_key, secret_key, paper=paper, raw_data=True, url_override=self.base_url)
         self._data = StockHistoricalDataClient(api_key, secret_key, raw_data=True, url_override=self.data_url)
         for client in (self._trading, self._data):
@@ -309,10 +310,14 @@ class AlpacaBroker:
     def get_account(self) -> Account:
         """Cash, equity and buying power."""
         raw = self._call("get_account", self._trading.get_account)
-        return Account(cash=_dec(raw["cash"]) or Decimal("0"), equity=_dec(raw["equity"]) or Decimal("0"),
-                       buying_power=_dec(raw["buying_power"]) or Decimal("0"),
-                       status=_word(raw.get("status")).upper(),
-                       last_equity=_dec(raw.get("last_equity")))
+        account = Account(cash=_dec(raw["cash"]) or Decimal("0"), equity=_dec(raw["equity"]) or Decimal("0"),
+                          buying_power=_dec(raw["buying_power"]) or Decimal("0"),
+                          status=_word(raw.get("status")).upper(),
+                          last_equity=_dec(raw.get("last_equity")),
+                          id=str(raw["id"]) if raw.get("id") else None,
+                          number=str(raw["account_number"]) if raw.get("account_number") else None)
+        self.last_account = account
+        return account
 
     def list_assets(self) -> dict[str, Asset]:
         """Every active US equity the broker knows, by symbol (one call)."""

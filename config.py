@@ -477,6 +477,9 @@ class RiskLimits:
     daily_loss_limit: Decimal
     risk_per_trade: Decimal
     min_buying_power_reserve: Decimal
+    #: A NEW_TRADE whose latest quote is further than this from its planned entry (percent of the
+    #: entry, either way) is refused as STALE_PLAN; 0 turns this check off (the stop check stays).
+    max_entry_drift_pct: Decimal = Decimal("5")
 
 
 def get_risk_limits(env: Mapping[str, str] | None = None) -> RiskLimits:
@@ -496,6 +499,7 @@ def get_risk_limits(env: Mapping[str, str] | None = None) -> RiskLimits:
         daily_loss_limit=env_decimal(env, "DAILY_LOSS_LIMIT", "2000", minimum=zero),
         risk_per_trade=env_decimal(env, "RISK_PER_TRADE", "500", minimum=zero),
         min_buying_power_reserve=env_decimal(env, "MIN_BUYING_POWER_RESERVE", "0", minimum=zero),
+        max_entry_drift_pct=env_decimal(env, "MAX_ENTRY_DRIFT_PCT", "5", minimum=zero, maximum=Decimal("100")),
     )
 
 

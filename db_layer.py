@@ -42,7 +42,7 @@ from psycopg2 import sql
 
 from config import PostgresConfig, get_postgres_config
 from trading import schema
-from trading.errors import ConfigurationError, DatabaseUnavailableError
+from trading.errors import ConfigurationError, DatabaseUnavailableError, WriteConflictError
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +183,10 @@ class TradingDB:
             self._columns = None
             key = (self.config.dbname, self.config.port)
             if self.config.embedded and key not in _SCHEMA_READY:
-                # The embedded database is the project's own: ready to use (psql, NocoDB) on first touch.
-                self.create_schema()
+                # The embedded database is the project's own: ready to use (psql, NocoDB) on first
+                # touch, with schema work only when its recorded version is behind.
+                if not self.schema_is_current():
+                    self._create_schema(only_if_behind=True)
                 _SCHEMA_READY.add(key)
         return self
 
@@ -229,8 +231,9 @@ class TradingDB:
         with self._lock:
             conn = self._connection()
             savepoint = f"sp_{self._depth}" if self._depth else None
-            with conn.cursor() as cur:
-                cur.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN")
+            # A server that died (restart, pg_terminate_backend) fails BEGIN or SAVEPOINT like any
+            # other statement: translated the same way, so one outage has one outcome.
+            self._control(conn, f"SAVEPOINT {savepoint}" if savepoint else "BEGIN")
             self._depth += 1
             try:
                 yield self
@@ -239,23 +242,38 @@ class TradingDB:
                 if not conn.closed:
                     with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
                         cur.execute(f"ROLLBACK TO SAVEPOINT {savepoint}" if savepoint else "ROLLBACK")
+                if conn.closed and self._conn is conn:
+                    self._conn = None  # the next statement outside a transaction reconnects
                 raise
             else:
                 self._depth -= 1
-                try:
-                    with conn.cursor() as cur:
-                        cur.execute(f"RELEASE SAVEPOINT {savepoint}" if savepoint else "COMMIT")
-                except psycopg2.Error as exc:
-                    raise self._translate(exc) from exc
+                self._control(conn, f"RELEASE SAVEPOINT {savepoint}" if savepoint else "COMMIT")
+
+    def _control(self, conn: psycopg2.extensions.connection, statement: str) -> None:
+        """Run a transaction-control statement; driver errors become the project's errors."""
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        except psycopg2.Error as exc:
+            raise self._translate(exc) from exc
 
     # ------------------------------------------------------------------ raw SQL
 
     def _translate(self, exc: psycopg2.Error) -> Exception:
+        """The project's error for a driver error: an outage (connection lost, server shutting
+        down, deadlock, serialization failure) is ``DatabaseUnavailableError``, a unique key
+        another writer took first is ``WriteConflictError``; anything else (a bug: syntax, a
+        check constraint) stays the driver's error and fails the run."""
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _is_transient(exc):
             if self._conn is not None and self._conn.closed:
                 self._conn = None
             return DatabaseUnavailableError(f"database error ({getattr(exc, 'pgcode', None) or 'connection'}): "
-                                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")
+                                            f"{first_line}")
+        if isinstance(exc, psycopg2.errors.UniqueViolation):
+            constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+            return WriteConflictError(f"another writer got there first ({constraint or 'unique key'}): {first_line}",
+                                      constraint=constraint)
         return exc
 
     def _execute(self, query: str | sql.Composable, params: Params) -> psycopg2.extensions.cursor:
@@ -451,12 +469,46 @@ class TradingDB:
     # ------------------------------------------------------------------ schema
 
     def create_schema(self) -> None:
-        """Create every table, column, constraint and index of the contract; safe to run again."""
-        with self.transaction():
-            self.execute_update("SELECT pg_advisory_xact_lock(%s)", (schema.SCHEMA_LOCK_KEY,))
-            for statement in schema.schema_statements():
-                self.execute_update(statement)
-        self._columns = None
+        """Create every table, column, constraint and index of the contract; safe to run again.
+
+        Always runs the DDL (tests, benchmarks, a forced repair); programs call
+        ``ensure_schema()``, which runs it only when the recorded version is behind."""
+        self._create_schema(only_if_behind=False)
+
+    def schema_is_current(self) -> bool:
+        """Whether the database was brought up to this code's schema version (two cheap SELECTs,
+        no DDL, no table lock beyond a read of the one-row version table)."""
+        row = self.execute_one("SELECT to_regclass(%s) IS NOT NULL AS present", (schema.SCHEMA_VERSION_TABLE,))
+        if not (row and row["present"]):
+            return False
+        row = self.execute_one(sql.SQL("SELECT version FROM {} WHERE id = 1").format(
+            sql.Identifier(schema.SCHEMA_VERSION_TABLE)))
+        return row is not None and row["version"] == schema.schema_version()
+
+    def _create_schema(self, *, only_if_behind: bool) -> None:
+        """The schema work, once: under its own advisory lock (a second program starting at the
+        same moment waits for the first one's DDL, then finds the version current and does none),
+        bounded by ``lock_timeout`` so it never waits for ever behind a running program's reads."""
+        try:
+            with self.transaction():
+                self.execute_update(f"SET LOCAL lock_timeout = '{schema.SCHEMA_LOCK_TIMEOUT}'")
+                self.execute_update("SELECT pg_advisory_xact_lock(%s)", (schema.SCHEMA_LOCK_KEY,))
+                if only_if_behind and self.schema_is_current():
+                    return
+                for statement in schema.schema_statements() + schema.version_table_statements():
+                    self.execute_update(statement)
+                self.execute_update(
+                    sql.SQL("INSERT INTO {} (id, version, applied_at, applied_by) VALUES (1, %s, now(), %s) "
+                            "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, "
+                            "applied_at = EXCLUDED.applied_at, applied_by = EXCLUDED.applied_by").format(
+                        sql.Identifier(schema.SCHEMA_VERSION_TABLE)),
+                    (schema.schema_version(), self.application_name))
+        except psycopg2.errors.LockNotAvailable as exc:
+            raise DatabaseUnavailableError(
+                f"the schema update waited more than {schema.SCHEMA_LOCK_TIMEOUT} for other programs' locks; "
+                "it is tried again at the next start") from exc
+        finally:
+            self._columns = None
 
     def missing_schema(self) -> list[str]:
         """What the contract needs and this database lacks (``table`` or ``table.column``)."""
@@ -472,11 +524,14 @@ class TradingDB:
         return missing
 
     def ensure_schema(self) -> None:
-        """Make the schema usable: created in full on the embedded and test databases; on a
-        configured production database only checked (the programs' role may not run DDL):
-        anything missing stops the program with the command that fixes it."""
+        """Make the schema usable: on the embedded and test databases brought up to date when its
+        recorded version is behind (else one cheap SELECT, no DDL: two programs starting at once
+        never collide on schema locks); on a configured production database only checked (the
+        programs' role may not run DDL): anything missing stops the program with the command that
+        fixes it."""
         if self.config.embedded or self.test_mode:
-            self.create_schema()
+            if not self.schema_is_current():
+                self._create_schema(only_if_behind=True)
             return
         missing = self.missing_schema()
         self.check_decision_schema()
@@ -512,4 +567,4 @@ class TradingDB:
 
 def is_unique_violation(exc: BaseException) -> bool:
     """Whether ``exc`` is a unique-constraint violation (another writer got there first)."""
-    return isinstance(exc, psycopg2.errors.UniqueViolation)
+    return isinstance(exc, (WriteConflictError, psycopg2.errors.UniqueViolation))

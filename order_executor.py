@@ -21,7 +21,8 @@ CANCEL cancels the trade's working entry and its held legs (a filled entry is le
 with the reason recorded). AMEND cancels, then places the amended plan as a new trade that
 records the trade it replaces. CLOSE cancels the protection and sells the shares with a
 market order; outside the session it waits (the decision stays pending for the next run in
-the session). NO_ACTION adds one to the trade's ``days_open``.
+the session). NO_ACTION recounts the trade's ``days_open`` (trading days since its entry fill,
+from the broker's calendar; the position monitor keeps it for every trade).
 
 Every decision ends with an audit row. Refused decisions (malformed, invalid, unknown trade,
 risk limit, broker 403/422) are marked executed so they are not retried every day; transient
@@ -44,8 +45,9 @@ from decimal import Decimal
 from typing import Any
 
 from config import Settings, load_settings
-from trading import audit
-from trading.broker import Asset, Broker, BrokerOrder, OrderRequest
+from trading import audit, lifecycle
+from trading.accounts import account_identity, what_to_do
+from trading.broker import Asset, Broker, BrokerOrder, OrderRequest, Quote
 from trading.errors import (
     BrokerRejectedError,
     BrokerUnavailableError,
@@ -55,10 +57,10 @@ from trading.errors import (
     TransientError,
 )
 from trading.lifecycle import ExitReason, OrderType, TradeStatus
-from trading.market_time import MarketTime
+from trading.market_time import MarketTime, trading_dates
 from trading.orders import entry_client_order_id
-from trading.plan import TradePlan, parse_plan, referenced_ids
-from trading.pricing import ZERO
+from trading.plan import TradePlan, check_against_quote, parse_plan, referenced_ids
+from trading.pricing import ZERO, mid_price
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
 from trading.protection import Protector, find_order
 from trading.reconcile import Reconciler
@@ -116,6 +118,9 @@ class OrderExecutor:
         self.sleep = sleep
         self._assets: dict[str, Asset] | None = None
         self._risk: RiskState | None = None
+        self._quotes: dict[str, Quote] | None = None
+        self._quotes_asked: set[str] = set()
+        self._quote_problem: str | None = None
 
     def run(self) -> RunSummary:
         """One run under the executor's advisory lock."""
@@ -131,6 +136,7 @@ class OrderExecutor:
             return
         self._assets = None
         self._risk = None
+        self._quotes = None
         reconciler = Reconciler(self.db, ctx.audit)
         protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
                               count=ctx.summary.add, sleep=self.sleep)
@@ -143,6 +149,9 @@ class OrderExecutor:
             except TransientError as exc:
                 outages += 1
                 outcome = Outcome("deferred", str(exc))
+                # A decision left for later by a broker or database error is something to look at:
+                # the run ends as warning (exit 1), not success.
+                ctx.summary.warn(f"decision {decision_id} deferred, retried next run: {exc}")
                 self._note_deferred(ctx, decision_id, f"transient failure, retried next run: {exc}")
                 if outages >= MAX_CONSECUTIVE_OUTAGES:
                     ctx.summary.add("deferred")
@@ -184,6 +193,39 @@ class OrderExecutor:
             raise RejectedError(f"{plan.symbol} is not tradable at the broker", code="NOT_TRADABLE")
         sizing = size_position(plan, self.settings.risk, state.equity)
         return sizing, check_entry(plan, sizing.qty, self.settings.risk, state)
+
+    def _latest_quote(self, symbol: str) -> Quote | None:
+        """The symbol's latest quote: the quotes of every waiting decision's ticker are read in one
+        call at the first need, once per run; None when the broker has none or could not answer
+        (``_quote_problem`` says why)."""
+        if self._quotes is None:
+            self._quotes, self._quotes_asked, self._quote_problem = {}, set(), None
+        if symbol not in self._quotes_asked and self._quote_problem is None:
+            tickers = {str(r["ticker"]).strip().upper() for r in self.db.execute_query(
+                'SELECT DISTINCT ticker FROM analysis_decision WHERE executed = false AND "Approve" = true '
+                "AND ticker IS NOT NULL")}
+            wanted = sorted((tickers | {symbol}) - self._quotes_asked)
+            try:
+                self._quotes.update(self.broker.get_latest_quotes(wanted))
+            except (TransientError, NotFoundError, BrokerRejectedError) as exc:
+                self._quote_problem = f"the quote could not be read: {exc}"
+            self._quotes_asked.update(wanted)
+        return self._quotes.get(symbol)
+
+    def _check_market(self, plan: TradePlan) -> tuple[bool, str]:
+        """Compare the latest quote with the plan just before sending it: ``RejectedError``
+        (``STALE_PLAN``) when the stop is already crossed or the price drifted beyond
+        ``MAX_ENTRY_DRIFT_PCT``. A quote that cannot be read does not stop the entry (its limit
+        price bounds what is paid and its broker-held stop the loss; refusing would lose the
+        decision for a data outage). Returns whether the quote was compared and what was found,
+        recorded with the intent (``details.quote_check``); a quote call that failed also ends
+        the run as ``warning``."""
+        quote = self._latest_quote(plan.symbol)
+        if quote is None or mid_price(quote.bid, quote.ask) is None:
+            why = self._quote_problem or "the broker has no quote for it"
+            return False, (f"no quote for {plan.symbol} ({why}): sent without comparing the plan with the market "
+                           "(STALE_PLAN not checked)")
+        return True, check_against_quote(plan, quote.bid, quote.ask, self.settings.risk.max_entry_drift_pct)
 
     @staticmethod
     def _release(state: RiskState, trade: Row) -> None:
@@ -235,7 +277,7 @@ class OrderExecutor:
         code = getattr(exc, "code", code)
         logger.warning("%s: decision %s (%s %s) refused: %s", PROGRAM, row["id"], row.get("primary_action"),
                        row.get("ticker"), reason)
-        self._finish(ctx, row, accepted=False, reason=reason, code=code)
+        self._finish(ctx, row, accepted=False, reason=reason, code=code, details=getattr(exc, "details", None))
         return Outcome("refused", reason)
 
     def _referenced_trade(self, row: Row) -> Row:
@@ -254,6 +296,13 @@ class OrderExecutor:
         trade = self.db.get_by_id("trade_journal", trade_id)
         if trade is None:
             raise RejectedError(f"trade {trade_id} does not exist", code="UNKNOWN_TRADE")
+        recorded, current = trade.get("broker_account"), account_identity(self.broker)
+        if recorded is not None and current is not None and recorded != current:
+            # Its orders and shares are in another account: acting here would cancel or sell nothing
+            # of it, and reconcile it against an account it never was in (trading/accounts.py).
+            raise RejectedError(f"trade {trade['id']} was placed in broker account {recorded}, not in this "
+                                f"account {current}: nothing done. To resolve: {what_to_do(recorded, current)}",
+                                code="ACCOUNT_MISMATCH")
         return trade
 
     # ------------------------------------------------------------------ dispatch
@@ -300,10 +349,16 @@ class OrderExecutor:
                         _check_amendment(plan, replaces)
                     state = self._risk_state(ctx)
                     sizing, notional = self._gate(plan, state)
+                    quote_checked, quote_check = self._check_market(plan)
                 except RejectedError as exc:
                     return self._refuse(ctx, row, exc)
+                if not quote_checked:
+                    logger.warning("%s: decision %s: %s", PROGRAM, row["id"], quote_check)
+                    if self._quote_problem:  # a broker error degraded the check: the run says so
+                        ctx.summary.warn(f"decision {row['id']}: {quote_check}")
                 trade = reconciler.trades.create({
                     **plan.as_values(), "initial_analysis_id": row["id"], "planned_qty": sizing.qty,
+                    "broker_account": account_identity(self.broker),
                     "replaces_trade_journal_id": replaces["id"] if replaces else None})
                 request = entry_request(plan, sizing.qty, coid)
                 row_id = reconciler.orders.insert_intent(trade, OrderType.ENTRY.value, request)
@@ -311,7 +366,8 @@ class OrderExecutor:
                                  reason=f"sized {sizing.qty} shares by {sizing.method}"
                                         + (f"; {sizing.note}" if sizing.note else ""),
                                  details={"trade_journal_id": trade["id"], "client_order_id": coid,
-                                          "notional": notional})
+                                          "notional": notional, "quote_checked": quote_checked,
+                                          "quote_check": quote_check})
                 reservation: Reservation | None = state.accept(plan.symbol, notional)
                 intent_row: Row | None = None
             else:
@@ -389,10 +445,12 @@ class OrderExecutor:
 
     def _claim_open_trade(
             self, ctx: RunContext, decision_id: int, verb: str,
-            check: Callable[[Row, Row], Outcome | None] | None = None) -> tuple[Row | None, Outcome | None]:
+            check: Callable[[Row, Row], Outcome | None] | None = None,
+            done_before: Callable[[Row, Row], Outcome | None] | None = None) -> tuple[Row | None, Outcome | None]:
         """Claim the decision and find the open trade it names. Returns the trade, or the outcome
-        when the decision ends here (refused: no such trade, already finished, or ``check`` says so,
-        all within the claim's transaction)."""
+        when the decision ends here (refused: no such trade, already finished, or ``check`` says so;
+        a finished trade that ``done_before`` says this decision itself finished is its outcome),
+        all within the claim's transaction."""
         with self.db.transaction():
             row = self._claim(decision_id)
             if row is None:
@@ -402,6 +460,9 @@ class OrderExecutor:
             except RejectedError as exc:
                 return None, self._refuse(ctx, row, exc)
             if trade["status"] in (TradeStatus.CANCELLED.value, TradeStatus.CLOSED.value):
+                done = done_before(row, trade) if done_before else None
+                if done is not None:
+                    return None, done
                 return None, self._refuse(ctx, row, f"trade {trade['id']} is already {trade['status']}: nothing to "
                                                     f"{verb}", code=f"NOTHING_TO_{verb.upper()}")
             refused = check(row, trade) if check else None
@@ -415,7 +476,24 @@ class OrderExecutor:
                                               "place, nothing cancelled", code="ALREADY_FILLED")
             return None
 
-        trade, ended = self._claim_open_trade(ctx, decision_id, "cancel", filled_already)
+        def cancelled_by_this_decision(row: Row, trade: Row) -> Outcome | None:
+            # This decision's cancel was processed but its answer was lost (a 5xx), and a monitor
+            # recorded the canceled entry before this run: the decision did its work.
+            if trade["status"] != TradeStatus.CANCELLED.value or \
+                    trade.get("exit_reason") != ExitReason.CANCEL_REQUESTED.value:
+                return None
+            asked = self.db.execute_one(
+                "SELECT 1 AS asked FROM audit_event WHERE event = %s AND entity_type = 'order' AND reason = %s "
+                "AND entity_id IN (SELECT id FROM order_execution WHERE trade_journal_id = %s) LIMIT 1",
+                (audit.ORDER_CANCEL_REQUESTED, f"CANCEL decision {row['id']}", trade["id"]))
+            if asked is None:
+                return None
+            reason = (f"trade {trade['id']} entry canceled at the broker (this decision's cancel, its answer lost, "
+                      "confirmed by looking the order up)")
+            self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"])
+            return Outcome("cancelled", reason)
+
+        trade, ended = self._claim_open_trade(ctx, decision_id, "cancel", filled_already, cancelled_by_this_decision)
         if trade is None:
             assert ended is not None
             return ended
@@ -471,6 +549,7 @@ class OrderExecutor:
             self._release(trial, old)
             try:
                 self._gate(plan, trial)
+                self._check_market(plan)  # a stale amendment leaves the old entry working
             except RejectedError as exc:
                 with self.db.transaction():
                     row = self._claim(decision_id)
@@ -527,21 +606,33 @@ class OrderExecutor:
             if row is None:
                 return Outcome("skipped", "claimed by another run")
             after = self.db.get_by_id("trade_journal", trade["id"])
-            if result in ("exit_submitted", "exiting"):
+            if result == "exit_submitted":
                 urgency = self.settings.monitor.exit_urgency_close
                 how = "market sell sent" if urgency == "CRITICAL" else f"{urgency} exit (limit, then market) sent"
                 reason = f"trade {trade['id']}: protection canceled, {how}"
                 self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"])
+                return Outcome("closing", reason)
+            if result == "exiting":
+                # Already closing (an earlier CLOSE, the day-end exit, or this decision before a
+                # crash): nothing was sent now, and the record says so.
+                exits = [r for r in self.db.query("order_execution", {"trade_journal_id": trade["id"],
+                                                                      "order_type": OrderType.EXIT.value},
+                                                  order_by="id")
+                         if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES]
+                working = ", ".join(f"{r['client_order_id']} ({r['order_status']})" for r in exits) or "an exit order"
+                reason = (f"trade {trade['id']} is already closing: its exit {working} works on the shares; "
+                          "no second sell sent")
+                self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"], code="ALREADY_CLOSING")
                 return Outcome("closing", reason)
             if result == "cancelled":
                 reason = f"trade {trade['id']} had no shares: its entry was canceled instead"
                 self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"])
                 return Outcome("cancelled", reason)
             if result == "closed":
-                reason = f"trade {trade['id']} is already {after['status']}: nothing to close"
-            else:
-                reason = f"trade {trade['id']}: the broker refused the exit; protection restored (see audit_event)"
-            return self._refuse(ctx, row, reason, code="CLOSE_FAILED")
+                return self._refuse(ctx, row, f"trade {trade['id']} is already {after['status']}: nothing to close",
+                                    code="NOTHING_TO_CLOSE")
+            return self._refuse(ctx, row, f"trade {trade['id']}: the broker refused the exit; protection restored "
+                                          "(see audit_event)", code="CLOSE_FAILED")
 
     # ------------------------------------------------------------------ NO_ACTION
 
@@ -558,13 +649,20 @@ class OrderExecutor:
             self._finish(ctx, row, accepted=True, reason=f"trade {trade['id']} is {trade['status']}: days_open "
                                                           "not changed", trade_id=trade["id"])
             return Outcome("no_action", f"trade {trade['id']} not open")
-        self.db.execute_update("UPDATE trade_journal SET days_open = days_open + 1, updated_at = now() WHERE id = %s",
-                               (trade["id"],))
-        ctx.audit.record("trade", trade["id"], audit.TRADE_UPDATED, symbol=trade["symbol"], old=trade["days_open"],
-                         new=trade["days_open"] + 1, reason=f"NO_ACTION decision {row['id']}: days_open + 1")
-        self._finish(ctx, row, accepted=True, reason=f"trade {trade['id']} days_open {trade['days_open'] + 1}",
+        # days_open is counted from the broker's calendar (trading days since the entry fill), not
+        # by decisions: a review recounts it, so the decision's record shows the true figure.
+        book = TradeBook(self.db, ctx.audit)
+        today = ctx.market.trading_date
+        book.count_days_open(trading_dates(self.broker, book.first_entry_date([trade["id"]]), today), today,
+                             [trade["id"]])
+        days_open = self.db.get_by_id("trade_journal", trade["id"])["days_open"]
+        if days_open != trade["days_open"]:
+            ctx.audit.record("trade", trade["id"], audit.TRADE_UPDATED, symbol=trade["symbol"], old=trade["days_open"],
+                             new=days_open, reason=f"NO_ACTION decision {row['id']}: days_open recounted from the "
+                                                   "broker's calendar")
+        self._finish(ctx, row, accepted=True, reason=f"trade {trade['id']} days_open {days_open}",
                      trade_id=trade["id"])
-        return Outcome("no_action", f"trade {trade['id']} days_open + 1")
+        return Outcome("no_action", f"trade {trade['id']} days_open {days_open}")
 
     # ------------------------------------------------------------------ --dry-run
 
@@ -587,6 +685,7 @@ class OrderExecutor:
                                             "unfilled entry")
                     self._release(trial, old)
                 sizing, notional = self._gate(plan, trial)
+                quote_checked, quote_check = self._check_market(plan)
                 if old is not None:
                     self._release(state, old)
                 state.accept(plan.symbol, notional)
@@ -596,12 +695,13 @@ class OrderExecutor:
                                               f"{request.limit_price} stop {request.stop_loss_price}"
                                               + (f" target {request.take_profit_price}" if request.take_profit_price
                                                  else "") + f" tif {request.time_in_force} ({sizing.method})"
-                                              + (f", replacing trade {old['id']}" if old is not None else ""))
+                                              + (f", replacing trade {old['id']}" if old is not None else "")
+                                              + ("" if quote_checked else f"; {quote_check}"))
             if action in ("CANCEL", "CLOSE"):
                 trade = self._referenced_trade(row)
                 return Outcome(f"would_{action.lower()}", f"trade {trade['id']} ({trade['status']})")
             if action == "NO_ACTION":
-                return Outcome("would_no_action", "days_open + 1")
+                return Outcome("would_no_action", "days_open recounted")
             raise RejectedError(f"unknown primary_action {row.get('primary_action')!r}")
         except RejectedError as exc:
             return Outcome("would_refuse", str(exc))

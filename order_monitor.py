@@ -48,6 +48,7 @@ from typing import Any
 
 from config import Settings, load_settings
 from trading import audit, lifecycle
+from trading.accounts import AccountGuard
 from trading.broker import Broker, BrokerOrder
 from trading.errors import NotFoundError, UnknownStatusError
 from trading.exits import Escalator
@@ -92,6 +93,9 @@ class OrderMonitor:
         reconciler = Reconciler(self.db, ctx.audit)
         protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
                               sleep=self.sleep, count=ctx.summary.add)
+        # Trades placed in another broker account are never reconciled against this one.
+        protector.foreign = AccountGuard(self.db, self.broker, ctx.audit, ctx.summary.warn).foreign_trades()
+        ctx.summary.add("other_account_trades", len(protector.foreign))
         self._sync(ctx, reconciler, protector)
         self._day_end(ctx, protector)
         # Escalating exits (trading/exits.py) take their next step when it is due.
@@ -102,7 +106,7 @@ class OrderMonitor:
     # ------------------------------------------------------------------ 1. sync
 
     def _sync(self, ctx: RunContext, reconciler: Reconciler, protector: Protector) -> None:
-        rows = reconciler.orders.open_rows(ctx.now)
+        rows = [row for row in reconciler.orders.open_rows(ctx.now) if row["trade_journal_id"] not in protector.foreign]
         ctx.summary.add("open_orders", len(rows))
         recheck = {row["id"] for row in rows if row["order_status"] == lifecycle.NOT_FOUND}
         if not rows:
@@ -275,7 +279,7 @@ class OrderMonitor:
         minutes = self.settings.schedule.daytrade_exit_minutes_before_close
         in_window = market.in_day_end_window(minutes)
         for trade in protector.reconciler.trades.with_status(TradeStatus.ORDERED.value, TradeStatus.POSITION.value):
-            if trade["trade_style"] != "DAYTRADE":
+            if trade["trade_style"] != "DAYTRADE" or trade["id"] in protector.foreign:
                 continue
             # entry_date is the broker's fill time, on the market's clock
             overnight = trade["status"] == TradeStatus.POSITION.value and trade.get("entry_date") is not None \
@@ -298,7 +302,8 @@ class OrderMonitor:
     # ------------------------------------------------------------------ 3. protection
 
     def _protect(self, ctx: RunContext, reconciler: Reconciler, protector: Protector) -> None:
-        trades = reconciler.trades.with_status(TradeStatus.POSITION.value)
+        trades = [t for t in reconciler.trades.with_status(TradeStatus.POSITION.value)
+                  if t["id"] not in protector.foreign]
         if not trades:
             return
         ids = [t["id"] for t in trades]

@@ -8,8 +8,8 @@ Runs every 10 minutes 09:30-16:00 ET and at 18:15 ET under the scheduler, or by 
 One run, under its advisory lock:
 
 1. **Read the broker once**: all positions (one call), the latest quotes of every symbol the
-   database holds (one call), the account (one call). If the broker cannot be reached the run
-   ends with a warning and changes nothing.
+   database holds (one call), the account (one call), the calendar since the first entry
+   (one call). If the broker cannot be reached the run ends with a warning and changes nothing.
 2. **Reconcile**, the broker being the truth, symbol by symbol:
    - the broker holds fewer shares than the database: the trades' open orders are synced
      first (a stop or take-profit fill order_monitor has not seen yet closes the trade with
@@ -32,7 +32,10 @@ One run, under its advisory lock:
      (once per quantity) and reported by the health check; never adopted, never sold.
 3. **Revalue** every position: price = (bid + ask) / 2, or the one side present; no quote →
    the position keeps its previous values and a warning is logged (never zeroed).
-4. **Snapshot** the portfolio (cash, positions value, equity, unrealized P&L, realized P&L
+4. **Days open**: ``trade_journal.days_open`` of every trade, closed ones included, is the
+   number of the broker's trading days after the entry fill's date up to the exit's date (or
+   today while open), from the broker's calendar (one call per run); 0 for a trade never filled.
+5. **Snapshot** the portfolio (cash, positions value, equity, unrealized P&L, realized P&L
    today) in ``portfolio_snapshot``: one row per run, the equity curve.
 """
 
@@ -52,10 +55,11 @@ from typing import Any
 
 from config import Settings, load_settings
 from trading import audit
+from trading.accounts import AccountGuard
 from trading.broker import Broker, BrokerPosition, Quote
 from trading.errors import TransientError
 from trading.lifecycle import TradeStatus
-from trading.market_time import MarketTime
+from trading.market_time import MarketTime, trading_dates
 from trading.positions import POSITIONS_SQL, PositionReconciler
 from trading.pricing import ZERO, mid_price, money
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
@@ -93,6 +97,7 @@ class PositionMonitor:
         self.settings = settings or load_settings()
         self.clock = clock
         self.sleep = sleep
+        self._foreign: frozenset[int] = frozenset()
 
     def run(self) -> RunSummary:
         """One run under the position monitor's advisory lock."""
@@ -106,11 +111,18 @@ class PositionMonitor:
         symbols = sorted({p["symbol"] for p in positions})
         quotes = self.broker.get_latest_quotes(symbols) if symbols else {}
         account = self.broker.get_account()
+        trades = TradeBook(self.db, ctx.audit)
+        calendar = trading_dates(self.broker, trades.first_entry_date(), ctx.market.trading_date)
         ctx.summary.add("positions", len(positions))
 
         reconciler = Reconciler(self.db, ctx.audit)
         protector = Protector(self.db, self.broker, reconciler, self.settings, now=ctx.now, warn=ctx.summary.warn,
                               sleep=self.sleep or time.sleep, count=ctx.summary.add)
+        # Trades placed in another broker account are never reconciled against this one.
+        protector.foreign = AccountGuard(self.db, self.broker, ctx.audit, ctx.summary.warn).foreign_trades()
+        ctx.summary.add("other_account_trades", len(protector.foreign))
+        positions = [row for row in positions if row["trade_journal_id"] not in protector.foreign]
+        self._foreign = protector.foreign
         book = PositionReconciler(self.db, self.broker, protector, count=ctx.summary.add, warn=ctx.summary.warn)
         by_symbol: dict[str, list[Row]] = defaultdict(list)
         for row in positions:
@@ -128,6 +140,8 @@ class PositionMonitor:
         # Trailing stops follow the prices this run valued at (trading/trailing.py).
         TrailingStops(self.db, self.broker, protector, now=ctx.now, count=ctx.summary.add,
                       warn=ctx.summary.warn).ratchet_all(quotes)
+        # After the reconciliation, so trades it closed count to their exit date.
+        ctx.summary.add("days_open_updated", trades.count_days_open(calendar, ctx.market.trading_date))
         self._snapshot(ctx, account)
 
     # ------------------------------------------------------------------ reconciliation
@@ -177,6 +191,8 @@ class PositionMonitor:
     def _revalue(self, ctx: RunContext, quotes: dict[str, Quote]) -> None:
         updates: dict[str, list[Any]] = {"ids": [], "prices": [], "values": [], "pnls": [], "pcts": []}
         for row in self.db.execute_query(POSITIONS_SQL, {"symbol": None}):
+            if row["trade_journal_id"] in self._foreign:
+                continue  # another account's position: this account's quotes do not value it
             quote = quotes.get(row["symbol"])
             price = mid_price(quote.bid, quote.ask) if quote else None
             if price is None:

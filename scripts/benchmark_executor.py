@@ -59,6 +59,8 @@ LIMITS = {
     "MAX_POSITION_NOTIONAL": "1000000", "MAX_POSITION_PCT_OF_EQUITY": "100", "MAX_TOTAL_EXPOSURE_PCT": "400",
     "MAX_OPEN_TRADES": "1000000", "MAX_ORDERS_PER_DAY": "1000000", "ALLOW_SAME_SYMBOL": "true",
     "DAILY_LOSS_LIMIT": "1000000", "RISK_PER_TRADE": "500",
+    # The plans rest 20 % under the price (so entries stay working): the STALE_PLAN check runs, wide.
+    "MAX_ENTRY_DRIFT_PCT": "30",
 }
 
 

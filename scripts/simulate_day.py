@@ -111,7 +111,8 @@ def _price(value: Decimal) -> Decimal:
 
 
 #: (ticker, style, entry vs. the opening mid, stop below entry, target above entry, shares, note)
-#: Entries 1 % above the mid fill at the executor's run; entries 4 % below rest all day.
+#: Entries 1 % above the mid fill at the executor's run; entries 3 % below rest all day (within
+#: MAX_ENTRY_DRIFT_PCT of the 09:45 quote, so they are placed, not refused as STALE_PLAN).
 SAMPLE_PLANS: tuple[tuple[str, str, str, str, str | None, int, str], ...] = (
     ("AAPL", "SWING", "1.01", "0.012", "0.015", 30, "bracket: fills, stop or target may trigger"),
     ("MSFT", "SWING", "1.01", "0.010", "0.012", 15, "bracket: fills, tight exits"),
@@ -120,8 +121,8 @@ SAMPLE_PLANS: tuple[tuple[str, str, str, str, str | None, int, str], ...] = (
     ("META", "SWING", "1.01", "0.020", "0.030", 10, "bracket: fills, wide exits"),
     ("TSLA", "DAYTRADE", "1.01", "0.030", None, 25, "day trade: flattened before the close"),
     ("AMZN", "DAYTRADE", "1.01", "0.008", None, 30, "day trade: tight stop"),
-    ("JPM", "SWING", "0.96", "0.02", "0.05", 20, "rests below the market; CANCEL at 11:00"),
-    ("GOOGL", "SWING", "0.96", "0.02", "0.05", 30, "rests below the market; AMEND at 11:00"),
+    ("JPM", "SWING", "0.97", "0.02", "0.05", 20, "rests below the market; CANCEL at 11:00"),
+    ("GOOGL", "SWING", "0.97", "0.02", "0.05", 30, "rests below the market; AMEND at 11:00"),
 )
 
 

@@ -109,3 +109,10 @@ def test_app_role_finds_its_schema_and_can_do_what_the_programs_do(db, roles):
         app.update("analysis_decision", decision_id, {"Approve": False})
     with pytest.raises(Exception, match="permission denied"):
         app.delete("trade_journal", trade_id)
+
+
+def test_viewer_role_reads_the_decision_outcome_view(db, roles):
+    decision_id = add_decision(db, approve=False)
+    viewer = roles(VIEWER, "change-me-too")
+    assert viewer.query(schema.DECISION_OUTCOME_VIEW) == [
+        {**viewer.query(schema.DECISION_OUTCOME_VIEW)[0], "id": decision_id, "outcome": "not approved"}]

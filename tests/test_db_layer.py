@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import threading
 import time
 from decimal import Decimal
 
@@ -12,7 +13,7 @@ import pytest
 from config import PostgresConfig, Secret
 from db_layer import TradingDB, is_unique_violation, lock_key
 from trading import schema
-from trading.errors import ConfigurationError, DatabaseUnavailableError
+from trading.errors import ConfigurationError, DatabaseUnavailableError, WriteConflictError
 
 # The contract of design.md section 4: table -> columns that must exist.
 CONTRACT = {
@@ -190,9 +191,59 @@ def test_transaction_is_invisible_to_others_until_commit(db, make_db):
 
 def test_unique_violation_is_recognised(db):
     db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy", "client_order_id": "x-1"})
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(WriteConflictError) as caught:
         db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy", "client_order_id": "x-1"})
     assert is_unique_violation(caught.value)
+    assert caught.value.constraint == "uq_order_execution_client_order_id"
+
+
+def terminate_backend(db: TradingDB, killer: TradingDB) -> None:
+    """What a server restart does to a session: its backend ends (from another connection)."""
+    pid = db.execute_one("SELECT pg_backend_pid() AS pid")["pid"]
+    killer.execute_query("SELECT pg_terminate_backend(%s)", (pid,))
+    deadline = time.monotonic() + 5
+    while killer.execute_one("SELECT 1 AS alive FROM pg_stat_activity WHERE pid = %s", (pid,)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_the_database_dying_at_begin_is_an_outage_like_at_any_other_moment(db, make_db):
+    """Issue 11 scenario 18: the crash is translated at BEGIN as at any statement, and the next
+    statement outside a transaction reconnects."""
+    terminate_backend(db, make_db())
+    with pytest.raises(DatabaseUnavailableError, match="database error"), db.transaction():
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+    assert not db.in_transaction
+    assert db.query("trade_journal") == []
+
+
+def test_the_database_dying_at_a_savepoint_is_an_outage_and_undoes_the_outer_block(db, make_db):
+    killer = make_db()
+    with pytest.raises(DatabaseUnavailableError), db.transaction():
+        db.insert("trade_journal", {"symbol": "OUTER", "trade_style": "SWING"})
+        terminate_backend(db, killer)
+        with db.transaction():
+            db.insert("trade_journal", {"symbol": "INNER", "trade_style": "SWING"})
+    assert not db.in_transaction
+    assert db.query("trade_journal") == []
+
+
+def test_the_database_dying_before_commit_is_an_outage_and_nothing_is_kept(db, make_db):
+    killer = make_db()
+    with pytest.raises(DatabaseUnavailableError), db.transaction():
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+        terminate_backend(db, killer)
+    assert db.query("trade_journal") == []
+
+
+def test_a_unique_key_taken_first_inside_a_transaction_is_a_write_conflict(db):
+    db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy", "client_order_id": "x-2"})
+    with pytest.raises(WriteConflictError), db.transaction():
+        db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+        with db.transaction():
+            db.insert("order_execution", {"symbol": "A", "order_type": "ENTRY", "side": "buy",
+                                          "client_order_id": "x-2"})
+    assert db.query("trade_journal") == []
 
 
 def test_audit_table_is_append_only(db):
@@ -276,3 +327,45 @@ def test_schema_statements_quote_only_the_case_sensitive_column():
     text = "\n".join(schema.schema_statements())
     assert '"Approve" BOOLEAN' in text
     assert '"executed"' not in text
+
+
+def test_two_programs_started_at_once_do_not_deadlock_on_schema_work(db, make_db, exchange, monkeypatch):
+    """Issue 11 scenario 14: a program mid-run holds a trade row lock in its transaction (what
+    every monitor and the executor do per trade) while two more programs start at the same moment,
+    as the scheduler starts them at 09:45. Starting must not wait on the running program's reads:
+    schema work (an ALTER TABLE's exclusive lock) happens once, not in every run."""
+    import order_executor
+    import order_monitor
+
+    monkeypatch.setenv("ALPACA_BASE_URL", exchange.url)  # the programs' CLI on the test exchange
+    trade_id = db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+    running = make_db()
+    codes: dict[str, int] = {}
+    start = threading.Barrier(2)
+
+    def program(name: str, main) -> None:
+        start.wait(timeout=10)
+        codes[name] = main(["--test-mode"])
+
+    threads = [threading.Thread(target=program, args=(name, main), daemon=True)
+               for name, main in (("order_executor", order_executor.main), ("order_monitor", order_monitor.main))]
+    with running.transaction():
+        running.get_by_id("trade_journal", trade_id, for_update=True)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        waiting = [thread.name for thread in threads if thread.is_alive()]
+    for thread in threads:
+        thread.join(timeout=60)
+    assert waiting == [], "a starting program waited on the running program's locks (schema work in its run)"
+    assert codes == {"order_executor": 0, "order_monitor": 0}
+
+
+def test_schema_work_runs_again_only_when_the_recorded_version_is_behind(db):
+    assert db.schema_is_current()
+    db.execute_update(f"UPDATE {schema.SCHEMA_VERSION_TABLE} SET version = 'older' WHERE id = 1")
+    assert not db.schema_is_current()
+    db.ensure_schema()
+    row = db.execute_one(f"SELECT version FROM {schema.SCHEMA_VERSION_TABLE}")
+    assert row["version"] == schema.schema_version() and db.schema_is_current()

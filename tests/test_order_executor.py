@@ -535,16 +535,25 @@ def test_close_of_an_unfilled_trade_cancels_its_entry(db, exchange, broker):
     assert not [o for o in exchange.orders() if o["side"] == "sell" and o["order_class"] in ("", "simple")]
 
 
-def test_no_action_adds_one_day_to_the_trade(db, exchange, broker):
+def test_no_action_recounts_days_open_from_the_broker_calendar(db, exchange, broker):
+    """Issue 11 scenario 16: a review on Monday of a position bought on the Wednesday before
+    Thanksgiving shows 2 trading days (Friday, Monday), not one more than the last review."""
+    import order_monitor
+
+    exchange.clock(eastern("2026-11-25", "10:00"))
     trade_id = place_trade(db, broker, "AAPL")
+    exchange.quotes(AAPL=FILLING_QUOTE)
+    order_monitor.run_once(db, broker, settings=make_settings(), sleep=lambda _s: None)
+    assert db.get_by_id("trade_journal", trade_id)["status"] == "POSITION"
+    exchange.clock(eastern("2026-11-30", "09:45"))
     noop = add_decision(db, "AAPL", "NO_ACTION", trade_id=trade_id)
     broker.calls.reset()
 
     assert run(db, broker).counts["no_action"] == 1
 
-    assert db.get_by_id("trade_journal", trade_id)["days_open"] == 1
+    assert db.get_by_id("trade_journal", trade_id)["days_open"] == 2
     assert decision(db, noop)["executed"] is True
-    assert audit_reasons(db, noop, "DECISION_ACCEPTED") == [f"trade {trade_id} days_open 1"]
+    assert audit_reasons(db, noop, "DECISION_ACCEPTED") == [f"trade {trade_id} days_open 2"]
     assert broker.calls.counts.get("submit_order", 0) == 0
 
 
@@ -1183,7 +1192,7 @@ def test_dry_run_prints_what_it_would_send_and_changes_nothing(db, exchange, bro
     assert snapshot(db, tables) == before
     assert exchange.orders() == orders_before
     assert set(exchange.stats()["requests"]) <= {"GET /v2/clock", "GET /v2/calendar", "GET /v2/account",
-                                                 "GET /v2/assets"}
+                                                 "GET /v2/assets", "GET /v2/stocks/quotes/latest"}
 
 
 def test_command_line_run_places_the_orders_and_prints_the_summary(db, exchange, cli_env, capsys):
@@ -1229,8 +1238,8 @@ def test_benchmark_script_places_one_order_per_decision_with_one_call_each(db, c
 
     out = capsys.readouterr().out
     assert "8 decisions:" in out
-    assert "broker calls (client):   12 = 1.500 per decision (8 submit_order + 4 per run" in out
-    assert "broker calls (exchange): 12 = 1.500 per decision" in out
+    assert "broker calls (client):   13 = 1.625 per decision (8 submit_order + 5 per run" in out
+    assert "broker calls (exchange): 13 = 1.625 per decision" in out
     assert "second run, nothing to do" in out and "2 broker calls" in out
 
 
@@ -1338,3 +1347,147 @@ def test_close_of_a_position_sold_outside_sends_no_sell_and_closes_it_as_outside
         "CLOSED", "MANUAL_EXIT", Decimal("152.00"), Decimal("20.00"))
     assert decision(db, close)["executed"] is True
     assert exchange.positions() == {}
+
+
+# --------------------------------------------------------------------------- stale plans (issue 11 scenario 15)
+
+
+def test_a_decision_whose_stop_the_market_already_crossed_is_refused_as_stale_plan(db, exchange, broker):
+    """At 09:45 AAPL trades at 144.50, under the plan's stop of 145: the limit at 150 would fill at
+    once below its own stop and be stopped out the same second. Refused, nothing sent."""
+    exchange.quotes(AAPL=("144.50", "144.60"))
+    stale = add_decision(db, "AAPL", planned_entry=150, planned_sl=145, planned_tp=160)
+
+    summary = run(db, broker, MAX_ENTRY_DRIFT_PCT="10")
+
+    assert summary.counts["refused"] == 1
+    assert refusal_code(db, stale) == "STALE_PLAN"
+    assert "bid 144.50 is at or below planned_sl 145.00" in refusal(db, stale)
+    assert decision(db, stale)["executed"] is True
+    assert db.query("trade_journal") == [] and exchange.orders() == []
+
+
+def test_a_decision_beyond_the_entry_drift_is_refused_as_stale_plan_and_one_within_is_placed(db, exchange, broker):
+    exchange.quotes(AAPL=("159.90", "160.10"), MSFT=("151.90", "152.10"))
+    drifted = add_decision(db, "AAPL", planned_entry=150, planned_sl=145, planned_tp=170)
+    near = add_decision(db, "MSFT", planned_entry=150, planned_sl=145, planned_tp=170)
+
+    summary = run(db, broker, MAX_ENTRY_DRIFT_PCT="3")
+
+    assert summary.counts["refused"] == 1 and summary.counts["placed"] == 1
+    assert refusal_code(db, drifted) == "STALE_PLAN"
+    assert "trades at 160.00 (6.67% from planned_entry 150.00)" in refusal(db, drifted)
+    assert "MAX_ENTRY_DRIFT_PCT 3%" in refusal(db, drifted)
+    assert [o["symbol"] for o in exchange.orders() if o["side"] == "buy"] == ["MSFT"]
+    assert broker.calls.counts["get_latest_quotes"] == 1  # one call for the batch
+    intent = db.query("audit_event", {"entity_type": "decision", "entity_id": near, "event": "ORDER_INTENT"})
+    assert intent[0]["details"]["quote_checked"] is True
+    assert intent[0]["details"]["quote_check"] == ("quote bid 151.90 ask 152.10: 1.33% from planned_entry, "
+                                                   "stop not crossed")
+
+
+def test_a_stale_amendment_is_refused_and_leaves_the_old_entry_working(db, exchange, broker):
+    trade_id = place_trade(db, broker, "AAPL")
+    exchange.quotes(AAPL=("228.40", "228.60"))  # the limit at 150 rests
+    amend = add_decision(db, "AAPL", "AMEND", trade_id=trade_id, planned_entry=200, planned_sl=190, planned_tp=240)
+
+    assert run(db, broker, MAX_ENTRY_DRIFT_PCT="10").counts["refused"] == 1
+
+    assert refusal_code(db, amend) == "STALE_PLAN"
+    assert db.get_by_id("trade_journal", trade_id)["status"] == "ORDERED"
+    assert [o["status"] for o in exchange.orders() if o["side"] == "buy"] == ["new"]
+
+
+def test_a_decision_whose_quote_cannot_be_read_is_placed_with_a_recorded_warning(db, exchange, broker):
+    """The data API answers 500: the entry is sent (its limit and its broker-held stop bound it),
+    the intent's record and the run's warning say the plan was not compared with the market."""
+    exchange.fault(status=500, method="GET", path="/v2/stocks/quotes/latest", count=5)
+    placed = add_decision(db, "AAPL")
+
+    summary = run(db, broker, MAX_ENTRY_DRIFT_PCT="3")
+
+    assert summary.counts["placed"] == 1
+    assert summary.outcome == "warning" and any("STALE_PLAN not checked" in note for note in summary.notes)
+    intent = db.query("audit_event", {"entity_type": "decision", "entity_id": placed, "event": "ORDER_INTENT"})
+    assert len(intent) == 1 and intent[0]["details"]["quote_checked"] is False
+    assert "no quote for AAPL (the quote could not be read" in intent[0]["details"]["quote_check"]
+
+
+# ------------------------------------------------------------- records that tell the truth (issue 11 scenario 19)
+
+
+def test_a_second_close_of_a_trade_already_closing_is_not_recorded_as_a_market_sell_sent(db, exchange, broker):
+    exchange.quotes(AAPL=FILLING_QUOTE)
+    trade_id = place_trade(db, broker, "AAPL")
+    exchange.quotes(AAPL=("0", "151.30"))  # no bid: the market sell waits at the exchange
+    first = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
+    second = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
+
+    summary = run(db, broker)
+
+    assert summary.counts["closing"] == 2
+    assert [o["side"] for o in exchange.orders() if o["type"] == "market"] == ["sell"]  # one sell, not two
+    assert audit_reasons(db, first, "DECISION_ACCEPTED") == [f"trade {trade_id}: protection canceled, HIGH exit (limit, then market) sent"]
+    [exit_row] = db.query("order_execution", {"order_type": "EXIT"})
+    [reason] = audit_reasons(db, second, "DECISION_ACCEPTED")
+    assert reason == (f"trade {trade_id} is already closing: its exit {exit_row['client_order_id']} "
+                      f"({exit_row['order_status']}) works on the shares; no second sell sent")
+    assert "market sell sent" not in reason
+
+
+def test_a_cancel_processed_but_answered_5xx_is_resolved_by_looking_the_order_up(db, exchange, broker):
+    trade_id = place_trade(db, broker, "AAPL")
+    cancel = add_decision(db, "AAPL", "CANCEL", trade_id=trade_id)
+    exchange.fault(status=500, method="DELETE", path="/v2/orders/*", when="after", count=1)
+
+    summary = run(db, broker)
+
+    assert summary.counts["cancelled"] == 1
+    assert audit_reasons(db, cancel, "DECISION_ACCEPTED") == [f"trade {trade_id} entry canceled at the broker"]
+    assert audit_reasons(db, cancel, "DECISION_REFUSED") == []
+    trade = db.get_by_id("trade_journal", trade_id)
+    assert (trade["status"], trade["exit_reason"]) == ("CANCELLED", "CANCEL_REQUESTED")
+    assert {o["status"] for o in exchange.orders()} == {"canceled"}
+
+
+def test_a_cancel_whose_answer_was_lost_and_recorded_by_the_monitor_first_is_accepted_not_refused(
+        db, exchange, broker):
+    """The cancel is processed but answered 500 and the look-up fails too: the decision waits. The
+    order monitor then records the canceled entry; the next executor run finds its own cancel done
+    instead of refusing the decision as "already CANCELLED"."""
+    import order_monitor
+
+    trade_id = place_trade(db, broker, "AAPL")
+    cancel = add_decision(db, "AAPL", "CANCEL", trade_id=trade_id)
+    exchange.fault(status=500, method="DELETE", path="/v2/orders/*", when="after", count=1)
+    exchange.fault(status=503, method="GET", path="/v2/orders/*", count=1)
+
+    first = run(db, broker)
+    assert first.counts["deferred"] == 1 and first.outcome == "warning"
+    exchange.clear_faults()
+    order_monitor.run_once(db, broker, settings=make_settings(), sleep=lambda _s: None)
+    trade = db.get_by_id("trade_journal", trade_id)
+    assert (trade["status"], trade["exit_reason"]) == ("CANCELLED", "CANCEL_REQUESTED")
+
+    second = run(db, broker)
+
+    assert second.counts["cancelled"] == 1
+    assert audit_reasons(db, cancel, "DECISION_REFUSED") == []
+    assert audit_reasons(db, cancel, "DECISION_ACCEPTED") == [
+        f"trade {trade_id} entry canceled at the broker (this decision's cancel, its answer lost, confirmed by "
+        "looking the order up)"]
+
+
+def test_decisions_deferred_by_broker_errors_end_the_run_as_a_warning(db, exchange, broker):
+    from trading.program import exit_code
+
+    deferred = add_decision(db, "AAPL")
+    exchange.fault(status=503, method="POST", path="/v2/orders", count=5)
+
+    summary = run(db, broker)
+
+    assert summary.counts["deferred"] == 1
+    assert summary.outcome == "warning" and exit_code(summary) == 1
+    assert any(f"decision {deferred} deferred" in note for note in summary.notes)
+    assert db.get_by_id("program_run", summary.run_id)["outcome"] == "warning"
+    assert decision(db, deferred)["executed"] is False

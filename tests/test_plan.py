@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from trading.errors import RejectedError
-from trading.plan import decision_payload, parse_plan, referenced_ids
+from trading.plan import check_against_quote, decision_payload, parse_plan, referenced_ids
 
 D = Decimal
 
@@ -125,3 +125,21 @@ def test_not_a_number_and_infinity_are_refused(value):
 def test_nan_written_as_a_json_constant_is_refused():
     text = '{"planned_entry": NaN, "planned_sl": 145, "planned_tp": 160, "trade_style": "SWING"}'
     assert "planned_entry" in refusal(text)
+
+
+@pytest.mark.parametrize(("bid", "ask", "drift", "stale"), [
+    ("149.90", "150.10", "5", None),
+    ("145.00", "145.10", "5", "bid 145.00 is at or below planned_sl 145.00"),
+    ("0", "144.99", "5", "ask 144.99 is at or below planned_sl 145.00"),  # no bid: the ask says
+    ("157.60", "157.80", "5", "trades at 157.70 (5.13% from planned_entry 150.00)"),
+    ("157.60", "157.80", "0", None),  # 0: drift not checked
+    ("142.40", "142.60", "0", "bid 142.40 is at or below planned_sl"),  # the stop check stays
+])
+def test_a_plan_is_compared_with_the_latest_quote(bid, ask, drift, stale):
+    plan = parse_plan(row())
+    if stale is None:
+        assert "stop not crossed" in check_against_quote(plan, D(bid), D(ask), D(drift))
+        return
+    with pytest.raises(RejectedError) as caught:
+        check_against_quote(plan, D(bid), D(ask), D(drift))
+    assert caught.value.code == "STALE_PLAN" and stale in str(caught.value)

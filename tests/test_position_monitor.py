@@ -713,3 +713,37 @@ def test_one_symbols_failure_is_recorded_and_the_batch_goes_on_to_the_snapshot(d
     assert position(db, "MSFT")["qty"] == Decimal(2)  # reconciled: the outside share recorded, not adopted
     assert [(o["symbol"], o["new_value"]) for o in audit_rows(db, audit.ORPHAN_POSITION)] == [("MSFT", "1")]
     assert len(portfolio_snapshots(db)) == 1
+
+
+def test_days_open_counts_trading_days_from_the_broker_calendar_for_every_trade_also_closed_ones(
+        db, exchange, broker):
+    """Issue 11 scenario 16. Bought Wednesday 2026-11-25, valued Monday 11-30: Friday and Monday
+    count, Thanksgiving and the weekend do not (2). A trade closed Tuesday 11-24 after a Friday
+    11-20 entry keeps 2 (Monday, Tuesday), whatever it said before; a trade entered and closed the
+    same day has 0, a trade never filled has 0."""
+    from tests.factories import eastern
+
+    exchange.clock(eastern("2026-11-25", "10:00"))
+    open_aapl(db, broker, exchange)
+    held = db.query("trade_journal", {"symbol": "AAPL"})[0]
+
+    def history(symbol: str, status: str, entered: str | None, exited: str, days_open: int) -> int:
+        return db.insert("trade_journal", {
+            "symbol": symbol, "trade_style": "SWING", "status": status, "days_open": days_open,
+            "entry_date": dt.datetime.fromisoformat(entered) if entered else None,
+            "exit_date": dt.datetime.fromisoformat(exited), "actual_entry": Decimal("10") if entered else None,
+            "actual_qty": Decimal("1") if entered else None,
+            "exit_reason": "PROFIT_TAKEN" if status == "CLOSED" else "ENTRY_EXPIRED"})
+
+    closed = history("MSFT", "CLOSED", eastern("2026-11-20", "10:00"), eastern("2026-11-24", "15:00"), 7)
+    same_day = history("NVDA", "CLOSED", eastern("2026-11-23", "10:00"), eastern("2026-11-23", "15:59"), 3)
+    never_filled = history("AMD", "CANCELLED", None, eastern("2026-11-24", "16:00"), 1)
+    exchange.clock(eastern("2026-11-30", "10:00"))
+
+    summary = run_position_monitor(db, broker)
+
+    assert summary.outcome == "success", summary.as_dict()
+    days = {row["id"]: row["days_open"] for row in db.query("trade_journal")}
+    assert days == {held["id"]: 2, closed: 2, same_day: 0, never_filled: 0}
+    assert summary.counts["days_open_updated"] == 4
+    assert run_position_monitor(db, broker).counts.get("days_open_updated", 0) == 0  # nothing new: nothing written

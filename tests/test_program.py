@@ -161,3 +161,57 @@ def test_secrets_are_registered_before_a_configuration_error_is_printed(monkeypa
         handler.stream = original
     err = capsys.readouterr().err
     assert "Pw@x#55" not in err and "a-secret-without-its-key" not in err and "late echo of *** and ***" in err
+
+
+def test_the_database_dying_at_begin_ends_the_run_as_a_warning_like_at_any_other_moment(db, make_db, exchange,
+                                                                                         broker):
+    """Issue 11 scenario 18: PostgreSQL restarts while the order monitor waits for the broker's
+    order listing; its next statement is the BEGIN of a trade's sync. One outage, one outcome:
+    the run ends ``warning`` (exit 1) with the outage recorded, never ``failed`` with a traceback."""
+    import threading
+    import time
+
+    from tests.monitor_support import place_entry
+
+    trade = place_entry(db, broker)
+    exchange.quotes(AAPL=("149.90", "150.00"))  # the entry fills: the monitor's sync has a trade to write
+    exchange.fault(method="GET", path="/v2/orders", delay_seconds=2)
+    pid = db.execute_one("SELECT pg_backend_pid() AS pid")["pid"]
+    killer = make_db()
+    killed: list[bool] = []
+
+    def restart_when_the_monitor_waits_for_the_broker() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = killer.execute_one("SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,))
+            if row and row["state"] == "idle" and row["query"].startswith("SELECT * FROM order_execution"):
+                killed.append(bool(killer.execute_one("SELECT pg_terminate_backend(%s) AS t", (pid,))["t"]))
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=restart_when_the_monitor_waits_for_the_broker, daemon=True)
+    thread.start()
+    summary = order_monitor.run_once(db, broker, settings=make_settings(), sleep=lambda _s: None)
+    thread.join(timeout=10)
+    assert killed == [True]
+    assert summary.outcome == "warning" and "database error" in summary.error, summary.as_dict()
+    assert exit_code(summary) == 1
+    assert db.get_by_id("program_run", summary.run_id)["outcome"] == "warning"
+    assert len(db.query("audit_event", {"event": "RUN_ABORTED"})) == 1
+    assert db.get_by_id("trade_journal", trade["id"])["status"] == "ORDERED"  # nothing half-written
+    assert order_monitor.run_once(db, broker, settings=make_settings()).outcome == "success"
+    assert db.get_by_id("trade_journal", trade["id"])["status"] == "POSITION"  # the next run catches up
+
+
+def test_a_run_skipped_on_the_lock_says_so_instead_of_nothing_to_do(db, broker, make_db):
+    """Issue 11 scenario 19: the summary line (printed, in the scheduler's log) and --json tell a
+    skipped run from a run with nothing to do."""
+    other = make_db()
+    with other.advisory_lock("test_program") as taken:
+        assert taken
+        _, summary = run(db, broker)
+    assert summary.line() == "test_program: skipped: another run holds the lock"
+    assert summary.as_dict()["skipped_because"] == "another run holds the lock"
+    assert exit_code(summary) == 0
+    _, idle = run(db, broker, lambda ctx: ctx.summary.counts.clear())
+    assert idle.line() == "test_program: success (nothing to do)"

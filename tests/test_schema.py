@@ -132,3 +132,26 @@ def test_a_check_made_by_an_older_version_is_replaced_when_the_allowed_values_gr
     db.create_schema()  # and again: nothing to replace, the check stays one
     checks = db.execute_query("SELECT conname FROM pg_constraint WHERE conname = %s", (name,))
     assert len(checks) == 1
+
+
+def test_decision_outcome_view_shows_each_decisions_outcome_and_a_refusals_reason(db, exchange, broker):
+    """Issue 11 scenario 19: a refusal's reason is visible next to its decision (the view NocoDB shows)."""
+    from order_executor import run_once
+    from tests.factories import make_settings
+
+    placed = add_decision(db, "AAPL")
+    refused = add_decision(db, "MSFT", planned_sl=155)  # stop above the entry
+    waiting_for_approval = add_decision(db, "NVDA", approve=False)
+    run_once(db, broker, settings=make_settings())
+    waiting = add_decision(db, "AMD")
+
+    rows = {row["id"]: row for row in db.query(schema.DECISION_OUTCOME_VIEW)}
+
+    assert rows[placed]["outcome"] == "accepted" and rows[placed]["code"] is None
+    assert rows[placed]["reason"].startswith("bracket entry placed: buy 10 AAPL limit 150")
+    assert rows[placed]["trade_journal_id"] == db.query("trade_journal")[0]["id"]
+    assert (rows[refused]["outcome"], rows[refused]["code"]) == ("refused", "INVALID_DECISION")
+    assert rows[refused]["reason"] == "planned_sl 155 must be below planned_entry 150 (only long trades are supported)"
+    assert rows[refused]["program"] == "order_executor" and rows[refused]["outcome_at"] is not None
+    assert rows[waiting_for_approval]["outcome"] == "not approved"
+    assert rows[waiting]["outcome"] == "waiting" and rows[waiting]["reason"] is None

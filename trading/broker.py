@@ -114,6 +114,15 @@ class Account:
     buying_power: Decimal
     status: str
     last_equity: Decimal | None = None
+    #: The broker's account id and account number (``/v2/account`` ``id``, ``account_number``).
+    id: str | None = None
+    number: str | None = None
+
+    @property
+    def identity(self) -> str | None:
+        """What a trade records as its broker account: the account number people see in the
+        broker's dashboard, else the account id."""
+        return self.number or self.id
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,8 @@ class Broker(Protocol):
     project's errors (``trading.errors``)."""
 
     calls: CallCounter
+    #: The last account read (``get_account``): which account these keys reach.
+    last_account: Account | None
 
     def get_clock(self) -> Clock: ...
     def get_calendar(self, start: dt.date, end: dt.date) -> list[TradingDay]: ...

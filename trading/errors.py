@@ -41,6 +41,15 @@ class DatabaseUnavailableError(TransientError):
     """PostgreSQL could not be reached or the connection broke."""
 
 
+class WriteConflictError(TransientError):
+    """Another writer took the same unique key first (a concurrent run recorded it): nothing of
+    this attempt was written; the next cycle reads what the other writer recorded."""
+
+    def __init__(self, message: str, *, constraint: str | None = None):
+        super().__init__(message)
+        self.constraint = constraint
+
+
 class RejectedError(TradingError):
     """A refusal that will not change by retrying: record the reason and continue the batch."""
 

@@ -88,3 +88,11 @@ def read_market_time(broker: Broker) -> MarketTime:
     session = next((day for day in days if day.date == today), None)
     return MarketTime(now=clock.timestamp, is_open=clock.is_open, next_open=clock.next_open,
                       next_close=clock.next_close, session=session)
+
+
+def trading_dates(broker: Broker, start: dt.date | None, end: dt.date) -> list[dt.date]:
+    """The broker's trading days after ``start`` up to ``end`` come from one calendar call for
+    ``start``..``end``; none (no call) when there is no ``start`` or no day after it."""
+    if start is None or start >= end:
+        return []
+    return [day.date for day in broker.get_calendar(start, end)]

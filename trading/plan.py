@@ -26,7 +26,7 @@ from typing import Any
 
 from trading import lifecycle
 from trading.errors import RejectedError
-from trading.pricing import ZERO, round_to_tick, to_decimal
+from trading.pricing import ZERO, display_price, mid_price, round_to_tick, to_decimal
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,5}([./][A-Z]{1,2})?$")
 HUNDRED = Decimal("100")
@@ -204,3 +204,30 @@ def referenced_ids(row: dict[str, Any]) -> tuple[int | None, str | None]:
         except ValueError:
             raise refuse(f"existing_trade_journal_id {trade_id!r} is not a number") from None
     return trade_id, (str(order_id).strip() if order_id not in (None, "") else None)
+
+
+def check_against_quote(plan: TradePlan, bid: Decimal, ask: Decimal, max_drift_pct: Decimal) -> str:
+    """Refuse a plan the market has left behind (``RejectedError`` code ``STALE_PLAN``): the stop
+    is already crossed (the bid, or the ask when there is no bid, at or below ``planned_sl``:
+    the entry would fill below its own stop and be stopped out at once), or the price (the mid,
+    or the one side quoted) is more than ``max_drift_pct`` percent of the entry away from it,
+    either way (0: not checked). Returns what was compared, for the record. A side of 0 is no
+    side; the caller handles a quote with neither."""
+    price = mid_price(bid, ask)
+    if price is None:
+        raise ValueError("a quote with neither a bid nor an ask cannot be compared")
+    touch = bid if bid > ZERO else ask
+    side = "bid" if bid > ZERO else "ask"
+    if touch <= plan.stop:
+        raise RejectedError(f"{plan.symbol} {side} {display_price(touch)} is at or below planned_sl "
+                            f"{display_price(plan.stop)}: the stop is "
+                            "already crossed; the plan is stale, nothing sent", code="STALE_PLAN",
+                            details={"bid": bid, "ask": ask, "planned_sl": plan.stop})
+    drift = abs(price - plan.entry) / plan.entry * HUNDRED
+    shown = drift.quantize(Decimal("0.01"))
+    if max_drift_pct > ZERO and drift > max_drift_pct:
+        raise RejectedError(f"{plan.symbol} trades at {display_price(price)} ({shown}% from planned_entry "
+                            f"{display_price(plan.entry)}), beyond "
+                            f"MAX_ENTRY_DRIFT_PCT {max_drift_pct}%: the plan is stale, nothing sent",
+                            code="STALE_PLAN", details={"bid": bid, "ask": ask, "drift_pct": shown})
+    return f"quote bid {display_price(bid)} ask {display_price(ask)}: {shown}% from planned_entry, stop not crossed"

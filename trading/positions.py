@@ -83,8 +83,10 @@ class PositionReconciler:
         self.warn = warn
 
     def positions(self, symbol: str | None = None) -> list[Row]:
-        """Open positions with their trades' columns; one symbol's only when ``symbol`` is given."""
-        return self.db.execute_query(POSITIONS_SQL, {"symbol": symbol})
+        """Open positions with their trades' columns; one symbol's only when ``symbol`` is given.
+        Trades of another broker account are not this account's to compare (``trading.accounts``)."""
+        return [row for row in self.db.execute_query(POSITIONS_SQL, {"symbol": symbol})
+                if row["trade_journal_id"] not in self.protector.foreign]
 
     def held(self, symbol: str) -> Decimal:
         """The shares of ``symbol`` the broker holds right now (a short counts as none)."""
@@ -106,7 +108,8 @@ class PositionReconciler:
         # trade of the symbol by its own orders' ids (an ORDERED trade's entry fill belongs to
         # that trade, never to another trade of the same symbol).
         ordered = [t["id"] for t in self.db.query("trade_journal", {"status": TradeStatus.ORDERED.value,
-                                                                    "symbol": symbol}, order_by="id")]
+                                                                    "symbol": symbol}, order_by="id")
+                   if t["id"] not in self.protector.foreign]
         trade_ids = list(dict.fromkeys([row["trade_journal_id"] for row in rows] + ordered))
         # Compare like with like: the rows were just brought up to the broker's orders, so the
         # broker's position is read again after them (a fill during the run is in both or in

@@ -39,6 +39,9 @@ from trading.market_time import MarketTime, read_market_time
 
 logger = logging.getLogger(__name__)
 
+#: What a run skipped on the program's lock says (printed, in --json, in the scheduler's log).
+SKIPPED_ON_LOCK = "another run holds the lock"
+
 
 @dataclass
 class RunSummary:
@@ -52,6 +55,8 @@ class RunSummary:
     run_id: int | None = None
     broker_calls: int = 0
     market_time: dt.datetime | None = None
+    #: Why a ``skipped`` run did nothing (another run holds the lock).
+    skipped_because: str | None = None
 
     def add(self, key: str, amount: int = 1) -> None:
         if amount:
@@ -65,9 +70,12 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {"program": self.program, "outcome": self.outcome, "counts": dict(self.counts),
-                "notes": self.notes, "error": self.error, "run_id": self.run_id, "broker_calls": self.broker_calls}
+                "notes": self.notes, "error": self.error, "run_id": self.run_id, "broker_calls": self.broker_calls,
+                "skipped_because": self.skipped_because}
 
     def line(self) -> str:
+        if self.outcome == "skipped":  # it did nothing because it could not, not because there was nothing
+            return f"{self.program}: skipped: {self.skipped_because or 'not run'}"
         counts = ", ".join(f"{key}={value}" for key, value in sorted(self.counts.items())) or "nothing to do"
         return f"{self.program}: {self.outcome} ({counts})" + (f" error: {self.error}" if self.error else "")
 
@@ -124,8 +132,9 @@ class ProgramRunner:
         calls_before = self.broker.calls.total
         with self.db.advisory_lock(name) as taken:
             if not taken:
-                logger.info("%s: another run holds the lock; this run exits without doing anything", name)
+                logger.info("%s: skipped: another run holds the lock; this run exits without doing anything", name)
                 summary.outcome = "skipped"
+                summary.skipped_because = SKIPPED_ON_LOCK
                 return summary
             if self.dry_run:
                 return self._run_body(summary, None)

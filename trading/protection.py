@@ -64,6 +64,8 @@ def _one_program_per_trade(busy: Any) -> Callable[[Callable[..., Any]], Callable
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def holding(self: Protector, trade_id: int, *args: Any, **kwargs: Any) -> Any:
+            if trade_id in self.foreign:
+                return busy  # another broker account's trade: never changed from this one (accounts.py)
             with self.db.trade_lock(trade_id, wait_seconds=self.lock_wait) as taken:
                 if not taken:
                     self.warn(f"trade {trade_id}: another program is changing its orders; "
@@ -162,6 +164,8 @@ class Protector:
         self.confirm_interval = confirm_interval
         self.count: Callable[..., None] = count or (lambda *_args: None)
         self.lock_wait = lock_wait
+        #: Open trades recorded under another broker account (``trading.accounts``): left alone.
+        self.foreign: frozenset[int] = frozenset()
 
     @property
     def audit(self) -> Any:
@@ -409,6 +413,11 @@ class Protector:
             except (NotFoundError, BrokerRejectedError) as exc:
                 # Already finished (filled, canceled) or unknown: the look-up below tells which.
                 logger.info("cancel of order %s: %s", target["alpaca_order_id"], exc)
+            except BrokerUnavailableError as exc:
+                # Unanswered (5xx, timeout): the cancel may have been processed. The look-up below
+                # says what happened; only if it cannot be read either is the outage raised.
+                logger.warning("cancel of order %s unanswered (%s): looking the order up", target["alpaca_order_id"],
+                               exc)
         pending_roots = set(groups)
         recanceled: set[str] = set()
         for attempt in range(self.confirm_attempts):

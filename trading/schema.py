@@ -120,6 +120,9 @@ TRADE_JOURNAL = Table(
         Column("replaces_trade_journal_id", "BIGINT"),
         Column("realized_pnl", "NUMERIC", "0", not_null=True),
         Column("exited_qty", "NUMERIC", "0", not_null=True),
+        # The broker account (account number) the trade was placed in: it is never reconciled
+        # against another account (trading/accounts.py).
+        Column("broker_account", "TEXT"),
         CREATED_AT,
         UPDATED_AT,
     ),
@@ -351,6 +354,28 @@ TABLES_BY_NAME = {table.name: table for table in TABLES}
 #: Serialises concurrent schema creation (two programs starting at once on a fresh database).
 SCHEMA_LOCK_KEY = 727_001
 
+#: The schema's own bookkeeping, outside the contract (never truncated, not shown in NocoDB): the
+#: version of these declarations the database was last brought up to. Programs compare it with
+#: ``schema_version()`` (one cheap SELECT) and run DDL only when it is behind: an ``ALTER TABLE``
+#: in every run would take exclusive locks that collide with the other programs' reads.
+SCHEMA_VERSION_TABLE = "trading_schema_version"
+#: How long schema work waits for other programs' locks before giving up until the next start.
+SCHEMA_LOCK_TIMEOUT = "15s"
+
+
+def schema_version() -> str:
+    """A fingerprint of the full schema's statements: it changes whenever a declaration does, so
+    a new column, check or trigger brings every database up to date once, at the next start."""
+    return hashlib.sha256("\n".join(schema_statements()).encode()).hexdigest()[:16]
+
+
+def version_table_statements() -> list[str]:
+    """The statements that create the version table (one row, ``id = 1``)."""
+    return [f"CREATE TABLE IF NOT EXISTS {SCHEMA_VERSION_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), "
+            "version TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), applied_by TEXT)",
+            f"COMMENT ON TABLE {SCHEMA_VERSION_TABLE} IS 'Which version of the schema declarations "
+            "(trading/schema.py) this database was brought up to; programs run schema work only when it is behind.'"]
+
 
 def _constraint_sql(table: Table, name: str, expression: str) -> str:
     """Add the check, or replace it when its expression changed since it was added.
@@ -426,8 +451,47 @@ def schema_statements(*, production: bool = False) -> list[str]:
     statements: list[str] = []
     for table in TABLES:
         statements.extend(table_statements(table, only_added_columns=production and table.upstream))
+    statements.extend(view_statements())
     statements.extend(guard_statements())
     return statements
+
+
+# ---------------------------------------------------------------------------------------------
+# Views: read-only answers an operator (or NocoDB) wants without writing SQL.
+
+#: The audit events that end (or defer) a decision, newest wins.
+DECISION_OUTCOME_EVENTS = ("DECISION_ACCEPTED", "DECISION_REFUSED", "DECISION_DEFERRED")
+
+#: One row per decision: what became of it and, for a refusal, why (``reason``, ``code``).
+#: ``outcome``: ``accepted`` (placed, cancelled, closing, ...), ``refused`` (marked executed, not
+#: retried), ``deferred`` (waiting for the next run after an outage or outside the session),
+#: ``waiting`` (approved, not yet looked at), ``not approved``, or ``executed`` (marked executed
+#: without an audit row: by hand, or before the audit trail existed).
+DECISION_OUTCOME_VIEW = "decision_outcome"
+
+_OUTCOME_EVENTS_SQL = ", ".join(f"'{event}'" for event in DECISION_OUTCOME_EVENTS)
+
+
+def view_statements() -> list[str]:
+    """The views; idempotent (``CREATE OR REPLACE``)."""
+    return [
+        f"""CREATE OR REPLACE VIEW {DECISION_OUTCOME_VIEW} AS
+SELECT d.id, d.created_at, d.ticker, d.primary_action, d."Approve" AS approved, d.executed, d.execution_time,
+       coalesce(d.existing_trade_journal_id, (last.details ->> 'trade_journal_id')::bigint) AS trade_journal_id,
+       CASE last.event WHEN 'DECISION_ACCEPTED' THEN 'accepted' WHEN 'DECISION_REFUSED' THEN 'refused'
+            WHEN 'DECISION_DEFERRED' THEN CASE WHEN d.executed THEN 'executed' ELSE 'deferred' END
+            ELSE CASE WHEN d.executed THEN 'executed' WHEN coalesce(d."Approve", false) THEN 'waiting'
+                      ELSE 'not approved' END END AS outcome,
+       CASE WHEN last.event = 'DECISION_REFUSED' THEN last.details ->> 'code' END AS code,
+       last.reason, last.occurred_at AS outcome_at, last.program
+FROM analysis_decision d
+LEFT JOIN LATERAL (
+    SELECT e.event, e.reason, e.details, e.occurred_at, e.program FROM audit_event e
+    WHERE e.entity_type = 'decision' AND e.entity_id = d.id AND e.event IN ({_OUTCOME_EVENTS_SQL})
+    ORDER BY e.id DESC LIMIT 1) AS last ON true""",
+        f"COMMENT ON VIEW {DECISION_OUTCOME_VIEW} IS 'Each decision with its outcome (accepted, refused, deferred, "
+        "waiting, not approved) and a refusal''s reason and code, from audit_event.'",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

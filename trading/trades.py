@@ -33,6 +33,21 @@ from trading.pricing import CENT, ZERO, money, pnl, pnl_pct
 logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+
+#: ``days_open``: the broker's trading days after the entry fill's date (US/Eastern) up to and
+#: including the exit's date, or today while the trade is open. A trade entered and closed the
+#: same day has 0; one bought Friday and sold Monday has 1; a trade never filled has 0. Only rows
+#: whose count changes are written (a closed trade's count is final once computed).
+DAYS_OPEN_SQL = """
+    UPDATE trade_journal t SET days_open = c.days, updated_at = now()
+    FROM (SELECT id, (SELECT count(*) FROM unnest(%(days)s::date[]) AS d(day)
+                      WHERE d.day > (entry_date AT TIME ZONE 'America/New_York')::date
+                        AND d.day <= coalesce((exit_date AT TIME ZONE 'America/New_York')::date,
+                                              %(today)s::date))::integer AS days
+          FROM trade_journal
+          WHERE %(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[])) AS c
+    WHERE t.id = c.id AND t.days_open IS DISTINCT FROM c.days
+"""
 _SIX_PLACES = Decimal("0.000001")
 
 
@@ -74,6 +89,25 @@ class TradeBook:
 
     def with_status(self, *statuses: str) -> list[Row]:
         return self.db.query("trade_journal", {"status": list(statuses)}, order_by="id")
+
+    # -- days open --------------------------------------------------------------------------
+
+    def first_entry_date(self, trade_ids: list[int] | None = None) -> dt.date | None:
+        """The US/Eastern date of the earliest entry fill (of ``trade_ids``, or of every trade):
+        where the broker's calendar must start for ``count_days_open``."""
+        row = self.db.execute_one(
+            "SELECT (min(entry_date) AT TIME ZONE 'America/New_York')::date AS first FROM trade_journal "
+            "WHERE entry_date IS NOT NULL AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))",
+            {"ids": trade_ids})
+        return row["first"] if row else None
+
+    def count_days_open(self, trading_days: list[dt.date], today: dt.date,
+                        trade_ids: list[int] | None = None) -> int:
+        """Set ``days_open`` of every trade (or of ``trade_ids``) from the broker's trading days
+        (``DAYS_OPEN_SQL``); ``trading_days`` must cover the first entry date to ``today``.
+        Returns how many rows changed."""
+        return self.db.execute_update(DAYS_OPEN_SQL, {"days": sorted(trading_days), "today": today,
+                                                      "ids": trade_ids})
 
     # -- creating ---------------------------------------------------------------------------
 
