@@ -1417,8 +1417,7 @@ def test_a_decision_whose_quote_cannot_be_read_is_placed_with_a_recorded_warning
 
 
 def test_a_second_close_of_a_trade_already_closing_is_not_recorded_as_a_market_sell_sent(db, exchange, broker):
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    trade_id = place_trade(db, broker, "AAPL")
+    trade_id = place_filled_trade(db, broker, exchange, "AAPL")
     exchange.quotes(AAPL=("0", "151.30"))  # no bid: the market sell waits at the exchange
     first = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
     second = add_decision(db, "AAPL", "CLOSE", trade_id=trade_id)
@@ -1427,7 +1426,8 @@ def test_a_second_close_of_a_trade_already_closing_is_not_recorded_as_a_market_s
 
     assert summary.counts["closing"] == 2
     assert [o["side"] for o in exchange.orders() if o["type"] == "market"] == ["sell"]  # one sell, not two
-    assert audit_reasons(db, first, "DECISION_ACCEPTED") == [f"trade {trade_id}: protection canceled, HIGH exit (limit, then market) sent"]
+    assert audit_reasons(db, first, "DECISION_ACCEPTED") == [
+        f"trade {trade_id}: protection canceled, HIGH exit (limit, then market) sent"]
     [exit_row] = db.query("order_execution", {"order_type": "EXIT"})
     [reason] = audit_reasons(db, second, "DECISION_ACCEPTED")
     assert reason == (f"trade {trade_id} is already closing: its exit {exit_row['client_order_id']} "
@@ -1465,7 +1465,9 @@ def test_a_cancel_whose_answer_was_lost_and_recorded_by_the_monitor_first_is_acc
     first = run(db, broker)
     assert first.counts["deferred"] == 1 and first.outcome == "warning"
     exchange.clear_faults()
-    order_monitor.run_once(db, broker, settings=make_settings(), sleep=lambda _s: None)
+    exchange.step()  # the processed cancel completes at the exchange's next passes (legs one pass later)
+    exchange.step()
+    order_monitor.run_once(db, broker, settings=make_settings(), sleep=exchange.sleeper())
     trade = db.get_by_id("trade_journal", trade_id)
     assert (trade["status"], trade["exit_reason"]) == ("CANCELLED", "CANCEL_REQUESTED")
 
