@@ -23,6 +23,14 @@ records the trade it replaces. CLOSE cancels the protection and sells the shares
 market order; outside the session it waits (the decision stays pending for the next run in
 the session). NO_ACTION adds one to the trade's ``days_open``.
 
+The trading state (``trading_state``, read once at the start of the run) comes first: under
+REDUCE_ONLY, HALTED or FLATTEN (of the account or the decision's symbol) a NEW_TRADE waits, and
+so does an AMEND, except under REDUCE_ONLY when the amended entry is no larger than the one it
+replaces; under HALTED CANCEL and CLOSE wait too. A held decision is neither executed nor refused:
+an audit row ``DECISION_HELD`` names the state, and it runs at the first run after trading
+resumes, unless it is a day plan (DAYTRADE or ``time_in_force`` day) held since an earlier trading
+day: then it is refused as expired. The run's ``held_back`` count says how many waited.
+
 Every decision ends with an audit row. Refused decisions (malformed, invalid, unknown trade,
 risk limit, broker 403/422) are marked executed so they are not retried every day; transient
 failures (broker or database outage) leave the decision for the next run.
@@ -62,6 +70,7 @@ from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, 
 from trading.protection import Protector, find_order
 from trading.reconcile import Reconciler
 from trading.risk import Reservation, RiskState, Sizing, check_entry, size_position
+from trading.state import TradingMode
 from trading.trades import TradeBook
 
 logger = logging.getLogger(__name__)
@@ -78,11 +87,20 @@ CLAIM_SQL = ('SELECT * FROM analysis_decision WHERE id = %s AND executed = false
              "FOR UPDATE SKIP LOCKED")
 
 
+@dataclass(frozen=True)
+class StateVerdict:
+    """What the trading state says about one decision: ``held`` (waits) or ``expired`` (refused)."""
+
+    kind: str
+    reason: str
+    symbol: str | None
+
+
 @dataclass
 class Outcome:
     """How one decision ended in this run."""
 
-    kind: str          # placed, refused, deferred, cancelled, amended, closing, no_action, skipped
+    kind: str          # placed, refused, deferred, held_back, cancelled, amended, closing, no_action, skipped
     reason: str = ""
 
 
@@ -265,6 +283,9 @@ class OrderExecutor:
                 return self._refuse(ctx, row, RejectedError(
                     f"unknown primary_action {row.get('primary_action')!r} "
                     "(expected NEW_TRADE, CANCEL, AMEND, CLOSE or NO_ACTION)", code="UNKNOWN_ACTION"))
+            verdict = self._state_verdict(ctx, row, action)
+            if verdict is not None:
+                return self._hold(ctx, row, action, verdict)
         if action == "NEW_TRADE":
             return self._new_trade(ctx, decision_id, reconciler, replaces=None)
         if action == "CANCEL":
@@ -272,6 +293,99 @@ class OrderExecutor:
         if action == "AMEND":
             return self._amend(ctx, decision_id, reconciler, protector)
         return self._close(ctx, decision_id, protector)
+
+    # ------------------------------------------------------------------ the trading state
+
+    def _state_verdict(self, ctx: RunContext, row: Row, action: str) -> StateVerdict | None:
+        """Whether the trading state read at the start of the run holds this decision back (or
+        it expired while held). None: it goes on as usual (a malformed decision included: the
+        usual path refuses it). Reads only (the dry run uses it too).
+
+        NEW_TRADE waits unless its symbol is ACTIVE; an AMEND waits unless ACTIVE, or under
+        REDUCE_ONLY when the amended entry is no larger than the one it replaces; CANCEL and
+        CLOSE wait only under HALTED (nothing new is sent to the broker then; FLATTEN is how
+        everything is closed while stopped). NO_ACTION never waits: it changes no order.
+        """
+        state = ctx.state
+        trade: Row | None = None
+        if action == "NEW_TRADE":
+            symbol = str(row.get("ticker") or "").strip().upper() or None
+        else:
+            try:
+                trade = self._referenced_trade(row)
+            except RejectedError:
+                return None
+            symbol = trade["symbol"]
+        if action in ("NEW_TRADE", "AMEND"):
+            expired = self._held_and_expired(ctx, row)
+            if expired is not None:
+                return StateVerdict("expired", expired, symbol)
+        mode = state.mode_for(symbol)
+        if mode is TradingMode.ACTIVE:
+            return None
+        where = f"trading is {state.describe(symbol)}"
+        if action in ("CANCEL", "CLOSE"):
+            if mode is not TradingMode.HALTED:
+                return None
+            return StateVerdict("held", f"held back: {where}; no {action} is sent to the broker while HALTED "
+                                        "(FLATTEN closes everything); it runs when trading resumes", symbol)
+        if action == "AMEND":
+            assert trade is not None
+            if mode is TradingMode.REDUCE_ONLY and not self._amend_adds_exposure(ctx, row, trade):
+                return None
+            return StateVerdict("held", f"held back: {where}; an amendment that adds exposure waits until "
+                                        "trading resumes", symbol)
+        return StateVerdict("held", f"held back: {where}; a new entry waits until trading resumes", symbol)
+
+    def _held_and_expired(self, ctx: RunContext, row: Row) -> str | None:
+        """A decision held back on an earlier trading day whose plan is a day plan (DAYTRADE, or
+        ``time_in_force`` day) expired: its entry was meant for that day only."""
+        first = self.db.execute_one(
+            "SELECT min(details ->> 'trading_date') AS since FROM audit_event "
+            "WHERE entity_type = 'decision' AND entity_id = %s AND event = %s", (row["id"], audit.DECISION_HELD))
+        since = first["since"] if first else None
+        if since is None or since >= ctx.market.trading_date.isoformat():
+            return None
+        try:
+            plan = parse_plan(row)
+        except RejectedError:
+            return None
+        if plan.trade_style != "DAYTRADE" and plan.time_in_force != "day":
+            return None
+        return (f"expired: held back by the trading state since {since}; a {plan.trade_style} plan with "
+                f"time_in_force {plan.time_in_force} is not placed on a later trading day")
+
+    def _amend_adds_exposure(self, ctx: RunContext, row: Row, trade: Row) -> bool:
+        """Whether the amended entry (entry x shares) is larger than the entry it replaces."""
+        try:
+            plan = parse_plan(row)
+            _check_amendment(plan, trade)
+            sizing = size_position(plan, self.settings.risk, self._risk_state(ctx).equity)
+        except RejectedError:
+            return False  # refused on the usual path, which says why
+        old = self._latest_amendment(trade, row["id"])
+        before = Decimal(old["planned_entry"] or 0) * Decimal(old["planned_qty"] or 0)
+        return plan.entry * sizing.qty > before
+
+    def _hold(self, ctx: RunContext, row: Row, action: str, verdict: StateVerdict) -> Outcome:
+        """Inside the claim's transaction: record the hold (not executed, not refused), or refuse
+        a held decision that expired."""
+        if verdict.kind == "expired":
+            return self._refuse(ctx, row, verdict.reason, code="HELD_DECISION_EXPIRED")
+        scope = ctx.state.scope_for(verdict.symbol)
+        trading_date = ctx.market.trading_date.isoformat()
+        last = self.db.execute_one(
+            "SELECT event, reason, details FROM audit_event WHERE entity_type = 'decision' AND entity_id = %s "
+            "ORDER BY id DESC LIMIT 1", (row["id"],))
+        repeated = last is not None and last["event"] == audit.DECISION_HELD and last["reason"] == verdict.reason \
+            and (last["details"] or {}).get("trading_date") == trading_date
+        if not repeated:  # a rerun under the same state writes nothing new
+            ctx.audit.record("decision", row["id"], audit.DECISION_HELD, symbol=verdict.symbol, old="pending",
+                             new="held", reason=verdict.reason,
+                             details={"primary_action": action, "mode": scope.mode.value, "scope": scope.scope,
+                                      "state_reason": scope.reason, "trading_date": trading_date})
+        logger.info("%s: decision %s (%s %s) %s", PROGRAM, row["id"], action, verdict.symbol, verdict.reason)
+        return Outcome("held_back", verdict.reason)
 
     # ------------------------------------------------------------------ NEW_TRADE
 
@@ -567,6 +681,10 @@ class OrderExecutor:
             return Outcome("skipped", "gone")
         action = str(row.get("primary_action") or "").strip().upper()
         try:
+            verdict = self._state_verdict(ctx, row, action) if action in ("NEW_TRADE", "CANCEL", "AMEND",
+                                                                          "CLOSE") else None
+            if verdict is not None:
+                return Outcome("would_hold" if verdict.kind == "held" else "would_refuse", verdict.reason)
             if action in ("NEW_TRADE", "AMEND"):
                 plan = parse_plan(row)
                 state = self._risk_state(ctx)

@@ -695,3 +695,26 @@ def test_one_symbols_failure_is_recorded_and_the_batch_goes_on_to_the_snapshot(d
     assert position(db, "MSFT")["qty"] == Decimal(2)  # reconciled: the outside share recorded, not adopted
     assert [(o["symbol"], o["new_value"]) for o in audit_rows(db, audit.ORPHAN_POSITION)] == [("MSFT", "1")]
     assert len(portfolio_snapshots(db)) == 1
+
+
+# --------------------------------------------------------------------------- the trading state (issue 13)
+
+
+@pytest.mark.parametrize("mode", ["REDUCE_ONLY", "HALTED", "FLATTEN"])
+def test_position_monitor_values_and_records_in_every_trading_state(db, broker, exchange, mode):
+    from trading.state import record_trading_state
+
+    open_aapl(db, broker, exchange)
+    record_trading_state(db, mode, reason="operator says stop", changed_by="alice")
+    exchange.quotes(AAPL=("151.00", "151.20"))
+    calls_before = dict(exchange.stats()["routes"])
+
+    summary = run_position_monitor(db, broker)
+
+    assert summary.outcome == "success" and summary.counts["revalued"] == 1
+    assert position(db)["current_price"] == Decimal("151.10")
+    assert len(portfolio_snapshots(db)) == 1
+    assert any(f"trading state account {mode}" in note for note in summary.notes)
+    sent = {route: n - calls_before.get(route, 0) for route, n in exchange.stats()["routes"].items()}
+    assert sent.get("POST /v2/orders", 0) == 0
+    assert not [route for route, n in sent.items() if n and route.startswith("DELETE")]

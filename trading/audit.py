@@ -26,6 +26,9 @@ class _Inserts(Protocol):
 DECISION_ACCEPTED = "DECISION_ACCEPTED"
 DECISION_REFUSED = "DECISION_REFUSED"
 DECISION_DEFERRED = "DECISION_DEFERRED"
+#: Held back by the trading state (REDUCE_ONLY, HALTED, FLATTEN): neither placed nor refused; it
+#: runs when trading resumes, unless it expired meanwhile.
+DECISION_HELD = "DECISION_HELD"
 ORDER_INTENT = "ORDER_INTENT"
 ORDER_SUBMITTED = "ORDER_SUBMITTED"
 ORDER_REFUSED = "ORDER_REFUSED"

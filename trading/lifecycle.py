@@ -155,7 +155,9 @@ class ExitReason(StrEnum):
     """Why a trade ended, in ``trade_journal.exit_reason``.
 
     CLOSED trades: STOPPED_OUT, PROFIT_TAKEN, DAY_END_EXIT, CLOSE_REQUESTED (a CLOSE
-    decision), MANUAL_EXIT (closed outside the system with no exit order of ours).
+    decision), MANUAL_EXIT (closed outside the system with no exit order of ours), FLATTENED
+    (sold by the order monitor because the trading state was FLATTEN; also the reason of a
+    trade CANCELLED when FLATTEN canceled its unfilled entry).
     CANCELLED trades: CANCEL_REQUESTED (a CANCEL decision), AMENDED (replaced by an AMEND
     decision), ENTRY_EXPIRED, ENTRY_CANCELED (canceled at the broker from outside),
     ENTRY_REJECTED (the broker accepted then rejected it), BROKER_REFUSED (refused at
@@ -176,6 +178,7 @@ class ExitReason(StrEnum):
     BROKER_REFUSED = "BROKER_REFUSED"
     DAY_END_CANCEL = "DAY_END_CANCEL"
     ENTRY_NOT_FOUND = "ENTRY_NOT_FOUND"
+    FLATTENED = "FLATTENED"
 
 
 EXIT_REASONS: Final = frozenset(reason.value for reason in ExitReason)

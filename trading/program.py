@@ -5,7 +5,8 @@ A program is a class with ``name`` and ``execute(ctx)``. ``ProgramRunner.run()``
 1. takes the program's advisory lock (a second run at the same time logs a line and returns a
    ``skipped`` summary: two schedulers on one database never run the same job twice);
 2. writes a ``program_run`` row (``running``), reads the market time from the broker once
-   (unless the caller passed one: tests drive time that way);
+   (unless the caller passed one: tests drive time that way), then the trading state
+   (``trading.state``) once: the body obeys the state as read here for the whole run;
 3. runs the body; per-item failures are the body's business (recorded, batch continues);
    a transient failure (broker or database outage) ends the run early with ``warning``;
    anything unexpected ends it with ``failed``; a configuration error stops it;
@@ -36,6 +37,7 @@ from trading.broker import Broker
 from trading.errors import ConfigurationError, TradingError, TransientError
 from trading.logs import configure_logging, register_secret
 from trading.market_time import MarketTime, read_market_time
+from trading.state import TradingState, read_trading_state
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ class RunContext:
     audit: Auditor
     summary: RunSummary
     dry_run: bool = False
+    #: The trading state read once at the start of the run (trading/state.py); every program obeys it.
+    state: TradingState = field(default_factory=TradingState)
 
     @property
     def now(self) -> dt.datetime:
@@ -157,7 +161,11 @@ class ProgramRunner:
             market = self.clock()
             summary.market_time = market.now
             summary.notes.append(f"market time {market.describe()}")
-            ctx = RunContext(self.db, self.broker, self.settings, market, auditor, summary, self.dry_run)
+            state = read_trading_state(self.db)
+            if state.restricted_scopes():
+                summary.notes.append(f"trading state {state.summary()}")
+                logger.info("%s: trading state %s", name, state.summary())
+            ctx = RunContext(self.db, self.broker, self.settings, market, auditor, summary, self.dry_run, state)
             self.body.execute(ctx)
         except ConfigurationError as exc:
             summary.outcome, summary.error = "failed", str(exc)
