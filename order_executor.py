@@ -119,6 +119,8 @@ class OrderExecutor:
     """Turns approved decisions into orders. ``run()`` returns the summary (also in ``program_run``)."""
 
     name = PROGRAM
+    #: The loss breaker is checked at the start when approved decisions wait (trading/breakers.py).
+    loss_breaker_at_start = "decisions"
 
     def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
                  clock: Callable[[], MarketTime] | None = None, *, dry_run: bool = False) -> None:
@@ -207,7 +209,7 @@ class OrderExecutor:
 
     def _risk_state(self, ctx: RunContext) -> RiskState:
         if self._risk is None:
-            account = self.broker.get_account()
+            account = ctx.account or self.broker.get_account()  # read once: the breakers may have
             open_trades = self.db.execute_query(
                 "SELECT t.symbol, t.status, t.planned_entry, t.planned_qty, p.market_value "
                 "FROM trade_journal t LEFT JOIN position_tracking p ON p.trade_journal_id = t.id "

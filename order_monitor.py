@@ -82,6 +82,8 @@ class OrderMonitor:
     """Syncs orders, applies fills, flattens day trades and guards protection."""
 
     name = PROGRAM
+    #: The loss breaker is checked at the start when trades are open (something to flatten).
+    loss_breaker_at_start = "open_trades"
 
     def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
                  clock: Callable[[], MarketTime] | None = None, *, sleep: Callable[[float], None] = time.sleep) -> None:

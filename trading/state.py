@@ -13,6 +13,11 @@ reason and who made it, and is written to ``audit_event`` in the same transactio
 ``HALTED`` or ``FLATTEN`` for a less restrictive mode is a reset and needs ``confirm_reset``
 (an explicit command); ``FLATTEN`` → ``HALTED`` is how a finished flatten ends and needs none.
 Every program reads the state once at the start of its run (``read_trading_state``).
+
+Who changes it: a person with ``scripts/trading_state.py`` (halt, flatten, reduce-only, resume)
+or by editing the row in SQL/NocoDB (the database completes and validates the edit and audits
+it: ``trading.schema``), the order monitor when a flatten is finished (FLATTEN -> HALTED), and the
+circuit breakers (``trading.breakers``, source ``breaker:<name>``), which only make it stricter.
 """
 
 from __future__ import annotations
