@@ -87,6 +87,10 @@ CLAIM_SQL = ('SELECT * FROM analysis_decision WHERE id = %s AND executed = false
              "FOR UPDATE SKIP LOCKED")
 
 
+class _HeldUnsent(Exception):
+    """A recorded entry intent not at the broker while the trading state holds its decision back."""
+
+
 @dataclass(frozen=True)
 class StateVerdict:
     """What the trading state says about one decision: ``held`` (waits) or ``expired`` (refused)."""
@@ -286,8 +290,17 @@ class OrderExecutor:
                     f"unknown primary_action {row.get('primary_action')!r} "
                     "(expected NEW_TRADE, CANCEL, AMEND, CLOSE or NO_ACTION)", code="UNKNOWN_ACTION"))
             verdict = self._state_verdict(ctx, row, action)
-            if verdict is not None:
+            intent = reconciler.orders.entry_of_decision(row["id"]) if verdict is not None else None
+            if verdict is not None and not (verdict.kind == "held" and action in ("NEW_TRADE", "AMEND")
+                                            and intent is not None):
                 return self._hold(ctx, row, action, verdict)
+        if verdict is not None and intent is not None:
+            # An entry recorded by an earlier run whose answer was lost: it may be at the broker
+            # already, so it is looked up (and recorded if found) even while held; never sent now.
+            trade = reconciler.trades.get(intent["trade_journal_id"])
+            replaces = self.db.get_by_id("trade_journal", trade["replaces_trade_journal_id"]) \
+                if trade is not None and trade.get("replaces_trade_journal_id") else None
+            return self._new_trade(ctx, decision_id, reconciler, replaces=replaces, hold=verdict)
         if action == "NEW_TRADE":
             return self._new_trade(ctx, decision_id, reconciler, replaces=None)
         if action == "CANCEL":
@@ -392,7 +405,9 @@ class OrderExecutor:
     # ------------------------------------------------------------------ NEW_TRADE
 
     def _new_trade(self, ctx: RunContext, decision_id: int, reconciler: Reconciler, *,
-                   replaces: Row | None) -> Outcome:
+                   replaces: Row | None, hold: StateVerdict | None = None) -> Outcome:
+        """Place the decision's entry; with ``hold`` (the trading state holds it back) only an
+        entry an earlier run recorded is looked up and recorded: nothing is sent."""
         prefix = self.settings.monitor.client_order_prefix
         # 1. Claim, validate, size, gate, and record the intent: committed before the broker call.
         with self.db.transaction():
@@ -404,6 +419,8 @@ class OrderExecutor:
             intent = reconciler.orders.entry_of_decision(row["id"])
             coid = intent["client_order_id"] if intent is not None else entry_client_order_id(prefix, row)
             trade: Row | None
+            if intent is None and hold is not None:
+                return self._hold(ctx, row, str(row.get("primary_action") or "").strip().upper(), hold)
             if intent is None:
                 try:
                     plan = parse_plan(row)
@@ -439,7 +456,14 @@ class OrderExecutor:
         assert trade is not None
         # 2. The broker call (or the look-up of an earlier one).
         try:
-            order = self._submit_or_find(request, intent_row)
+            order = self._submit_or_find(request, intent_row, send=hold is None)
+        except _HeldUnsent:
+            with self.db.transaction():
+                row = self._claim(decision_id)
+                if row is None:
+                    return Outcome("skipped", "claimed by another run")
+                assert hold is not None
+                return self._hold(ctx, row, str(row.get("primary_action") or "").strip().upper(), hold)
         except BrokerRejectedError as exc:
             with self.db.transaction():
                 row = self._claim(decision_id)
@@ -476,12 +500,15 @@ class OrderExecutor:
                          details={"client_order_id": request.client_order_id, "status": order.status})
         return Outcome("amended" if replaces is not None else "placed", reason)
 
-    def _submit_or_find(self, request: OrderRequest, intent: Row | None) -> BrokerOrder:
-        """Send the entry, unless a previous run already did: then look it up."""
+    def _submit_or_find(self, request: OrderRequest, intent: Row | None, *, send: bool = True) -> BrokerOrder:
+        """Send the entry, unless a previous run already did: then look it up. ``send`` False (held
+        by the trading state): an intent not at the broker raises ``_HeldUnsent`` instead of going out."""
         if intent is not None:
             try:
                 return find_order(self.broker, intent.get("alpaca_order_id"), request.client_order_id)
             except NotFoundError:
+                if not send:
+                    raise _HeldUnsent() from None
                 logger.info("%s: intent %s not at the broker: sending it now", PROGRAM, request.client_order_id)
         try:
             return self.broker.submit_order(request)

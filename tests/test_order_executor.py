@@ -1435,3 +1435,39 @@ def test_dry_run_says_which_decisions_the_trading_state_would_hold(db, exchange,
     assert summary.counts["would_hold"] == 1
     assert any(f"decision {decision_id}: would_hold - held back: trading is REDUCE_ONLY" in n for n in summary.notes)
     assert snapshot(db) == before
+
+
+def test_an_entry_whose_answer_was_lost_is_looked_up_and_recorded_while_halted_never_sent_again(db, exchange,
+                                                                                              broker):
+    exchange.fault(when="after", status=500, method="POST", path="/v2/orders", count=1)
+    exchange.fault(status=503, method="GET", path="/v2/orders:by_client_order_id", count=1)
+    decision_id = add_decision(db, "AAPL")
+    assert run(db, broker).counts["deferred"] == 1
+    [landed] = exchange_entries(exchange)  # at the broker, unknown to the database
+    _set_state(db, "HALTED")
+
+    summary = run(db, broker)
+
+    assert summary.counts["placed"] == 1 and "held_back" not in summary.counts
+    assert entries(db)[0]["alpaca_order_id"] == landed["id"]
+    assert decision(db, decision_id)["executed"] is True
+    assert exchange.stats()["requests"]["POST /v2/orders"] == 1  # looked up, not sent again
+
+
+def test_an_entry_that_never_reached_the_broker_waits_while_halted_and_goes_once_trading_resumes(db, exchange,
+                                                                                               broker):
+    exchange.fault(status=503, method="POST", path="/v2/orders", count=1)
+    decision_id = add_decision(db, "AAPL")
+    assert run(db, broker).counts["deferred"] == 1
+    _set_state(db, "HALTED")
+
+    halted = run(db, broker)
+
+    assert halted.counts["held_back"] == 1
+    assert exchange.orders() == [] and entries(db)[0]["order_status"] == "pending"
+    assert decision(db, decision_id)["executed"] is False
+    assert held_reasons(db, decision_id)[0].startswith("held back: trading is HALTED (account)")
+
+    _set_state(db, "ACTIVE", reason="all clear")
+    assert run(db, broker).counts["placed"] == 1
+    assert len(exchange_entries(exchange)) == 1 and decision(db, decision_id)["executed"] is True
