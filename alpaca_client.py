@@ -235,6 +235,13 @@ class AlpacaBroker:
         """Run one alpaca-py call (raw JSON in, raw JSON out), counted and with errors translated."""
         self.calls.add(operation)
         try:
+            return self._translated(operation, fn, mutating=mutating)
+        except BrokerUnavailableError:
+            self.calls.add_error(operation)
+            raise
+
+    def _translated(self, operation: str, fn: Callable[[], Any], *, mutating: bool) -> Any:
+        try:
             return fn()
         except APIError as exc:
             status = exc.status_code

@@ -550,6 +550,45 @@ def get_monitor_config(env: Mapping[str, str] | None = None) -> MonitorConfig:
 URGENCIES: tuple[str, ...] = ("critical", "high", "normal")
 
 
+@dataclass(frozen=True)
+class BreakerConfig:
+    """The circuit breakers (trading/breakers.py): when the system stops itself.
+
+    The daily-loss breaker uses ``RiskLimits.daily_loss_limit`` (``DAILY_LOSS_LIMIT``).
+    """
+
+    #: More than this many broker errors within the window: REDUCE_ONLY.
+    broker_errors: int
+    broker_error_window: dt.timedelta
+    #: The broker-error REDUCE_ONLY lifts itself after this long without a broker error.
+    broker_quiet: dt.timedelta
+    #: More than this many database errors within the window: HALTED (reset by hand).
+    database_errors: int
+    database_error_window: dt.timedelta
+    #: A critical reconciliation finding (unknown position, short, sell beyond the shares held): REDUCE_ONLY.
+    reconciliation: bool
+    #: The daily-loss breaker (FLATTEN); off only for demos and tests that need losses.
+    daily_loss: bool
+
+
+def get_breaker_config(env: Mapping[str, str] | None = None) -> BreakerConfig:
+    """The circuit breakers, with the event-loop design's defaults."""
+    if env is None:
+        load_environment()
+        env = os.environ
+    return BreakerConfig(
+        broker_errors=env_int(env, "BREAKER_BROKER_ERRORS", 5, minimum=1),
+        broker_error_window=dt.timedelta(minutes=env_int(env, "BREAKER_BROKER_ERROR_WINDOW_MINUTES", 5,
+                                                         minimum=1, maximum=1440)),
+        broker_quiet=dt.timedelta(minutes=env_int(env, "BREAKER_BROKER_QUIET_MINUTES", 10, minimum=1, maximum=1440)),
+        database_errors=env_int(env, "BREAKER_DATABASE_ERRORS", 3, minimum=1),
+        database_error_window=dt.timedelta(seconds=env_int(env, "BREAKER_DATABASE_ERROR_WINDOW_SECONDS", 60,
+                                                           minimum=1, maximum=86400)),
+        reconciliation=env_bool(env, "BREAKER_RECONCILIATION", True),
+        daily_loss=env_bool(env, "BREAKER_DAILY_LOSS", True),
+    )
+
+
 # --------------------------------------------------------------------------- everything
 
 
@@ -564,6 +603,7 @@ class Settings:
     risk: RiskLimits
     monitor: MonitorConfig
     log_level: str
+    breakers: BreakerConfig = field(default_factory=lambda: get_breaker_config({}))
 
     def describe(self) -> dict[str, str]:
         """Every setting as display text, secrets redacted: logged once at start."""
@@ -573,7 +613,7 @@ class Settings:
             "broker": self.alpaca.describe(),
             "log_level": self.log_level,
         }
-        for group in (self.schedule, self.risk, self.monitor):
+        for group in (self.schedule, self.risk, self.monitor, self.breakers):
             for item in fields(group):
                 shown[item.name] = str(getattr(group, item.name))
         return shown
@@ -608,4 +648,5 @@ def load_settings(test_mode: bool = False, env: Mapping[str, str] | None = None)
         risk=get_risk_limits(env),
         monitor=get_monitor_config(env),
         log_level=env_choice(env, "LOG_LEVEL", "INFO", ("debug", "info", "warning", "error")).upper(),
+        breakers=get_breaker_config(env),
     )

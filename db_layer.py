@@ -123,6 +123,10 @@ class TradingDB:
         self._depth = 0
         self._columns: dict[str, set[str]] | None = None
         self._lock = threading.RLock()
+        #: Database errors met on this connection (outages, dropped connections, deadlocks: the
+        #: transient kind): each program run records its share in ``program_run.counts``, which
+        #: the database-error breaker (trading/breakers.py) reads.
+        self.error_count = 0
 
     # ------------------------------------------------------------------ connection
 
@@ -171,6 +175,7 @@ class TradingDB:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if self.config.password and self.config.password.reveal() in reason:
                 reason = reason.replace(self.config.password.reveal(), "***")
+            self.error_count += 1
             raise DatabaseUnavailableError(
                 f"cannot connect to PostgreSQL at {self.config.host}:{self.config.port}, database "
                 f"{self.config.dbname!r} as {self.config.user!r}: {reason}") from None
@@ -266,6 +271,7 @@ class TradingDB:
         check constraint) stays the driver's error and fails the run."""
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _is_transient(exc):
+            self.error_count += 1
             if self._conn is not None and self._conn.closed:
                 self._conn = None
             return DatabaseUnavailableError(f"database error ({getattr(exc, 'pgcode', None) or 'connection'}): "

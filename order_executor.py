@@ -24,6 +24,14 @@ market order; outside the session it waits (the decision stays pending for the n
 the session). NO_ACTION recounts the trade's ``days_open`` (trading days since its entry fill,
 from the broker's calendar; the position monitor keeps it for every trade).
 
+The trading state (``trading_state``, read once at the start of the run) comes first: under
+REDUCE_ONLY, HALTED or FLATTEN (of the account or the decision's symbol) a NEW_TRADE waits, and
+so does an AMEND, except under REDUCE_ONLY when the amended entry is no larger than the one it
+replaces; under HALTED CANCEL and CLOSE wait too. A held decision is neither executed nor refused:
+an audit row ``DECISION_HELD`` names the state, and it runs at the first run after trading
+resumes, unless it is a day plan (DAYTRADE or ``time_in_force`` day) held since an earlier trading
+day: then it is refused as expired. The run's ``held_back`` count says how many waited.
+
 Every decision ends with an audit row. Refused decisions (malformed, invalid, unknown trade,
 risk limit, broker 403/422) are marked executed so they are not retried every day; transient
 failures (broker or database outage) leave the decision for the next run.
@@ -65,6 +73,7 @@ from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, 
 from trading.protection import Protector, find_order
 from trading.reconcile import Reconciler
 from trading.risk import Reservation, RiskState, Sizing, check_entry, size_position
+from trading.state import TradingMode
 from trading.trades import TradeBook
 
 logger = logging.getLogger(__name__)
@@ -81,11 +90,24 @@ CLAIM_SQL = ('SELECT * FROM analysis_decision WHERE id = %s AND executed = false
              "FOR UPDATE SKIP LOCKED")
 
 
+class _HeldUnsent(Exception):
+    """A recorded entry intent not at the broker while the trading state holds its decision back."""
+
+
+@dataclass(frozen=True)
+class StateVerdict:
+    """What the trading state says about one decision: ``held`` (waits) or ``expired`` (refused)."""
+
+    kind: str
+    reason: str
+    symbol: str | None
+
+
 @dataclass
 class Outcome:
     """How one decision ended in this run."""
 
-    kind: str          # placed, refused, deferred, cancelled, amended, closing, no_action, skipped
+    kind: str          # placed, refused, deferred, held_back, cancelled, amended, closing, no_action, skipped
     reason: str = ""
 
 
@@ -104,6 +126,8 @@ class OrderExecutor:
     """Turns approved decisions into orders. ``run()`` returns the summary (also in ``program_run``)."""
 
     name = PROGRAM
+    #: The loss breaker is checked at the start when approved decisions wait (trading/breakers.py).
+    loss_breaker_at_start = "decisions"
 
     def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
                  clock: Callable[[], MarketTime] | None = None, *, dry_run: bool = False,
@@ -236,7 +260,7 @@ class OrderExecutor:
 
     def _risk_state(self, ctx: RunContext) -> RiskState:
         if self._risk is None:
-            account = self.broker.get_account()
+            account = ctx.account or self.broker.get_account()  # read once: the breakers may have
             open_trades = self.db.execute_query(
                 "SELECT t.symbol, t.status, t.planned_entry, t.planned_qty, p.market_value "
                 "FROM trade_journal t LEFT JOIN position_tracking p ON p.trade_journal_id = t.id "
@@ -319,6 +343,18 @@ class OrderExecutor:
                 return self._refuse(ctx, row, RejectedError(
                     f"unknown primary_action {row.get('primary_action')!r} "
                     "(expected NEW_TRADE, CANCEL, AMEND, CLOSE or NO_ACTION)", code="UNKNOWN_ACTION"))
+            verdict = self._state_verdict(ctx, row, action)
+            intent = reconciler.orders.entry_of_decision(row["id"]) if verdict is not None else None
+            if verdict is not None and not (verdict.kind == "held" and action in ("NEW_TRADE", "AMEND")
+                                            and intent is not None):
+                return self._hold(ctx, row, action, verdict)
+        if verdict is not None and intent is not None:
+            # An entry recorded by an earlier run whose answer was lost: it may be at the broker
+            # already, so it is looked up (and recorded if found) even while held; never sent now.
+            trade = reconciler.trades.get(intent["trade_journal_id"])
+            replaces = self.db.get_by_id("trade_journal", trade["replaces_trade_journal_id"]) \
+                if trade is not None and trade.get("replaces_trade_journal_id") else None
+            return self._new_trade(ctx, decision_id, reconciler, replaces=replaces, hold=verdict)
         if action == "NEW_TRADE":
             return self._new_trade(ctx, decision_id, reconciler, replaces=None)
         if action == "CANCEL":
@@ -327,10 +363,105 @@ class OrderExecutor:
             return self._amend(ctx, decision_id, reconciler, protector)
         return self._close(ctx, decision_id, protector)
 
+    # ------------------------------------------------------------------ the trading state
+
+    def _state_verdict(self, ctx: RunContext, row: Row, action: str) -> StateVerdict | None:
+        """Whether the trading state read at the start of the run holds this decision back (or
+        it expired while held). None: it goes on as usual (a malformed decision included: the
+        usual path refuses it). Reads only (the dry run uses it too).
+
+        NEW_TRADE waits unless its symbol is ACTIVE; an AMEND waits unless ACTIVE, or under
+        REDUCE_ONLY when the amended entry is no larger than the one it replaces; CANCEL and
+        CLOSE wait only under HALTED (nothing new is sent to the broker then; FLATTEN is how
+        everything is closed while stopped). NO_ACTION never waits: it changes no order.
+        """
+        state = ctx.state
+        trade: Row | None = None
+        if action == "NEW_TRADE":
+            symbol = str(row.get("ticker") or "").strip().upper() or None
+        else:
+            try:
+                trade = self._referenced_trade(row)
+            except RejectedError:
+                return None
+            symbol = trade["symbol"]
+        if action in ("NEW_TRADE", "AMEND"):
+            expired = self._held_and_expired(ctx, row)
+            if expired is not None:
+                return StateVerdict("expired", expired, symbol)
+        mode = state.mode_for(symbol)
+        if mode is TradingMode.ACTIVE:
+            return None
+        where = f"trading is {state.describe(symbol)}"
+        if action in ("CANCEL", "CLOSE"):
+            if mode is not TradingMode.HALTED:
+                return None
+            return StateVerdict("held", f"held back: {where}; no {action} is sent to the broker while HALTED "
+                                        "(FLATTEN closes everything); it runs when trading resumes", symbol)
+        if action == "AMEND":
+            assert trade is not None
+            if mode is TradingMode.REDUCE_ONLY and not self._amend_adds_exposure(ctx, row, trade):
+                return None
+            return StateVerdict("held", f"held back: {where}; an amendment that adds exposure waits until "
+                                        "trading resumes", symbol)
+        return StateVerdict("held", f"held back: {where}; a new entry waits until trading resumes", symbol)
+
+    def _held_and_expired(self, ctx: RunContext, row: Row) -> str | None:
+        """A decision held back on an earlier trading day whose plan is a day plan (DAYTRADE, or
+        ``time_in_force`` day) expired: its entry was meant for that day only."""
+        first = self.db.execute_one(
+            "SELECT min(details ->> 'trading_date') AS since FROM audit_event "
+            "WHERE entity_type = 'decision' AND entity_id = %s AND event = %s", (row["id"], audit.DECISION_HELD))
+        since = first["since"] if first else None
+        if since is None or since >= ctx.market.trading_date.isoformat():
+            return None
+        try:
+            plan = parse_plan(row)
+        except RejectedError:
+            return None
+        if plan.trade_style != "DAYTRADE" and plan.time_in_force != "day":
+            return None
+        return (f"expired: held back by the trading state since {since}; a {plan.trade_style} plan with "
+                f"time_in_force {plan.time_in_force} is not placed on a later trading day")
+
+    def _amend_adds_exposure(self, ctx: RunContext, row: Row, trade: Row) -> bool:
+        """Whether the amended entry (entry x shares) is larger than the entry it replaces."""
+        try:
+            plan = parse_plan(row)
+            _check_amendment(plan, trade)
+            sizing = size_position(plan, self.settings.risk, self._risk_state(ctx).equity)
+        except RejectedError:
+            return False  # refused on the usual path, which says why
+        old = self._latest_amendment(trade, row["id"])
+        before = Decimal(old["planned_entry"] or 0) * Decimal(old["planned_qty"] or 0)
+        return plan.entry * sizing.qty > before
+
+    def _hold(self, ctx: RunContext, row: Row, action: str, verdict: StateVerdict) -> Outcome:
+        """Inside the claim's transaction: record the hold (not executed, not refused), or refuse
+        a held decision that expired."""
+        if verdict.kind == "expired":
+            return self._refuse(ctx, row, verdict.reason, code="HELD_DECISION_EXPIRED")
+        scope = ctx.state.scope_for(verdict.symbol)
+        trading_date = ctx.market.trading_date.isoformat()
+        last = self.db.execute_one(
+            "SELECT event, reason, details FROM audit_event WHERE entity_type = 'decision' AND entity_id = %s "
+            "ORDER BY id DESC LIMIT 1", (row["id"],))
+        repeated = last is not None and last["event"] == audit.DECISION_HELD and last["reason"] == verdict.reason \
+            and (last["details"] or {}).get("trading_date") == trading_date
+        if not repeated:  # a rerun under the same state writes nothing new
+            ctx.audit.record("decision", row["id"], audit.DECISION_HELD, symbol=verdict.symbol, old="pending",
+                             new="held", reason=verdict.reason,
+                             details={"primary_action": action, "mode": scope.mode.value, "scope": scope.scope,
+                                      "state_reason": scope.reason, "trading_date": trading_date})
+        logger.info("%s: decision %s (%s %s) %s", PROGRAM, row["id"], action, verdict.symbol, verdict.reason)
+        return Outcome("held_back", verdict.reason)
+
     # ------------------------------------------------------------------ NEW_TRADE
 
     def _new_trade(self, ctx: RunContext, decision_id: int, reconciler: Reconciler, *,
-                   replaces: Row | None) -> Outcome:
+                   replaces: Row | None, hold: StateVerdict | None = None) -> Outcome:
+        """Place the decision's entry; with ``hold`` (the trading state holds it back) only an
+        entry an earlier run recorded is looked up and recorded: nothing is sent."""
         prefix = self.settings.monitor.client_order_prefix
         # 1. Claim, validate, size, gate, and record the intent: committed before the broker call.
         with self.db.transaction():
@@ -342,6 +473,8 @@ class OrderExecutor:
             intent = reconciler.orders.entry_of_decision(row["id"])
             coid = intent["client_order_id"] if intent is not None else entry_client_order_id(prefix, row)
             trade: Row | None
+            if intent is None and hold is not None:
+                return self._hold(ctx, row, str(row.get("primary_action") or "").strip().upper(), hold)
             if intent is None:
                 try:
                     plan = parse_plan(row)
@@ -384,7 +517,14 @@ class OrderExecutor:
         assert trade is not None
         # 2. The broker call (or the look-up of an earlier one).
         try:
-            order = self._submit_or_find(request, intent_row)
+            order = self._submit_or_find(request, intent_row, send=hold is None)
+        except _HeldUnsent:
+            with self.db.transaction():
+                row = self._claim(decision_id)
+                if row is None:
+                    return Outcome("skipped", "claimed by another run")
+                assert hold is not None
+                return self._hold(ctx, row, str(row.get("primary_action") or "").strip().upper(), hold)
         except BrokerRejectedError as exc:
             with self.db.transaction():
                 row = self._claim(decision_id)
@@ -421,12 +561,15 @@ class OrderExecutor:
                          details={"client_order_id": request.client_order_id, "status": order.status})
         return Outcome("amended" if replaces is not None else "placed", reason)
 
-    def _submit_or_find(self, request: OrderRequest, intent: Row | None) -> BrokerOrder:
-        """Send the entry, unless a previous run already did: then look it up."""
+    def _submit_or_find(self, request: OrderRequest, intent: Row | None, *, send: bool = True) -> BrokerOrder:
+        """Send the entry, unless a previous run already did: then look it up. ``send`` False (held
+        by the trading state): an intent not at the broker raises ``_HeldUnsent`` instead of going out."""
         if intent is not None:
             try:
                 return find_order(self.broker, intent.get("alpaca_order_id"), request.client_order_id)
             except NotFoundError:
+                if not send:
+                    raise _HeldUnsent() from None
                 logger.info("%s: intent %s not at the broker: sending it now", PROGRAM, request.client_order_id)
         try:
             return self.broker.submit_order(request)
@@ -673,6 +816,10 @@ class OrderExecutor:
             return Outcome("skipped", "gone")
         action = str(row.get("primary_action") or "").strip().upper()
         try:
+            verdict = self._state_verdict(ctx, row, action) if action in ("NEW_TRADE", "CANCEL", "AMEND",
+                                                                          "CLOSE") else None
+            if verdict is not None:
+                return Outcome("would_hold" if verdict.kind == "held" else "would_refuse", verdict.reason)
             if action in ("NEW_TRADE", "AMEND"):
                 plan = parse_plan(row)
                 state = self._risk_state(ctx)

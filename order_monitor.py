@@ -28,6 +28,13 @@ One run, under the monitor's advisory lock (a second run at the same time exits 
    outside). Repairs and exits hold the trade's lock (one program per trade); an unanswered
    submission is looked up by its client order id at once and resent with the same id.
 
+The trading state (``trading_state``, read once at the start of the run) is obeyed: fills are
+recorded and protection repaired in every state; the day-end exit is held back under HALTED
+(count ``day_end_held_back``; the stop keeps protecting the shares); under FLATTEN (the account or
+a symbol) every open trade of the scope is closed first (working orders canceled, shares sold at
+market, exit reason FLATTENED; outside the session only unfilled entries are canceled) and the
+scope becomes HALTED once nothing of it is open.
+
 A broker outage or rate limit ends the run early with a warning; everything already committed
 stays and the next run continues.
 """
@@ -58,6 +65,7 @@ from trading.orders import OrderBook
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
 from trading.protection import ProtectionView, Protector
 from trading.reconcile import Reconciler, SyncResult
+from trading.state import ACCOUNT_SCOPE, ScopeState, TradingMode, record_trading_state
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +84,8 @@ class OrderMonitor:
     """Syncs orders, applies fills, flattens day trades and guards protection."""
 
     name = PROGRAM
+    #: The loss breaker is checked at the start when trades are open (something to flatten).
+    loss_breaker_at_start = "open_trades"
 
     def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
                  clock: Callable[[], MarketTime] | None = None, *, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -97,6 +107,8 @@ class OrderMonitor:
         protector.foreign = AccountGuard(self.db, self.broker, ctx.audit, ctx.summary.warn).foreign_trades()
         ctx.summary.add("other_account_trades", len(protector.foreign))
         self._sync(ctx, reconciler, protector)
+        if ctx.state.flatten_scopes():
+            self._flatten(ctx, protector)
         self._day_end(ctx, protector)
         # Escalating exits (trading/exits.py) take their next step when it is due.
         Escalator(self.db, self.broker, protector, now=ctx.now, count=ctx.summary.add,
@@ -286,6 +298,16 @@ class OrderMonitor:
                 and eastern_date(trade["entry_date"]) < market.trading_date
             if not (in_window or overnight):
                 continue
+            mode = ctx.state.mode_for(trade["symbol"])
+            if mode is TradingMode.FLATTEN:
+                continue  # the flatten step owns it
+            if mode is TradingMode.HALTED:
+                # Nothing new goes to the broker while HALTED (its stop still protects it): the exit
+                # waits for trading to resume, or for FLATTEN.
+                ctx.summary.add("day_end_held_back")
+                logger.info("%s: trade %s %s: day-end exit held back, trading is %s", PROGRAM, trade["id"],
+                            trade["symbol"], ctx.state.describe(trade["symbol"]))
+                continue
             why = "day-end exit" if in_window else "day trade left open overnight"
             if trade["status"] == TradeStatus.ORDERED.value:
                 outcome = protector.cancel_entry(trade["id"], ExitReason.DAY_END_CANCEL.value,
@@ -298,6 +320,66 @@ class OrderMonitor:
                                             entry_reason=ExitReason.DAY_END_CANCEL.value, urgency=urgency)
             ctx.summary.add(f"day_end_{outcome}")
             logger.info("%s: trade %s %s %s: %s", PROGRAM, trade["id"], trade["symbol"], why, outcome)
+
+    # ------------------------------------------------------------------ FLATTEN
+
+    def _flatten(self, ctx: RunContext, protector: Protector) -> None:
+        """Close every managed trade of the scopes in FLATTEN, then set those scopes HALTED.
+
+        Each trade goes through ``Protector.flatten`` (its lock held; working orders canceled and
+        confirmed first; the sell sized from the broker's position read then; exit reason
+        FLATTENED). Outside the session only unfilled entries are canceled: a market sell would
+        wait for the open with the stop already canceled, so positions keep their protection
+        and are sold at the first run in the session. A scope becomes HALTED once none of its
+        trades is open and none of their orders is open at the broker; until then it stays FLATTEN
+        and the next run goes on. Broker positions no trade of ours explains are not touched.
+        """
+        state = ctx.state
+        reason = ExitReason.FLATTENED.value
+        trades = [t for t in protector.reconciler.trades.with_status(TradeStatus.ORDERED.value,
+                                                                     TradeStatus.POSITION.value)
+                  if state.flatten_requested(t["symbol"])]
+        for trade in trades:
+            why = f"FLATTEN: trading is {state.describe(trade['symbol'])}"
+            if not ctx.market.is_open:
+                if trade["status"] == TradeStatus.ORDERED.value:
+                    outcome = protector.cancel_entry(trade["id"], reason, reason=f"{why}: unfilled entry canceled")
+                else:
+                    outcome = "waiting_for_session"
+            else:
+                outcome = protector.flatten(trade["id"], reason, entry_reason=reason)
+            ctx.summary.add(f"flatten_{outcome}")
+            logger.info("%s: trade %s %s %s: %s", PROGRAM, trade["id"], trade["symbol"], why, outcome)
+        for scope in state.flatten_scopes():
+            self._finish_flatten(ctx, scope)
+
+    def _finish_flatten(self, ctx: RunContext, scope: ScopeState) -> None:
+        """FLATTEN -> HALTED for ``scope`` when nothing of it is left open (else the next run goes on)."""
+        symbol = None if scope.scope == ACCOUNT_SCOPE else scope.scope
+        left = self.db.execute_query(
+            "SELECT t.id, t.symbol, t.status, (SELECT count(*) FROM order_execution o WHERE o.trade_journal_id = t.id "
+            "AND (o.order_status = ANY(%(open)s) OR o.order_status = 'pending')) AS open_orders "
+            "FROM trade_journal t WHERE (t.status IN ('ORDERED', 'POSITION') "
+            "OR EXISTS (SELECT 1 FROM order_execution o WHERE o.trade_journal_id = t.id "
+            "AND (o.order_status = ANY(%(open)s) OR o.order_status = 'pending'))) "
+            "AND (%(symbol)s::text IS NULL OR t.symbol = %(symbol)s)",
+            {"open": sorted(lifecycle.OPEN_ORDER_STATUSES), "symbol": symbol})
+        if left:
+            ctx.summary.add("flatten_pending", len(left))
+            ctx.summary.warn(f"FLATTEN ({scope.scope.lower() if symbol is None else symbol}) not finished: "
+                             f"{len(left)} trade(s) still open or with open orders; the next run goes on")
+            return
+        closed = self.db.execute_one(
+            "SELECT count(*) AS n FROM trade_journal WHERE exit_reason = %s AND updated_at >= %s "
+            "AND (%s::text IS NULL OR symbol = %s)", (ExitReason.FLATTENED.value, scope.changed_at, symbol, symbol))
+        record_trading_state(
+            self.db, TradingMode.HALTED, scope=scope.scope, changed_by=PROGRAM, program=PROGRAM,
+            run_id=ctx.audit.run_id, source=scope.source or "manual",
+            reason=f"flatten finished: no open trade or order left (was FLATTEN: {scope.reason})",
+            details={"flattened_trades": int(closed["n"]) if closed else 0},
+            only_from=frozenset({TradingMode.FLATTEN}))
+        ctx.summary.add("flatten_finished")
+        logger.warning("%s: FLATTEN of %s finished: now HALTED until someone resumes trading", PROGRAM, scope.scope)
 
     # ------------------------------------------------------------------ 3. protection
 

@@ -37,6 +37,10 @@ One run, under its advisory lock:
    today while open), from the broker's calendar (one call per run); 0 for a trade never filled.
 5. **Snapshot** the portfolio (cash, positions value, equity, unrealized P&L, realized P&L
    today) in ``portfolio_snapshot``: one row per run, the equity curve.
+5. **Breakers**: the daily-loss breaker on the account read in step 1 (equity against the previous
+   close: FLATTEN at ``DAILY_LOSS_LIMIT``) and the reconciliation breaker on what step 2 found
+   (an unknown position, a short: REDUCE_ONLY until someone resumes); see ``trading.breakers``.
+   The trading state otherwise changes nothing here: values and records are kept in every state.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from typing import Any
 from config import Settings, load_settings
 from trading import audit
 from trading.accounts import AccountGuard
+from trading.breakers import Breakers
 from trading.broker import Broker, BrokerPosition, Quote
 from trading.errors import TransientError
 from trading.lifecycle import TradeStatus
@@ -88,6 +93,8 @@ class PositionMonitor:
     """Revalues positions, reconciles them with the broker and snapshots the portfolio."""
 
     name = PROGRAM
+    #: The loss breaker is checked after the valuation, with the account this run reads anyway.
+    loss_breaker_at_start = "never"
 
     def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
                  clock: Callable[[], MarketTime] | None = None, *,
@@ -135,6 +142,7 @@ class PositionMonitor:
                 book.reconcile(symbol, position.qty if position else ZERO)
             except Exception as exc:  # recorded per symbol, retried next run
                 self._record_symbol_failure(ctx, symbol, exc)
+        self._shorts(ctx, held)
         self._orphans(ctx, held, set(by_symbol))
         self._revalue(ctx, quotes)
         # Trailing stops follow the prices this run valued at (trading/trailing.py).
@@ -143,6 +151,11 @@ class PositionMonitor:
         # After the reconciliation, so trades it closed count to their exit date.
         ctx.summary.add("days_open_updated", trades.count_days_open(calendar, ctx.market.trading_date))
         self._snapshot(ctx, account)
+        # The breakers that depend on what this run found: the loss (valued just now) and the
+        # reconciliation's critical findings. A trip applies from the next program run.
+        breakers = Breakers(self.db, self.settings, ctx.audit, warn=ctx.summary.warn)
+        breakers.check_reconciliation()
+        breakers.check_daily_loss(account, ctx.market)
 
     # ------------------------------------------------------------------ reconciliation
 
@@ -161,6 +174,23 @@ class PositionMonitor:
                              details={"error": type(exc).__name__, "transient": transient})
         except TransientError:
             logger.warning("%s: could not record the failure of %s (database unavailable)", PROGRAM, symbol)
+
+    def _shorts(self, ctx: RunContext, held: dict[str, BrokerPosition]) -> None:
+        """A short position at the broker (never opened by this system): recorded once per quantity;
+        a critical disagreement that trips the reconciliation breaker."""
+        for symbol in sorted(s for s, p in held.items() if p.qty < ZERO):
+            position = held[symbol]
+            ctx.summary.add("shorts")
+            last = self.db.execute_one(
+                "SELECT new_value FROM audit_event WHERE event = %s AND symbol = %s ORDER BY id DESC LIMIT 1",
+                (audit.SHORT_POSITION, symbol))
+            if last is not None and last["new_value"] == str(position.qty):
+                continue
+            reason = f"broker holds a short position of {position.qty} {symbol}: a sell beyond the shares held"
+            logger.error("%s: %s", PROGRAM, reason)
+            ctx.summary.warn(reason)
+            ctx.audit.record("broker_position", None, audit.SHORT_POSITION, symbol=symbol, new=position.qty,
+                             reason=reason, details={"avg_entry_price": position.avg_entry_price})
 
     def _orphans(self, ctx: RunContext, held: dict[str, BrokerPosition], known: set[str]) -> None:
         """Broker positions no open trade explains: recorded once per quantity, never touched."""

@@ -116,3 +116,39 @@ def test_viewer_role_reads_the_decision_outcome_view(db, roles):
     viewer = roles(VIEWER, "change-me-too")
     assert viewer.query(schema.DECISION_OUTCOME_VIEW) == [
         {**viewer.query(schema.DECISION_OUTCOME_VIEW)[0], "id": decision_id, "outcome": "not approved"}]
+
+
+def test_viewer_role_can_stop_and_resume_trading_by_editing_trading_state_the_way_nocodb_sends_it(db, roles):
+    from trading.state import TradingMode, read_trading_state
+
+    viewer = roles(VIEWER, "change-me-too")
+    viewer.execute_update(f"SET {schema.PROGRAM_SETTING} = ''")  # NocoDB's session is not a program's
+
+    viewer.execute_update("INSERT INTO trading_state (scope, mode, reason, changed_by) VALUES "
+                          "('ACCOUNT', 'HALTED', 'broker outage', 'alice')")
+    assert read_trading_state(db).mode_for() is TradingMode.HALTED
+    [row] = db.query("trading_state")
+    assert viewer.execute_update('UPDATE trading_state SET "id" = %s, mode = %s WHERE id = %s',
+                                 (row["id"], "ACTIVE", row["id"])) == 1
+    resumed = db.get_by_id("trading_state", row["id"])
+    assert (resumed["mode"], resumed["changed_by"], resumed["source"]) == ("ACTIVE", f"outside:{VIEWER}", "manual")
+    with pytest.raises(Exception, match="trading_state_mode_must_be"):
+        viewer.execute_update("UPDATE trading_state SET mode = 'PAUSED' WHERE id = %s", (row["id"],))
+    with pytest.raises(Exception, match="permission denied"):
+        viewer.execute_update("UPDATE trading_state SET source = 'breaker:x' WHERE id = %s", (row["id"],))
+    events = db.execute_query("SELECT event, entity_type FROM audit_event WHERE event LIKE 'OUTSIDE_%' ORDER BY id")
+    assert events == [{"event": "OUTSIDE_INSERT", "entity_type": "trading_state"},
+                      {"event": "OUTSIDE_UPDATE", "entity_type": "trading_state"}]
+
+
+def test_viewer_role_can_run_the_emergency_stop_statement_of_the_operations_guide(db, roles):
+    from trading.state import TradingMode, read_trading_state
+
+    guide = (DOC.parent / "operations.md").read_text()
+    statement = guide.split("INSERT INTO trading_state", 1)[1].split("```", 1)[0]
+    viewer = roles(VIEWER, "change-me-too")
+    viewer.execute_update(f"SET {schema.PROGRAM_SETTING} = ''")
+    for _ in range(2):  # once to insert the row, once more to update it
+        viewer.execute_update("INSERT INTO trading_state" + statement.replace("%", "%%"))
+    state = read_trading_state(db)
+    assert (state.mode_for(), state.account.reason) == (TradingMode.HALTED, "what is wrong")

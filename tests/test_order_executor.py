@@ -1493,3 +1493,171 @@ def test_decisions_deferred_by_broker_errors_end_the_run_as_a_warning(db, exchan
     assert any(f"decision {deferred} deferred" in note for note in summary.notes)
     assert db.get_by_id("program_run", summary.run_id)["outcome"] == "warning"
     assert decision(db, deferred)["executed"] is False
+
+
+# --------------------------------------------------------------------------- the trading state (issue 13)
+
+
+def _set_state(db: TradingDB, mode: str, scope: str | None = None, reason: str = "operator says stop") -> None:
+    from trading.state import record_trading_state
+
+    record_trading_state(db, mode, reason=reason, changed_by="alice", scope=scope, confirm_reset=True)
+
+
+def held_reasons(db: TradingDB, decision_id: int) -> list[str]:
+    return audit_reasons(db, decision_id, "DECISION_HELD")
+
+
+@pytest.mark.parametrize("mode", ["REDUCE_ONLY", "HALTED", "FLATTEN"])
+def test_new_trade_is_held_back_under_each_restricted_state_and_placed_once_trading_resumes(db, exchange, broker,
+                                                                                            mode):
+    _set_state(db, mode)
+    decision_id = add_decision(db, "AAPL")
+
+    summary = run(db, broker)
+
+    assert summary.counts["held_back"] == 1 and "placed" not in summary.counts
+    row = decision(db, decision_id)
+    assert row["executed"] is False and row["execution_time"] is None  # not executed, not refused
+    assert audit_reasons(db, decision_id, "DECISION_REFUSED") == []
+    [reason] = held_reasons(db, decision_id)
+    assert reason.startswith(f"held back: trading is {mode} (account): operator says stop")
+    assert exchange_entries(exchange) == [] and db.query("trade_journal") == []
+    assert broker.calls.counts.get("submit_order", 0) == 0
+    row = db.execute_one("SELECT counts FROM program_run WHERE id = %s", (summary.run_id,))
+    assert row["counts"]["held_back"] == 1
+
+    before = snapshot(db)
+    assert run(db, broker).counts["held_back"] == 1
+    assert snapshot(db) == before  # a rerun under the same state writes nothing new
+
+    _set_state(db, "ACTIVE", reason="all clear")
+    assert run(db, broker).counts["placed"] == 1
+    assert decision(db, decision_id)["executed"] is True
+    assert len(exchange_entries(exchange)) == 1
+
+
+def test_a_symbol_in_reduce_only_holds_back_its_own_entries_and_no_other(db, exchange, broker):
+    _set_state(db, "REDUCE_ONLY", scope="MSFT", reason="earnings tonight")
+    aapl = add_decision(db, "AAPL")
+    msft = add_decision(db, "MSFT", planned_entry=400, planned_sl=390, planned_tp=420)
+
+    summary = run(db, broker)
+
+    assert (summary.counts["placed"], summary.counts["held_back"]) == (1, 1)
+    assert decision(db, aapl)["executed"] is True and decision(db, msft)["executed"] is False
+    assert held_reasons(db, msft)[0].startswith("held back: trading is REDUCE_ONLY (MSFT): earnings tonight")
+    assert [o["symbol"] for o in exchange_entries(exchange)] == ["AAPL"]
+
+
+def test_close_and_cancel_run_under_reduce_only_and_wait_while_halted(db, exchange, broker):
+    exchange.quotes(AAPL=FILLING_QUOTE)
+    position_id = place_trade(db, broker, "AAPL")
+    exchange.quotes(AAPL=("151.20", "151.30"))  # between the stop and the target
+    working_id = place_trade(db, broker, "MSFT", planned_entry=400, planned_sl=390, planned_tp=420)
+
+    _set_state(db, "HALTED")
+    close = add_decision(db, "AAPL", "CLOSE", trade_id=position_id)
+    cancel = add_decision(db, "MSFT", "CANCEL", trade_id=working_id)
+    halted = run(db, broker)
+
+    assert halted.counts["held_back"] == 2
+    assert decision(db, close)["executed"] is False and decision(db, cancel)["executed"] is False
+    assert "no CLOSE is sent to the broker while HALTED" in held_reasons(db, close)[0]
+    assert broker.calls.counts.get("cancel_order", 0) == 0 and exchange.positions() == {"AAPL": Decimal("10")}
+
+    _set_state(db, "REDUCE_ONLY", reason="exits only")
+    reduce_only = run(db, broker)
+
+    assert (reduce_only.counts["closing"], reduce_only.counts["cancelled"]) == (1, 1)
+    assert exchange.positions() == {}
+    assert db.get_by_id("trade_journal", position_id)["exit_reason"] == "CLOSE_REQUESTED"
+    assert db.get_by_id("trade_journal", working_id)["exit_reason"] == "CANCEL_REQUESTED"
+
+
+def test_under_reduce_only_an_amend_that_adds_exposure_waits_and_one_that_reduces_it_runs(db, exchange, broker):
+    trade_id = place_trade(db, broker, "AAPL")  # 10 @ 150 = 1500
+    _set_state(db, "REDUCE_ONLY")
+    larger = add_decision(db, "AAPL", "AMEND", trade_id=trade_id, planned_entry="149.00", planned_sl="144.00",
+                          planned_tp="158.00", planned_qty=12)  # 1788
+
+    assert run(db, broker).counts["held_back"] == 1
+    assert "an amendment that adds exposure waits" in held_reasons(db, larger)[0]
+    assert db.get_by_id("trade_journal", trade_id)["status"] == "ORDERED"
+
+    db.execute_update('UPDATE analysis_decision SET "Approve" = false WHERE id = %s', (larger,))
+    smaller = add_decision(db, "AAPL", "AMEND", trade_id=trade_id, planned_entry="148.00", planned_sl="143.00",
+                           planned_tp="158.00", planned_qty=8)  # 1184
+    summary = run(db, broker)
+
+    assert summary.counts["amended"] == 1 and "held_back" not in summary.counts
+    assert db.get_by_id("trade_journal", trade_id)["exit_reason"] == "AMENDED"
+    [working] = [o for o in exchange_entries(exchange) if o["status"] == "new"]
+    assert (Decimal(working["qty"]), Decimal(working["limit_price"])) == (Decimal("8"), Decimal("148.00"))
+    assert decision(db, smaller)["executed"] is True
+
+
+def test_a_day_plan_held_since_an_earlier_trading_day_expires_but_a_gtc_plan_is_placed(db, own_exchange, own_broker):
+    exchange, broker = own_exchange, own_broker
+    _set_state(db, "HALTED")
+    day_trade = add_decision(db, "AAPL", trade_style="DAYTRADE", planned_tp=None, time_in_force="day")
+    swing = add_decision(db, "MSFT", planned_entry=400, planned_sl=390, planned_tp=420)
+    assert run(db, broker).counts["held_back"] == 2
+
+    exchange.clock(eastern("2026-11-23", "09:45"))  # Monday
+    _set_state(db, "ACTIVE", reason="all clear")
+    monday = run(db, broker)
+
+    assert (monday.counts["refused"], monday.counts["placed"]) == (1, 1)
+    assert "expired: held back by the trading state since 2026-11-20" in refusal(db, day_trade)
+    assert refusal_code(db, day_trade) == "HELD_DECISION_EXPIRED"
+    assert decision(db, swing)["executed"] is True
+    assert [o["symbol"] for o in exchange_entries(exchange)] == ["MSFT"]
+
+
+def test_dry_run_says_which_decisions_the_trading_state_would_hold(db, exchange, broker):
+    _set_state(db, "REDUCE_ONLY", reason="exits only")
+    decision_id = add_decision(db, "AAPL")
+    before = snapshot(db)
+
+    summary = run_once(db, broker, settings=make_settings(), dry_run=True)
+
+    assert summary.counts["would_hold"] == 1
+    assert any(f"decision {decision_id}: would_hold - held back: trading is REDUCE_ONLY" in n for n in summary.notes)
+    assert snapshot(db) == before
+
+
+def test_an_entry_whose_answer_was_lost_is_looked_up_and_recorded_while_halted_never_sent_again(db, exchange,
+                                                                                              broker):
+    exchange.fault(when="after", status=500, method="POST", path="/v2/orders", count=1)
+    exchange.fault(status=503, method="GET", path="/v2/orders:by_client_order_id", count=1)
+    decision_id = add_decision(db, "AAPL")
+    assert run(db, broker).counts["deferred"] == 1
+    [landed] = exchange_entries(exchange)  # at the broker, unknown to the database
+    _set_state(db, "HALTED")
+
+    summary = run(db, broker)
+
+    assert summary.counts["placed"] == 1 and "held_back" not in summary.counts
+    assert entries(db)[0]["alpaca_order_id"] == landed["id"]
+    assert decision(db, decision_id)["executed"] is True
+    assert exchange.stats()["requests"]["POST /v2/orders"] == 1  # looked up, not sent again
+
+
+def test_an_entry_that_never_reached_the_broker_waits_while_halted_and_goes_once_trading_resumes(db, exchange,
+                                                                                               broker):
+    exchange.fault(status=503, method="POST", path="/v2/orders", count=1)
+    decision_id = add_decision(db, "AAPL")
+    assert run(db, broker).counts["deferred"] == 1
+    _set_state(db, "HALTED")
+
+    halted = run(db, broker)
+
+    assert halted.counts["held_back"] == 1
+    assert exchange.orders() == [] and entries(db)[0]["order_status"] == "pending"
+    assert decision(db, decision_id)["executed"] is False
+    assert held_reasons(db, decision_id)[0].startswith("held back: trading is HALTED (account)")
+
+    _set_state(db, "ACTIVE", reason="all clear")
+    assert run(db, broker).counts["placed"] == 1
+    assert len(exchange_entries(exchange)) == 1 and decision(db, decision_id)["executed"] is True

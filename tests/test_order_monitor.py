@@ -70,7 +70,8 @@ def test_working_entry_is_listed_once_and_nothing_changes(db, exchange, broker):
     summary = run_monitor(db, broker, check=False)
 
     assert summary.outcome == "success"
-    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/orders": 1}
+    # the account: the daily-loss breaker, checked at the start of every run with open trades
+    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/account": 1, "GET /v2/orders": 1}
     check_invariants(db, broker)
     assert snapshot(db) == before
     assert db.get_by_id("trade_journal", trade["id"])["status"] == "ORDERED"
@@ -90,7 +91,8 @@ def test_many_open_orders_are_synced_with_one_listing_and_no_per_order_calls(db,
 
     summary = run_monitor(db, broker, check=False)
 
-    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/orders": 1}
+    # the account: the daily-loss breaker, checked at the start of every run with open trades
+    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/account": 1, "GET /v2/orders": 1}
     check_invariants(db, broker)
     assert summary.counts["positions_opened"] == len(symbols)
     assert summary.counts["protection_protected"] == len(symbols)
@@ -339,7 +341,7 @@ def test_order_unknown_to_the_broker_is_looked_up_directly_and_marked_not_found_
         exchange.reset_stats()
         summary = run_monitor(db, broker, settings, check=False)
         # one listing for everything; direct look-ups (by id, then client order id) only for the missing one
-        assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/orders": 1,
+        assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/account": 1, "GET /v2/orders": 1,
                                    "GET /v2/orders/{order_id}": 1, "GET /v2/orders:by_client_order_id": 1}
         check_invariants(db, broker)
         row = db.get_by_id("order_execution", row_id)
@@ -540,7 +542,8 @@ def test_stop_replaced_twice_is_followed_to_the_live_order_and_kept(db, exchange
             (third["id"], "held", D("147"))]
     assert db.query("position_tracking")[0]["stop_loss_order_id"] == third["id"]
     # the nested listing shows only the latest leg: one direct look-up per missing link
-    assert broker.calls.counts == {"get_clock": 1, "get_calendar": 1, "list_orders": 1, "get_order": 2}
+    assert broker.calls.counts == {"get_clock": 1, "get_calendar": 1, "get_account": 1, "list_orders": 1,
+                                   "get_order": 2}
 
 
 def test_stop_replaced_with_fewer_shares_is_replaced_by_one_group_for_the_whole_position(db, exchange, broker):
@@ -1038,3 +1041,127 @@ def test_the_invariant_checks_catch_a_short_position_the_margin_account_would_op
     assert exchange.positions()["MSFT"] == Decimal("-3")
     with pytest.raises(AssertionError, match=r"short positions at the exchange .*'MSFT': Decimal\('-3'\)"):
         check_invariants(db, broker)
+
+
+# --------------------------------------------------------------------------- the trading state (issue 13)
+
+
+def set_state(db, mode: str, scope: str | None = None, reason: str = "operator says stop") -> None:
+    from trading.state import record_trading_state
+
+    record_trading_state(db, mode, reason=reason, changed_by="alice", scope=scope, confirm_reset=True)
+
+
+def account_mode(db, scope: str = "ACCOUNT") -> str | None:
+    row = db.execute_one("SELECT mode FROM trading_state WHERE scope = %s", (scope,))
+    return row["mode"] if row else None
+
+
+def test_halted_monitor_records_fills_and_repairs_protection_but_holds_back_the_day_end_exit(db, exchange, broker):
+    day = open_position(db, exchange, broker, trade_style="DAYTRADE", planned_tp=None)
+    swing = open_position(db, exchange, broker, "MSFT", fill_at=("399.90", "400.00"), planned_entry=400,
+                          planned_sl=390, planned_tp=420)
+    broker.cancel_order(rows(db, swing["id"], "STOP_LOSS")[0]["alpaca_order_id"])  # its protection is gone
+    entry = place_entry(db, broker, "NVDA", planned_entry=130, planned_sl=125, planned_tp=140)
+    set_state(db, "HALTED")
+    exchange.quotes(NVDA=("129.90", "130.00"))  # the NVDA entry fills while halted
+    exchange.clock(eastern("2026-11-20", "15:51"))
+
+    summary = run_monitor(db, broker)
+
+    assert summary.counts["day_end_held_back"] == 1
+    assert db.get_by_id("trade_journal", day["id"])["status"] == "POSITION"
+    assert exchange.positions()["AAPL"] == D("10")
+    assert summary.counts["protection_repaired"] == 1  # protection is the one thing sent while halted
+    assert db.get_by_id("trade_journal", entry["id"])["status"] == "POSITION"  # the fill is recorded
+    assert summary.counts["positions_opened"] == 1
+    assert not [o for o in exchange.orders() if o["type"] == "market"]
+    assert any("trading state account HALTED (operator says stop)" in note for note in summary.notes)
+
+
+def test_reduce_only_lets_the_day_end_exit_run(db, exchange, broker):
+    day = open_position(db, exchange, broker, trade_style="DAYTRADE", planned_tp=None)
+    set_state(db, "REDUCE_ONLY")
+    exchange.clock(eastern("2026-11-20", "15:51"))
+
+    summary = run_monitor(db, broker)
+
+    assert summary.counts["day_end_exit_submitted"] == 1 and "day_end_held_back" not in summary.counts
+    assert db.get_by_id("trade_journal", day["id"])["exit_reason"] == "DAY_END_EXIT"
+    assert exchange.positions() == {}
+
+
+def test_flatten_cancels_every_open_order_sells_every_position_then_halts(db, exchange, broker):
+    swing = open_position(db, exchange, broker)
+    day = open_position(db, exchange, broker, "MSFT", fill_at=("399.90", "400.00"), trade_style="DAYTRADE",
+                        planned_tp=None, planned_entry=400, planned_sl=390)
+    working = place_entry(db, broker, "NVDA", planned_entry=130, planned_sl=125, planned_tp=140)
+    exchange.quotes(AAPL=("151.00", "151.10"), MSFT=("398.00", "398.10"))
+    set_state(db, "FLATTEN", reason="loss limit")
+
+    summary = run_monitor(db, broker)
+
+    assert exchange.positions() == {}
+    assert open_groups(broker) == []
+    assert summary.counts["flatten_exit_submitted"] == 2 and summary.counts["flatten_cancelled"] == 1
+    closed = {t["id"]: t for t in db.query("trade_journal")}
+    assert (closed[swing["id"]]["status"], closed[swing["id"]]["exit_reason"], closed[swing["id"]]["actual_pnl"]) == \
+        ("CLOSED", "FLATTENED", D("10.00"))
+    assert (closed[day["id"]]["status"], closed[day["id"]]["exit_reason"], closed[day["id"]]["actual_pnl"]) == \
+        ("CLOSED", "FLATTENED", D("-20.00"))
+    assert (closed[working["id"]]["status"], closed[working["id"]]["exit_reason"]) == ("CANCELLED", "FLATTENED")
+    assert db.query("position_tracking") == []
+    sells = [o for o in exchange.orders() if o["type"] == "market"]
+    assert sorted((o["symbol"], D(o["qty"])) for o in sells) == [("AAPL", D("10")), ("MSFT", D("10"))]
+    state = db.execute_one("SELECT * FROM trading_state WHERE scope = 'ACCOUNT'")
+    assert (state["mode"], state["changed_by"]) == ("HALTED", "order_monitor")
+    assert state["reason"] == "flatten finished: no open trade or order left (was FLATTEN: loss limit)"
+    [change] = [e for e in audit_events(db, "TRADING_STATE_CHANGED") if e["new_value"] == "HALTED"]
+    assert change["old_value"] == "FLATTEN" and change["details"]["flattened_trades"] == 3
+    assert summary.counts["flatten_finished"] == 1
+
+    before = snapshot(db)
+    run_monitor(db, broker)
+    assert snapshot(db) == before  # halted and flat: nothing more to do
+
+
+def test_flatten_of_one_symbol_closes_its_trades_only_and_halts_that_symbol(db, exchange, broker):
+    aapl = open_position(db, exchange, broker)
+    msft = open_position(db, exchange, broker, "MSFT", fill_at=("399.90", "400.00"), planned_entry=400,
+                         planned_sl=390, planned_tp=420)
+    set_state(db, "FLATTEN", scope="AAPL", reason="bad news")
+
+    summary = run_monitor(db, broker)
+
+    assert exchange.positions() == {"MSFT": D("10")}
+    assert open_groups(broker, "AAPL") == [] and len(open_groups(broker, "MSFT")) == 1
+    assert db.get_by_id("trade_journal", aapl["id"])["exit_reason"] == "FLATTENED"
+    assert db.get_by_id("trade_journal", msft["id"])["status"] == "POSITION"
+    assert (account_mode(db, "AAPL"), account_mode(db)) == ("HALTED", None)
+    assert summary.counts["flatten_exit_submitted"] == 1
+
+
+def test_flatten_outside_the_session_cancels_entries_keeps_the_stops_and_sells_at_the_next_session(
+        db, exchange, broker):
+    held = open_position(db, exchange, broker)
+    working = place_entry(db, broker, "NVDA", planned_entry=130, planned_sl=125, planned_tp=140)
+    exchange.clock(eastern("2026-11-20", "18:00"))
+    set_state(db, "FLATTEN", reason="stop everything")
+
+    evening = run_monitor(db, broker)
+
+    assert db.get_by_id("trade_journal", working["id"])["exit_reason"] == "FLATTENED"
+    assert evening.counts["flatten_waiting_for_session"] == 1
+    assert exchange.positions() == {"AAPL": D("10")}  # still protected by its stop (checked by run_monitor)
+    assert account_mode(db) == "FLATTEN"
+    assert any("FLATTEN (account) not finished" in note for note in evening.notes)
+
+    exchange.clock(eastern("2026-11-23", "09:35"))  # Monday
+    exchange.quotes(AAPL=("152.00", "152.10"))
+    monday = run_monitor(db, broker)
+
+    assert monday.counts["flatten_exit_submitted"] == 1
+    assert exchange.positions() == {} and open_groups(broker) == []
+    closed = db.get_by_id("trade_journal", held["id"])
+    assert (closed["exit_reason"], closed["actual_pnl"]) == ("FLATTENED", D("20.00"))
+    assert account_mode(db) == "HALTED"

@@ -747,3 +747,26 @@ def test_days_open_counts_trading_days_from_the_broker_calendar_for_every_trade_
     assert days == {held["id"]: 2, closed: 2, same_day: 0, never_filled: 0}
     assert summary.counts["days_open_updated"] == 4
     assert run_position_monitor(db, broker).counts.get("days_open_updated", 0) == 0  # nothing new: nothing written
+
+
+# --------------------------------------------------------------------------- the trading state (issue 13)
+
+
+@pytest.mark.parametrize("mode", ["REDUCE_ONLY", "HALTED", "FLATTEN"])
+def test_position_monitor_values_and_records_in_every_trading_state(db, broker, exchange, mode):
+    from trading.state import record_trading_state
+
+    open_aapl(db, broker, exchange)
+    record_trading_state(db, mode, reason="operator says stop", changed_by="alice")
+    exchange.quotes(AAPL=("151.00", "151.20"))
+    calls_before = dict(exchange.stats()["routes"])
+
+    summary = run_position_monitor(db, broker)
+
+    assert summary.outcome == "success" and summary.counts["revalued"] == 1
+    assert position(db)["current_price"] == Decimal("151.10")
+    assert len(portfolio_snapshots(db)) == 1
+    assert any(f"trading state account {mode}" in note for note in summary.notes)
+    sent = {route: n - calls_before.get(route, 0) for route, n in exchange.stats()["routes"].items()}
+    assert sent.get("POST /v2/orders", 0) == 0
+    assert not [route for route, n in sent.items() if n and route.startswith("DELETE")]

@@ -155,3 +155,24 @@ def test_decision_outcome_view_shows_each_decisions_outcome_and_a_refusals_reaso
     assert rows[refused]["program"] == "order_executor" and rows[refused]["outcome_at"] is not None
     assert rows[waiting_for_approval]["outcome"] == "not approved"
     assert rows[waiting]["outcome"] == "waiting" and rows[waiting]["reason"] is None
+
+
+def test_a_database_made_before_the_flattened_exit_reason_accepts_it_after_create_schema(db):
+    name = "trade_journal_exit_reason_must_be_empty_or_an_exit_reason"
+    older = sorted(schema.lifecycle.EXIT_REASONS - {"FLATTENED"})
+    db.execute_update(f"ALTER TABLE trade_journal DROP CONSTRAINT {name}")
+    db.execute_update(f"ALTER TABLE trade_journal ADD CONSTRAINT {name} CHECK (exit_reason IS NULL OR exit_reason IN "
+                      f"({', '.join(repr(r) for r in older)}))")  # as an older version made it: no comment
+    trade_id = db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})
+    with pytest.raises(Exception, match=name):
+        db.update("trade_journal", trade_id, {"exit_reason": "FLATTENED"})
+
+    db.create_schema()
+
+    db.update("trade_journal", trade_id, {"exit_reason": "FLATTENED"})
+    assert db.get_by_id("trade_journal", trade_id)["exit_reason"] == "FLATTENED"
+    comment = db.execute_one("SELECT obj_description(oid, 'pg_constraint') AS c FROM pg_constraint WHERE conname = %s",
+                             (name,))
+    assert comment["c"].startswith("check:")
+    with pytest.raises(Exception, match=name):
+        db.update("trade_journal", trade_id, {"exit_reason": "GONE_FISHING"})

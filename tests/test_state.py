@@ -94,3 +94,55 @@ def test_the_database_refuses_a_row_edit_without_reason_or_with_an_unknown_mode(
         with pytest.raises(Exception, match=constraint):  # the driver's check violation, named for NocoDB users
             db.execute_update(statement)
     assert read_trading_state(db).mode_for() is TradingMode.HALTED
+
+
+def outside_session(make_db):
+    """A session that is not one of the programs (psql, NocoDB)."""
+    from trading import schema
+
+    person = make_db()
+    person.execute_update(f"SET {schema.PROGRAM_SETTING} = ''")
+    return person
+
+
+def test_a_persons_row_edit_in_sql_halts_trading_and_is_completed_and_audited(db, make_db):
+    person = outside_session(make_db)
+    person.execute_update("INSERT INTO trading_state (scope, mode, reason, changed_by) "
+                          "VALUES (' nvda ', 'halted', 'news pending', '')")
+
+    state = read_trading_state(db)
+    assert state.mode_for("NVDA") is TradingMode.HALTED and state.mode_for("AAPL") is TradingMode.ACTIVE
+    [row] = db.query("trading_state")
+    assert (row["scope"], row["mode"], row["source"]) == ("NVDA", "HALTED", "manual")
+    assert row["changed_by"].startswith("outside:") and row["changed_at"] is not None
+    [event] = db.query("audit_event", {"event": "OUTSIDE_INSERT"})
+    assert (event["entity_type"], event["entity_id"], event["symbol"]) == ("trading_state", row["id"], "NVDA")
+
+
+def test_a_persons_edit_of_a_breakers_row_makes_it_manual_so_no_breaker_lifts_it(db, make_db):
+    import datetime as dt
+
+    record_trading_state(db, TradingMode.REDUCE_ONLY, reason="6 broker errors", changed_by="breaker",
+                         source="breaker:broker_errors", resume_after=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    person = outside_session(make_db)
+    person.execute_update("UPDATE trading_state SET mode = 'HALTED', reason = 'I look into it', changed_by = 'bob'")
+
+    [row] = db.query("trading_state")
+    assert (row["mode"], row["source"], row["resume_after"], row["changed_by"]) == ("HALTED", "manual", None, "bob")
+    [event] = db.query("audit_event", {"event": "OUTSIDE_UPDATE"})
+    assert "mode" in event["reason"] and event["entity_type"] == "trading_state"
+
+
+def test_a_row_edit_with_a_scope_that_is_no_symbol_is_refused(db, make_db):
+    with pytest.raises(Exception, match="trading_state_scope_must_be"):
+        outside_session(make_db).execute_update(
+            "INSERT INTO trading_state (scope, mode, reason, changed_by) VALUES ('AA PL', 'HALTED', 'r', 'a')")
+    assert db.query("trading_state") == []
+
+
+def test_only_from_leaves_a_scope_changed_since_it_was_read(db):
+    record_trading_state(db, TradingMode.FLATTEN, reason="loss", changed_by="breaker")
+    record_trading_state(db, TradingMode.ACTIVE, reason="reset", changed_by="alice", confirm_reset=True)
+    kept = record_trading_state(db, TradingMode.HALTED, reason="flatten finished", changed_by="order_monitor",
+                                only_from=frozenset({TradingMode.FLATTEN}))
+    assert kept.mode is TradingMode.ACTIVE and read_trading_state(db).mode_for() is TradingMode.ACTIVE

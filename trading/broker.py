@@ -174,9 +174,19 @@ class CallCounter:
     """Broker calls made, by operation: what the benchmarks and rate budgets read."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    #: Calls the broker did not answer usefully (timeouts, dropped connections, 5xx, 429), by
+    #: operation: each run records its share in ``program_run.counts`` for the broker-error breaker.
+    errors: dict[str, int] = field(default_factory=dict)
 
     def add(self, operation: str) -> None:
         self.counts[operation] = self.counts.get(operation, 0) + 1
+
+    def add_error(self, operation: str) -> None:
+        self.errors[operation] = self.errors.get(operation, 0) + 1
+
+    @property
+    def error_total(self) -> int:
+        return sum(self.errors.values())
 
     @property
     def total(self) -> int:
@@ -184,6 +194,7 @@ class CallCounter:
 
     def reset(self) -> None:
         self.counts.clear()
+        self.errors.clear()
 
 
 class Broker(Protocol):

@@ -156,7 +156,9 @@ class ExitReason(StrEnum):
 
     CLOSED trades: STOPPED_OUT, PROFIT_TAKEN, DAY_END_EXIT, CLOSE_REQUESTED (a CLOSE
     decision), MANUAL_EXIT (closed outside the system with no exit order of ours),
-    TRAILING_STOP (the stop of a trailing trade, after it was raised at least once).
+    TRAILING_STOP (the stop of a trailing trade, after it was raised at least once), FLATTENED
+    (sold by the order monitor because the trading state was FLATTEN; also the reason of a
+    trade CANCELLED when FLATTEN canceled its unfilled entry).
     CANCELLED trades: CANCEL_REQUESTED (a CANCEL decision), AMENDED (replaced by an AMEND
     decision), ENTRY_EXPIRED, ENTRY_CANCELED (canceled at the broker from outside),
     ENTRY_REJECTED (the broker accepted then rejected it), BROKER_REFUSED (refused at
@@ -178,6 +180,7 @@ class ExitReason(StrEnum):
     DAY_END_CANCEL = "DAY_END_CANCEL"
     ENTRY_NOT_FOUND = "ENTRY_NOT_FOUND"
     TRAILING_STOP = "TRAILING_STOP"
+    FLATTENED = "FLATTENED"
 
 
 EXIT_REASONS: Final = frozenset(reason.value for reason in ExitReason)

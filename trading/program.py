@@ -5,11 +5,15 @@ A program is a class with ``name`` and ``execute(ctx)``. ``ProgramRunner.run()``
 1. takes the program's advisory lock (a second run at the same time logs a line and returns a
    ``skipped`` summary: two schedulers on one database never run the same job twice);
 2. writes a ``program_run`` row (``running``), reads the market time from the broker once
-   (unless the caller passed one: tests drive time that way);
+   (unless the caller passed one: tests drive time that way), checks the circuit breakers
+   (``trading.breakers``; a trip applies to this run), then reads the trading state
+   (``trading.state``) once: the body obeys the state as read here for the whole run;
 3. runs the body; per-item failures are the body's business (recorded, batch continues);
    a transient failure (broker or database outage) ends the run early with ``warning``;
    anything unexpected ends it with ``failed``; a configuration error stops it;
-4. closes the ``program_run`` row with the outcome, counts and error.
+4. closes the ``program_run`` row with the outcome, counts and error; the counts include the
+   broker and database errors the run met (``broker_errors``, ``database_errors``), which the
+   error breakers add up across runs and processes.
 
 The command line of each program is ``main_for(...)``: ``--test-mode`` (test database, never a
 live account), ``--log-level``, and the program's own options.
@@ -32,10 +36,12 @@ from typing import Any, Protocol
 from config import Settings, load_settings, raw_secrets
 from trading import audit
 from trading.audit import Auditor
-from trading.broker import Broker
+from trading.breakers import Breakers
+from trading.broker import Account, Broker
 from trading.errors import ConfigurationError, TradingError, TransientError
 from trading.logs import configure_logging, register_secret
 from trading.market_time import MarketTime, read_market_time
+from trading.state import TradingState, read_trading_state
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +103,10 @@ class RunContext:
     audit: Auditor
     summary: RunSummary
     dry_run: bool = False
+    #: The trading state read once at the start of the run (trading/state.py); every program obeys it.
+    state: TradingState = field(default_factory=TradingState)
+    #: The broker account if the breakers read it at the start of the run (else None: read it).
+    account: Account | None = None
 
     @property
     def now(self) -> dt.datetime:
@@ -130,6 +140,8 @@ class ProgramRunner:
         name = self.body.name
         summary = RunSummary(program=name)
         calls_before = self.broker.calls.total
+        broker_errors_before = self.broker.calls.error_total
+        database_errors_before = getattr(self.db, "error_count", 0)
         with self.db.advisory_lock(name) as taken:
             if not taken:
                 logger.info("%s: skipped: another run holds the lock; this run exits without doing anything", name)
@@ -146,6 +158,9 @@ class ProgramRunner:
                 self._run_body(summary, run_id)
             finally:
                 summary.broker_calls = self.broker.calls.total - calls_before
+                # What the error breakers count (trading/breakers.py), across processes.
+                summary.add("broker_errors", self.broker.calls.error_total - broker_errors_before)
+                summary.add("database_errors", getattr(self.db, "error_count", 0) - database_errors_before)
                 self._finish(summary)
         return summary
 
@@ -166,7 +181,19 @@ class ProgramRunner:
             market = self.clock()
             summary.market_time = market.now
             summary.notes.append(f"market time {market.describe()}")
-            ctx = RunContext(self.db, self.broker, self.settings, market, auditor, summary, self.dry_run)
+            account: Account | None = None
+            if run_id is not None and not self.dry_run:
+                # The breakers first: a trip applies to this very run.
+                breakers = Breakers(self.db, self.settings, auditor, warn=summary.warn)
+                breakers.check_at_start(self.broker, market, wall_clock(),
+                                        loss_when=getattr(self.body, "loss_breaker_at_start", "open_trades"))
+                account = breakers.account
+            state = read_trading_state(self.db)
+            if state.restricted_scopes():
+                summary.notes.append(f"trading state {state.summary()}")
+                logger.info("%s: trading state %s", name, state.summary())
+            ctx = RunContext(self.db, self.broker, self.settings, market, auditor, summary, self.dry_run, state,
+                             account)
             self.body.execute(ctx)
         except ConfigurationError as exc:
             summary.outcome, summary.error = "failed", str(exc)

@@ -318,6 +318,8 @@ TRADING_STATE = Table(
          "mode IN ('ACTIVE', 'REDUCE_ONLY', 'HALTED', 'FLATTEN')"),
         ("trading_state_reason_must_not_be_empty", "length(btrim(reason)) > 0"),
         ("trading_state_changed_by_must_not_be_empty", "length(btrim(changed_by)) > 0"),
+        ("trading_state_scope_must_be_account_or_an_upper_case_symbol", "scope ~ '^[A-Z0-9./]+$'"),
+        ("trading_state_source_must_be_manual_or_a_breaker", "source = 'manual' OR source LIKE 'breaker:%'"),
     ),
     indexes=(("idx_trading_state_scope", "UNIQUE (scope)"),),
     comment="The kill switch: one row per scope (ACCOUNT or a symbol); no row means ACTIVE. See trading/state.py.",
@@ -377,19 +379,23 @@ def version_table_statements() -> list[str]:
             "(trading/schema.py) this database was brought up to; programs run schema work only when it is behind.'"]
 
 
-def _constraint_sql(table: Table, name: str, expression: str) -> str:
-    """Add the check, or replace it when its expression changed since it was added.
+def constraint_version(expression: str) -> str:
+    """The label a CHECK constraint carries as its comment: which expression it was made from."""
+    return "check:" + hashlib.sha256(expression.encode()).hexdigest()[:16]
 
-    The constraint's comment holds a digest of the expression it was made from: a new version
-    that allows more (a new exit reason, a new status) replaces the old check on the next
-    start, instead of the old one refusing the new value forever. PostgreSQL rewrites an
-    expression when it stores it, so comparing the stored text would never match."""
-    digest = "expression sha256:" + hashlib.sha256(expression.encode()).hexdigest()[:16]
-    return (f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = '{name}' "
-            f"AND obj_description(c.oid, 'pg_constraint') = '{digest}') THEN "
-            f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {name}; "
+
+def _constraint_sql(table: Table, name: str, expression: str) -> str:
+    # A vocabulary that grew (a new exit reason, say) must reach databases made before: a
+    # constraint whose comment names another expression is dropped and made again from this one.
+    version = constraint_version(expression)
+    return (f"DO $$ BEGIN "
+            f"IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = '{name}' "
+            f"AND conrelid = to_regclass('{table.name}') "
+            f"AND coalesce(obj_description(oid, 'pg_constraint'), '') <> '{version}') THEN "
+            f"ALTER TABLE {table.name} DROP CONSTRAINT {name}; END IF; "
+            f"IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = '{name}') THEN "
             f"ALTER TABLE {table.name} ADD CONSTRAINT {name} CHECK ({expression}); "
-            f"COMMENT ON CONSTRAINT {name} ON {table.name} IS '{digest}'; END IF; END $$")
+            f"COMMENT ON CONSTRAINT {name} ON {table.name} IS '{version}'; END IF; END $$")
 
 
 def _append_only_sql(table: Table) -> list[str]:
@@ -531,10 +537,42 @@ OUTSIDE_AUDIT_ENTITIES: dict[str, tuple[str, str]] = {
     "trade_fill": ("trade", "trade_journal_id"),
     "program_run": ("program", "id"),
     "portfolio_snapshot": ("account", "id"),
+    "trading_state": ("trading_state", "id"),
 }
 
 OUTSIDE_AUDIT_FUNCTION = "trading_audit_outside_change"
 REFUSE_DELETE_FUNCTION = "trading_refuse_delete"
+TRADING_STATE_EDIT_FUNCTION = "trading_state_outside_edit"
+
+
+def _trading_state_edit_function_sql() -> str:
+    """A person's row edit of ``trading_state`` (NocoDB, psql) made complete and consistent.
+
+    The scope is upper-cased (``aapl`` is the symbol AAPL); a changed mode (or a new row) gets
+    ``changed_at`` now, ``source`` manual and no ``resume_after`` (a person's choice is never
+    lifted by a breaker), and, when the edit left ``changed_by`` as it was, the database user
+    who made it. The check constraints then validate the row; the outside-change audit trigger
+    (which fires after this one, by name) records it. The programs' own writes pass untouched.
+    """
+    return f"""CREATE OR REPLACE FUNCTION {TRADING_STATE_EDIT_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('{PROGRAM_SETTING}', true), '') <> '' THEN
+        RETURN NEW;
+    END IF;
+    NEW.scope := upper(btrim(NEW.scope));
+    NEW.mode := upper(btrim(NEW.mode));
+    IF TG_OP = 'INSERT' OR NEW.mode IS DISTINCT FROM OLD.mode THEN
+        NEW.changed_at := now();
+        NEW.source := 'manual';
+        NEW.resume_after := NULL;
+        IF TG_OP = 'INSERT' AND coalesce(btrim(NEW.changed_by), '') = '' THEN
+            NEW.changed_by := 'outside:' || session_user;
+        ELSIF TG_OP = 'UPDATE' AND NEW.changed_by IS NOT DISTINCT FROM OLD.changed_by THEN
+            NEW.changed_by := 'outside:' || session_user;
+        END IF;
+    END IF;
+    RETURN NEW;
+END $$"""
 
 
 def _renamed_check_sql(table: Table) -> list[str]:
@@ -593,7 +631,7 @@ BEGIN
         'outside:' || session_user,
         CASE TG_TABLE_NAME {entity_cases} ELSE 'account' END,
         (row_data ->> (CASE TG_TABLE_NAME {id_cases} ELSE 'id' END))::bigint,
-        coalesce(row_data ->> 'symbol', row_data ->> 'ticker'),
+        coalesce(row_data ->> 'symbol', row_data ->> 'ticker', nullif(row_data ->> 'scope', 'ACCOUNT')),
         'OUTSIDE_' || TG_OP,
         CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE changed_old::text END,
         CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE changed_new::text END,
@@ -625,7 +663,11 @@ def guard_statements() -> list[str]:
     role. Inserts into ``analysis_decision`` are not audited: upstream writes decisions all day
     and the row (with its ``created_at``) is its own record.
     """
-    statements = [_outside_audit_function_sql(), _refuse_delete_function_sql()]
+    statements = [_outside_audit_function_sql(), _refuse_delete_function_sql(), _trading_state_edit_function_sql(),
+                  "DROP TRIGGER IF EXISTS trading_state_normalise_outside_edit ON trading_state",
+                  # BEFORE triggers fire in name order: this one before trading_state_outside_change_audit.
+                  "CREATE TRIGGER trading_state_normalise_outside_edit BEFORE INSERT OR UPDATE ON trading_state "
+                  f"FOR EACH ROW EXECUTE FUNCTION {TRADING_STATE_EDIT_FUNCTION}()"]
     for table, _ in OUTSIDE_AUDIT_ENTITIES.items():
         trigger = f"{table}_outside_change_audit"
         events = "UPDATE OR DELETE" if table == "analysis_decision" else "INSERT OR UPDATE OR DELETE"

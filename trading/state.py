@@ -13,6 +13,11 @@ reason and who made it, and is written to ``audit_event`` in the same transactio
 ``HALTED`` or ``FLATTEN`` for a less restrictive mode is a reset and needs ``confirm_reset``
 (an explicit command); ``FLATTEN`` → ``HALTED`` is how a finished flatten ends and needs none.
 Every program reads the state once at the start of its run (``read_trading_state``).
+
+Who changes it: a person with ``scripts/trading_state.py`` (halt, flatten, reduce-only, resume)
+or by editing the row in SQL/NocoDB (the database completes and validates the edit and audits
+it: ``trading.schema``), the order monitor when a flatten is finished (FLATTEN -> HALTED), and the
+circuit breakers (``trading.breakers``, source ``breaker:<name>``), which only make it stricter.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from trading.errors import RejectedError
 
 ACCOUNT_SCOPE = "ACCOUNT"
 TRADING_STATE_CHANGED = "TRADING_STATE_CHANGED"
+#: Serialises state changes (two programs' breakers, a person's command): the first change of a
+#: scope inserts its row, and two inserts at once would collide on the unique scope.
+TRADING_STATE_LOCK_KEY = 727_002
 
 
 class TradingMode(StrEnum):
@@ -111,6 +119,23 @@ class TradingState:
     def flatten_requested(self, symbol: str | None = None) -> bool:
         return self.mode_for(symbol) is TradingMode.FLATTEN
 
+    def restricted_scopes(self) -> list[ScopeState]:
+        """Every scope that is not ACTIVE, the account first."""
+        scopes = [self.account] + [self.symbols[name] for name in sorted(self.symbols)]
+        return [scope for scope in scopes if scope.mode is not TradingMode.ACTIVE]
+
+    def flatten_scopes(self) -> list[ScopeState]:
+        """The scopes whose mode is FLATTEN, the account first."""
+        return [scope for scope in self.restricted_scopes() if scope.mode is TradingMode.FLATTEN]
+
+    def summary(self) -> str:
+        """One line for a run's notes: ``ACTIVE``, or each restricted scope with its reason."""
+        restricted = self.restricted_scopes()
+        if not restricted:
+            return "ACTIVE"
+        return "; ".join(f"{'account' if scope.scope == ACCOUNT_SCOPE else scope.scope} {scope.mode.value}"
+                         + (f" ({scope.reason})" if scope.reason else "") for scope in restricted)
+
     def describe(self, symbol: str | None = None) -> str:
         """One line for logs and held-decision reasons, e.g. ``HALTED (account): broker outage``."""
         scope = self.scope_for(symbol)
@@ -132,7 +157,7 @@ def read_trading_state(db: _Database) -> TradingState:
     account = ScopeState(ACCOUNT_SCOPE, TradingMode.ACTIVE)
     symbols: dict[str, ScopeState] = {}
     for row in rows:
-        state = ScopeState.from_row(row)
+        state = ScopeState.from_row({**row, "scope": str(row["scope"]).strip().upper()})
         if state.scope == ACCOUNT_SCOPE:
             account = state
         else:
@@ -144,12 +169,16 @@ def record_trading_state(db: _Database, mode: TradingMode | str, *, reason: str,
                          scope: str | None = None, confirm_reset: bool = False, source: str = "manual",
                          resume_after: dt.datetime | None = None, program: str | None = None,
                          run_id: int | None = None, now: dt.datetime | None = None,
-                         details: dict[str, Any] | None = None) -> ScopeState:
+                         details: dict[str, Any] | None = None,
+                         only_from: frozenset[TradingMode] | None = None) -> ScopeState:
     """Set the mode of ``scope`` (default: the account) with a reason; audited in the same transaction.
 
     Raises ``TradingStateRefused`` for an empty reason, an unknown mode, or a reset from
     ``HALTED``/``FLATTEN`` without ``confirm_reset``. Setting the mode a scope already has
-    changes nothing and writes nothing (a rerun is a no-op).
+    changes nothing and writes nothing (a rerun is a no-op). ``only_from``: change only a scope
+    whose mode (read under the lock) is one of these, else leave it and return it as it is (a
+    program acting on the state it read at the start of its run never overrides a person's
+    change made since).
     """
     try:
         target = TradingMode(str(getattr(mode, "value", mode)).strip().upper())
@@ -162,8 +191,11 @@ def record_trading_state(db: _Database, mode: TradingMode | str, *, reason: str,
     scope_name = normalise_scope(scope)
     moment = now or dt.datetime.now(dt.UTC)
     with db.transaction():
+        db.execute_query("SELECT pg_advisory_xact_lock(%s)", (TRADING_STATE_LOCK_KEY,))
         row = db.execute_one("SELECT * FROM trading_state WHERE scope = %s FOR UPDATE", (scope_name,))
         current = TradingMode(row["mode"]) if row else TradingMode.ACTIVE
+        if only_from is not None and current not in only_from:
+            return ScopeState.from_row(row) if row else ScopeState(scope_name, TradingMode.ACTIVE)
         if current is target and row is not None and row.get("resume_after") == resume_after:
             return ScopeState.from_row(row)
         if row is None and target is TradingMode.ACTIVE:

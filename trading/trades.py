@@ -216,7 +216,8 @@ class TradeBook:
         if left < ZERO:
             self.audit.record("trade", trade["id"], audit.ORDER_ANOMALY, symbol=trade["symbol"],
                               reason=f"{source}: sold {fill_qty} but the position held {held}",
-                              details={"fill_qty": fill_qty, "held": held})
+                              # a critical disagreement: the reconciliation breaker trips on it
+                              details={"fill_qty": fill_qty, "held": held, "disagreement": "sell_beyond_held"})
         self.db.update("trade_journal", trade["id"], {"realized_pnl": realized, "exited_qty": exited})
         trade.update(realized_pnl=realized, exited_qty=exited)
         if left <= ZERO:
