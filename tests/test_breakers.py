@@ -64,12 +64,12 @@ def test_daily_loss_at_the_limit_flattens_the_account_and_not_a_cent_below(db, e
     exchange.quotes(AAPL=("149.00", "149.10"))  # part of the loss is the open position's
 
     lose(exchange, broker, "1999.99")
-    below = position_monitor.run_once(db, broker, settings=LIMITED, sleep=no_sleep)
+    below = position_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
     assert mode(db) is TradingMode.ACTIVE and trips(db, "daily_loss") == []
     assert below.outcome == "success"
 
     lose(exchange, broker, "2000.00")
-    at_limit = position_monitor.run_once(db, broker, settings=LIMITED, sleep=no_sleep)
+    at_limit = position_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
 
     state = read_trading_state(db).account
     assert (state.mode, state.source, state.changed_by) == (TradingMode.FLATTEN, "breaker:daily_loss", "breaker")
@@ -82,7 +82,7 @@ def test_daily_loss_at_the_limit_flattens_the_account_and_not_a_cent_below(db, e
     assert at_limit.outcome == "warning" and any("breaker daily_loss tripped" in n for n in at_limit.notes)
 
     # The order monitor's next run flattens everything by itself, then the account is HALTED.
-    order_monitor.run_once(db, broker, settings=LIMITED, sleep=no_sleep)
+    order_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
     assert exchange.positions() == {} and open_groups(broker) == []
     check_invariants(db, broker)
     closed = db.get_by_id("trade_journal", trade["id"])
@@ -91,7 +91,7 @@ def test_daily_loss_at_the_limit_flattens_the_account_and_not_a_cent_below(db, e
 
     # A reset by hand holds for the rest of the day: the same day's loss does not flatten again.
     record_trading_state(db, TradingMode.ACTIVE, reason="checked, trading on", changed_by="alice", confirm_reset=True)
-    position_monitor.run_once(db, broker, settings=LIMITED, sleep=no_sleep)
+    position_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
     assert mode(db) is TradingMode.ACTIVE and len(trips(db, "daily_loss")) == 1
 
 
@@ -122,7 +122,7 @@ def test_an_idle_executor_run_reads_no_account_for_the_loss_breaker(db, exchange
 def failing_run(db: Any, broker: AlpacaBroker, exchange: Any) -> None:
     """One order-monitor run whose first broker call (the clock) fails with a 503."""
     exchange.fault(method="GET", path="/v2/clock", status=503, count=1)
-    summary = order_monitor.run_once(db, broker, settings=make_settings(), sleep=no_sleep)
+    summary = order_monitor.run_once(db, broker, settings=make_settings(), sleep=exchange.sleeper())
     assert summary.outcome == "warning" and summary.counts["broker_errors"] == 1
     assert db.get_by_id("program_run", summary.run_id)["counts"]["broker_errors"] == 1
 
@@ -258,6 +258,7 @@ def buy_outside(exchange: Any, symbol: str, qty: int) -> None:
                           timeout=3)
     person.submit_order(OrderRequest(symbol=symbol, qty=D(qty), side="buy", kind="market", time_in_force="day",
                                      client_order_id=f"person-{symbol}-{qty}"))
+    exchange.step()  # answered pending_new, filled at the exchange's next pass
 
 
 def test_a_position_the_system_does_not_know_reduces_only_until_acknowledged(db, exchange, broker):
@@ -265,7 +266,7 @@ def test_a_position_the_system_does_not_know_reduces_only_until_acknowledged(db,
     exchange.quotes(MSFT=("399.90", "400.00"))
     buy_outside(exchange, "MSFT", 5)
 
-    summary = position_monitor.run_once(db, broker, settings=make_settings(), sleep=no_sleep)
+    summary = position_monitor.run_once(db, broker, settings=make_settings(), sleep=exchange.sleeper())
 
     state = read_trading_state(db).account
     assert (state.mode, state.source) == (TradingMode.REDUCE_ONLY, "breaker:reconciliation")
@@ -278,13 +279,13 @@ def test_a_position_the_system_does_not_know_reduces_only_until_acknowledged(db,
 
     # Acknowledged by a resume: the same finding does not trip again.
     record_trading_state(db, TradingMode.ACTIVE, reason="MSFT is mine, bought by hand", changed_by="alice")
-    position_monitor.run_once(db, broker, settings=make_settings(), sleep=no_sleep)
-    order_monitor.run_once(db, broker, settings=make_settings(), sleep=no_sleep)
+    position_monitor.run_once(db, broker, settings=make_settings(), sleep=exchange.sleeper())
+    order_monitor.run_once(db, broker, settings=make_settings(), sleep=exchange.sleeper())
     assert mode(db) is TradingMode.ACTIVE and len(trips(db, "reconciliation")) == 1
 
     # A new finding does.
     buy_outside(exchange, "MSFT", 3)
-    position_monitor.run_once(db, broker, settings=make_settings(), sleep=no_sleep)
+    position_monitor.run_once(db, broker, settings=make_settings(), sleep=exchange.sleeper())
     assert mode(db) is TradingMode.REDUCE_ONLY and len(trips(db, "reconciliation")) == 2
 
 
@@ -294,11 +295,14 @@ def test_an_outside_sale_is_booked_but_is_no_critical_disagreement(db, exchange,
                           timeout=3)
     [stop] = db.query("order_execution", {"trade_journal_id": trade["id"], "order_type": "STOP_LOSS"})
     person.cancel_order(stop["alpaca_order_id"])  # the exchange cancels the whole bracket group
+    exchange.step()  # the cancel completes (legs one pass after their parent)
+    exchange.step()
     exchange.quotes(AAPL=("151.00", "151.10"))
     person.submit_order(OrderRequest(symbol="AAPL", qty=D(4), side="sell", kind="market", time_in_force="day",
                                      client_order_id="person-sell-4"))
+    exchange.step()
 
-    position_monitor.run_once(db, broker, settings=make_settings(), sleep=no_sleep)
+    position_monitor.run_once(db, broker, settings=make_settings(), sleep=exchange.sleeper())
 
     assert db.query("audit_event", {"event": audit.QUANTITY_MISMATCH}) != []
     assert mode(db) is TradingMode.ACTIVE and trips(db, "reconciliation") == []

@@ -1551,8 +1551,7 @@ def test_a_symbol_in_reduce_only_holds_back_its_own_entries_and_no_other(db, exc
 
 
 def test_close_and_cancel_run_under_reduce_only_and_wait_while_halted(db, exchange, broker):
-    exchange.quotes(AAPL=FILLING_QUOTE)
-    position_id = place_trade(db, broker, "AAPL")
+    position_id = place_filled_trade(db, broker, exchange, "AAPL")
     exchange.quotes(AAPL=("151.20", "151.30"))  # between the stop and the target
     working_id = place_trade(db, broker, "MSFT", planned_entry=400, planned_sl=390, planned_tp=420)
 
@@ -1592,6 +1591,7 @@ def test_under_reduce_only_an_amend_that_adds_exposure_waits_and_one_that_reduce
 
     assert summary.counts["amended"] == 1 and "held_back" not in summary.counts
     assert db.get_by_id("trade_journal", trade_id)["exit_reason"] == "AMENDED"
+    exchange.step()  # the amended entry is answered pending_new and acknowledged at the next pass
     [working] = [o for o in exchange_entries(exchange) if o["status"] == "new"]
     assert (Decimal(working["qty"]), Decimal(working["limit_price"])) == (Decimal("8"), Decimal("148.00"))
     assert decision(db, smaller)["executed"] is True
