@@ -29,7 +29,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TextIO
 
 #: The ids a log line carries where they apply, in this order.
 CONTEXT_FIELDS: tuple[str, ...] = ("run_id", "decision_id", "trade_id", "order_id", "symbol")
@@ -167,6 +167,15 @@ def make_formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
+def make_handler(stream: TextIO, log_format: str = "text") -> logging.Handler:
+    """A handler writing ``log_format`` lines to ``stream``, with the ids and the secret scrubber
+    (what ``configure_logging`` puts on the root logger)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(make_formatter(log_format))
+    handler.addFilter(_ContextFilter())
+    return handler
+
+
 def set_program(name: str) -> None:
     """Name the program shown on every log line."""
     global _program
@@ -189,9 +198,7 @@ def configure_logging(level: str = "INFO", program: str | None = None, log_forma
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     if _configured:
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(make_formatter(_format))
-    handler.addFilter(_ContextFilter())
+    handler = make_handler(sys.stderr, _format)
     root.addHandler(handler)
     _handler = handler
     _configured = True

@@ -289,16 +289,16 @@ class SendResult:
 
 
 class _Capture(logging.Handler):
-    """apprise's warnings of one send (the only place it says why a send failed)."""
+    """apprise's warnings during one send (the only place it says why a send failed). apprise
+    sends from threads of its own, so every apprise warning of the moment is taken: one delivery
+    runs at a time (the delivery lock)."""
 
-    def __init__(self, thread_id: int) -> None:
+    def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.thread_id = thread_id
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread_id:
-            self.messages.append(record.getMessage())
+        self.messages.append(record.getMessage())
 
 
 def send_message(destination: Destination, title: str, body: str, timeout: int) -> SendResult:
@@ -312,7 +312,7 @@ def send_message(destination: Destination, title: str, body: str, timeout: int) 
     capture_holder: dict[str, _Capture] = {}
 
     def work() -> None:
-        capture = _Capture(threading.get_ident())
+        capture = _Capture()
         capture_holder["capture"] = capture
         apprise_logger = logging.getLogger("apprise")
         apprise_logger.addHandler(capture)
