@@ -51,6 +51,7 @@ from trading import audit, lifecycle
 from trading.broker import Broker, BrokerOrder
 from trading.errors import NotFoundError, UnknownStatusError
 from trading.lifecycle import ExitReason, OrderType, TradeStatus
+from trading.logs import log_context
 from trading.market_time import MarketTime, eastern_date
 from trading.orders import OrderBook
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
@@ -136,7 +137,8 @@ class OrderMonitor:
                 continue
             if not any(row["id"] in missing or self._differs(row, index, by_client) for row in trade_rows):
                 continue
-            result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing, recheck)
+            with log_context(trade_id=trade_id):
+                result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing, recheck)
             if result.to_cancel:
                 protector.cancel_and_confirm(trade_id, result.to_cancel,
                                              reason="trade closed: its remaining orders are canceled")
