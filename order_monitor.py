@@ -258,7 +258,9 @@ class OrderMonitor:
 
     def _unknown_status(self, ctx: RunContext, row: Row, exc: UnknownStatusError) -> None:
         reason = f"{exc}: not guessed, the row keeps its status"
-        logger.error("%s: order %s (%s): %s", PROGRAM, row["id"], row["symbol"], reason)
+        logger.error("%s: order %s (%s): %s", PROGRAM, row["id"], row["symbol"], reason,
+                     extra={"order_id": row.get("alpaca_order_id") or row.get("client_order_id"),
+                            "symbol": row["symbol"]})
         ctx.summary.warn(f"order {row['id']}: {exc}")
         if row.get("error_message") != reason:
             self.db.update("order_execution", row["id"], {"error_message": reason})
