@@ -340,3 +340,16 @@ def test_runs_skipped_in_a_row_for_a_held_lock_are_told_once_at_the_threshold(db
         for _ in range(3):
             ProgramRunner(Body(), db, broker, settings).run()
     assert len(outbox(db, kind="runs_skipped")) == 2
+
+
+def test_a_standby_whose_twin_keeps_finishing_its_runs_is_not_told_it_is_stuck(db, broker, make_db):
+    settings = make_settings(NOTIFY_SKIPPED_RUNS=3)
+    twin = make_db()
+    with twin.advisory_lock(Body.name) as taken:
+        assert taken
+        for _ in range(5):
+            assert ProgramRunner(Body(), db, broker, settings).run().outcome == "skipped"
+            # the twin scheduler's run, which held the lock, finishes before the next fire time
+            twin.insert("program_run", {"program": Body.name, "outcome": "success",
+                                        "finished_at": dt.datetime.now(dt.UTC)})
+    assert outbox(db, kind="runs_skipped") == []

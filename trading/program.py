@@ -109,8 +109,9 @@ class ProgramBody(Protocol):
     def execute(self, ctx: RunContext) -> None: ...
 
 
-#: Runs skipped in a row for a held lock, per program, in this process.
-_SKIPS_IN_A_ROW: Counter[str] = Counter()
+#: Runs skipped in a row for a held lock, per program, in this process, with the program's last
+#: ``finished_at`` when the series began (a run finishing since starts a new series).
+_SKIPS_IN_A_ROW: dict[str, tuple[int, dt.datetime | None]] = {}
 
 
 def wall_clock() -> dt.datetime:
@@ -179,25 +180,26 @@ class ProgramRunner:
             summary.notes.append(report.line())
 
     def _record_skip(self, name: str) -> None:
-        """Count the skip; the ``NOTIFY_SKIPPED_RUNS``-th skip in a row tells the operator (a run may
-        be stuck holding the lock). Counted in this process (the scheduler's, which runs every job),
-        so a skipped run writes nothing else: a rerun with nothing to do changes nothing."""
-        _SKIPS_IN_A_ROW[name] += 1
-        skips = _SKIPS_IN_A_ROW[name]
-        if skips != self.settings.notify.skipped_runs_alert:
-            return
+        """Count the skip; the ``NOTIFY_SKIPPED_RUNS``-th skip in a row with no run of the program
+        finishing in between tells the operator (a run may be stuck holding the lock). A standby
+        scheduler whose twin keeps winning the lock never counts up: the twin's runs finish.
+        Counted in this process (the scheduler's, which runs every job), so a skipped run writes
+        nothing unless it tells: a rerun with nothing to do changes nothing."""
         try:
-            with self.db.transaction():
-                last = self.db.execute_one("SELECT max(finished_at) AS last FROM program_run WHERE program = %s",
-                                           (name,))
-                ended = last["last"] if last else None
-                record_notification(
-                    self.db, NotificationKind.RUNS_SKIPPED, f"{name}: {skips} runs in a row skipped",
-                    f"{skips} runs of {name} in a row found its lock held by another run and did nothing"
-                    + (f"; its last finished run ended {ended:%Y-%m-%d %H:%M:%S} UTC" if ended else "")
-                    + ". A run may be stuck: see program_run and pg_locks.", program=name)
+            row = self.db.execute_one("SELECT max(finished_at) AS last FROM program_run WHERE program = %s", (name,))
+            last = row["last"] if row else None
+            count, seen = _SKIPS_IN_A_ROW.get(name, (0, last))
+            count = count + 1 if seen == last else 1
+            _SKIPS_IN_A_ROW[name] = (count, last)
+            if count != self.settings.notify.skipped_runs_alert:
+                return
+            record_notification(
+                self.db, NotificationKind.RUNS_SKIPPED, f"{name}: {count} runs in a row skipped",
+                f"{count} runs of {name} in a row found its lock held by another run and did nothing, and no run "
+                "finished meanwhile" + (f"; the last finished at {last:%Y-%m-%d %H:%M:%S} UTC" if last else "")
+                + ". A run may be stuck: see program_run and pg_locks.", program=name)
         except TradingError as exc:
-            logger.warning("%s: could not record the skipped runs: %s", name, exc)
+            logger.warning("%s: could not count the skipped run: %s", name, exc)
 
     def _close_abandoned_runs(self, name: str) -> None:
         """Runs still marked ``running`` died without finishing: holding the lock proves no other
