@@ -188,7 +188,7 @@ def record_for_audit_event(db: Any, audit_event_id: int, event: Mapping[str, Any
         return None
     details: Mapping[str, Any] = event.get("details") or {}
     symbol = event.get("symbol")
-    common = {"program": event.get("program"), "run_id": event.get("program_run_id"), "symbol": symbol,
+    common: dict[str, Any] = {"program": event.get("program"), "run_id": event.get("program_run_id"), "symbol": symbol,
               "audit_event_id": audit_event_id}
     if name == "DECISION_REFUSED":
         action = details.get("primary_action") or "decision"
