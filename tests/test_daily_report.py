@@ -10,7 +10,11 @@ tables, computed here by SQL of its own, to the cent.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from decimal import Decimal as D
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +27,7 @@ from trading.program import ProgramRunner, RunContext
 from trading.state import TradingMode, record_trading_state
 
 FRIDAY = dt.date(2026, 11, 20)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Body:
@@ -172,20 +177,22 @@ def test_a_manual_state_change_counts_on_the_day_it_was_made(db):
     assert build_daily_report(db, eastern_date(made) - dt.timedelta(days=1), now=made).state_changes == []
 
 
-@pytest.fixture
-def cli_env(monkeypatch, exchange, pg_config):
-    monkeypatch.setenv("ALPACA_BASE_URL", exchange.url)
+def cli(exchange, *args: str) -> subprocess.CompletedProcess:
+    """The command, as an operator runs it (TEST_DATABASE_URL is set by the pg_config fixture)."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "eod_report.py"), *args], cwd=ROOT,
+                          env=dict(os.environ, ALPACA_BASE_URL=exchange.url), capture_output=True, text=True,
+                          timeout=120)
 
 
-def test_the_command_prints_the_report_of_the_date_and_stores_it(cli_env, db, exchange, broker, capsys):
+def test_the_command_prints_the_report_of_the_date_and_stores_it(db, exchange, broker):
     open_position(db, exchange, broker)
-    assert eod_report.main(["--test-mode", "--date", "2026-11-20"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("End-of-day report 2026-11-20")
-    assert "Open positions: 1" in out and "stop $145.00" in out
-    assert db.query("daily_report")[0]["body"] == out.rstrip("\n")
-    assert eod_report.main(["--test-mode", "--date", "2026-11-19", "--no-send"]) == 0
-    assert "Trades closed: 0" in capsys.readouterr().out
+    result = cli(exchange, "--test-mode", "--date", "2026-11-20")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("End-of-day report 2026-11-20")
+    assert "Open positions: 1" in result.stdout and "stop $145.00" in result.stdout
+    assert db.query("daily_report")[0]["body"] == result.stdout.rstrip("\n")
+    result = cli(exchange, "--test-mode", "--date", "2026-11-19", "--no-send")
+    assert result.returncode == 0 and "Trades closed: 0" in result.stdout
     assert len(db.query("daily_report")) == 2
     assert len(db.query("notification_outbox", {"kind": "daily_report"})) == 1
 
