@@ -301,6 +301,9 @@ def test_a_job_that_raises_is_recorded_and_the_scheduler_keeps_running_the_next_
     assert "job explode: RuntimeError: boom before the harness" in runs["exploding"]["error"]
     assert runs["order_monitor"]["outcome"] == "success"
     assert "job explode: exploding crashed" in caplog.text
+    # the operator is told, in the transaction that recorded the crash
+    (told,) = db.query("notification_outbox", {"kind": "run_failed"})
+    assert told["program_run_id"] == runs["exploding"]["id"] and "boom before the harness" in told["body"]
 
 
 def test_a_program_failing_inside_its_harness_is_recorded_by_the_harness(settings, broker, calendar, db):
