@@ -51,6 +51,8 @@ QUANTITY_MISMATCH = "QUANTITY_MISMATCH"
 PRICE_UNAVAILABLE = "PRICE_UNAVAILABLE"
 RUN_ABORTED = "RUN_ABORTED"
 RECONCILE_FAILED = "RECONCILE_FAILED"
+#: A circuit breaker tripped (its figures in ``details``): the end-of-day report lists these.
+BREAKER_TRIPPED = "BREAKER_TRIPPED"
 
 
 class Auditor:

@@ -41,7 +41,6 @@ from trading.program import ProgramRunner, RunContext, RunSummary
 logger = logging.getLogger(__name__)
 
 PROGRAM = "eod_report"
-BREAKER_TRIPPED = "BREAKER_TRIPPED"
 Row = dict[str, Any]
 
 
@@ -167,7 +166,7 @@ def build_daily_report(db: Any, day: dt.date, *, now: dt.datetime, broker: Broke
     report.breaker_trips = [{
         "at": _at(row["at"]), "scope": row["symbol"] or "ACCOUNT", "reason": row["reason"],
         "details": row.get("details")}
-        for row in _events(db, [BREAKER_TRIPPED], start, end)]
+        for row in _events(db, [audit.BREAKER_TRIPPED], start, end)]
     report.runs = _runs(db, start, end)
     return report
 
