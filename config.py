@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
@@ -441,6 +442,8 @@ class ScheduleConfig:
     order_monitor_evening: dt.time
     position_monitor_evening: dt.time
     daytrade_exit_minutes_before_close: int
+    #: The end-of-day report (``scripts/eod_report.py``), after the close.
+    eod_report_time: dt.time = dt.time(16, 30)
 
 
 def get_schedule_config(env: Mapping[str, str] | None = None) -> ScheduleConfig:
@@ -458,6 +461,7 @@ def get_schedule_config(env: Mapping[str, str] | None = None) -> ScheduleConfig:
         position_monitor_evening=env_time(env, "POSITION_MONITOR_EVENING_TIME", "18:15"),
         daytrade_exit_minutes_before_close=env_int(env, "DAYTRADE_EXIT_MINUTES_BEFORE_CLOSE", 10,
                                                    minimum=1, maximum=120),
+        eod_report_time=env_time(env, "EOD_REPORT_TIME", "16:30"),
     )
 
 
@@ -589,6 +593,89 @@ def get_breaker_config(env: Mapping[str, str] | None = None) -> BreakerConfig:
     )
 
 
+# --------------------------------------------------------------------------- notifications
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Where notifications go (apprise URLs, secrets) and how long a send may take.
+
+    No URL: nothing is sent (the outbox rows are kept, marked ``not_configured``).
+    """
+
+    urls: tuple[Secret, ...] = ()
+    #: Seconds one message may take to one service before its outcome counts as unknown.
+    timeout_seconds: int = 5
+    #: Seconds a whole delivery step may take per run; the rest waits for the next run.
+    budget_seconds: int = 15
+    #: Failed attempts (service down, error answer) before a message is given up as ``failed``.
+    max_attempts: int = 10
+    #: Runs skipped in a row for a held lock before an operator is told.
+    skipped_runs_alert: int = 3
+
+    def describe(self) -> str:
+        """``2 URL(s) (json, discord)`` or ``none``: the schemes only, never the URLs."""
+        if not self.urls:
+            return "none"
+        schemes = ", ".join(url.reveal().partition("://")[0] or "?" for url in self.urls)
+        return f"{len(self.urls)} URL(s) ({schemes})"
+
+
+def split_notify_urls(text: str | None) -> list[str]:
+    """The URLs of ``NOTIFY_URLS``: separated by commas and/or white space."""
+    return [item for item in re.split(r"[\s,]+", text or "") if item]
+
+
+def notify_url_secrets(url: str) -> list[str]:
+    """The parts of a notification URL that may be tokens (webhook ids and tokens, passwords,
+    bot tokens in the host part, query values), for the log scrubber: the whole URL, its user
+    information and every path or query piece of 6 characters or more."""
+    rest = url.partition("://")[2]
+    pieces = [url, *url_userinfo_secrets(url)]
+    host, _, path = rest.partition("/")
+    host = host.rpartition("@")[2]
+    # A bot token often stands where a host would (tgram://123456:ABC-DEF/chat): keep it secret too.
+    if host and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", host):
+        pieces.append(host)
+    pieces.extend(piece for piece in re.split(r"[/?&=#]+", path) if len(piece) >= 6)
+    return [piece for piece in pieces if piece]
+
+
+def _check_notify_url(url: str, position: int) -> None:
+    import logging
+
+    import apprise
+
+    # apprise logs an unparseable URL in full: silenced here, the error below names no secret.
+    apprise_logger = logging.getLogger("apprise")
+    disabled, apprise_logger.disabled = apprise_logger.disabled, True
+    try:
+        known = apprise.Apprise.instantiate(url) is not None
+    finally:
+        apprise_logger.disabled = disabled
+    if not known:
+        raise ConfigurationError(f"NOTIFY_URLS item {position} (scheme {url.partition('://')[0]!r}) is not a "
+                                 "notification URL apprise understands (see https://github.com/caronc/apprise/wiki)")
+
+
+def get_notify_config(env: Mapping[str, str] | None = None) -> NotifyConfig:
+    """``NOTIFY_URLS`` and the delivery bounds; each URL is checked by apprise (the message names
+    its position and scheme, never the URL)."""
+    if env is None:
+        load_environment()
+        env = os.environ
+    urls = split_notify_urls(env.get("NOTIFY_URLS"))
+    for position, url in enumerate(urls, start=1):
+        _check_notify_url(url, position)
+    return NotifyConfig(
+        urls=tuple(Secret(url) for url in urls),
+        timeout_seconds=env_int(env, "NOTIFY_TIMEOUT_SECONDS", 5, minimum=1, maximum=60),
+        budget_seconds=env_int(env, "NOTIFY_BUDGET_SECONDS", 15, minimum=1, maximum=300),
+        max_attempts=env_int(env, "NOTIFY_MAX_ATTEMPTS", 10, minimum=1, maximum=1000),
+        skipped_runs_alert=env_int(env, "NOTIFY_SKIPPED_RUNS", 3, minimum=1, maximum=1000),
+    )
+
+
 # --------------------------------------------------------------------------- everything
 
 
@@ -604,6 +691,9 @@ class Settings:
     monitor: MonitorConfig
     log_level: str
     breakers: BreakerConfig = field(default_factory=lambda: get_breaker_config({}))
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    #: ``text`` (for people, the default) or ``json`` (one object per line, for machines).
+    log_format: str = "text"
 
     def describe(self) -> dict[str, str]:
         """Every setting as display text, secrets redacted: logged once at start."""
@@ -612,6 +702,8 @@ class Settings:
             "database": self.postgres.describe(),
             "broker": self.alpaca.describe(),
             "log_level": self.log_level,
+            "log_format": self.log_format,
+            "notify_urls": self.notify.describe(),
         }
         for group in (self.schedule, self.risk, self.monitor, self.breakers):
             for item in fields(group):
@@ -632,6 +724,8 @@ def raw_secrets(env: Mapping[str, str] | None = None) -> list[str]:
     values = [(env.get(name) or "").strip() for name in SECRET_VARIABLES]
     for name in URL_VARIABLES:
         values.extend(url_userinfo_secrets((env.get(name) or "").strip()))
+    for url in split_notify_urls(env.get("NOTIFY_URLS")):
+        values.extend(notify_url_secrets(url))
     return [value for value in values if value]
 
 
@@ -649,4 +743,6 @@ def load_settings(test_mode: bool = False, env: Mapping[str, str] | None = None)
         monitor=get_monitor_config(env),
         log_level=env_choice(env, "LOG_LEVEL", "INFO", ("debug", "info", "warning", "error")).upper(),
         breakers=get_breaker_config(env),
+        notify=get_notify_config(env),
+        log_format=env_choice(env, "LOG_FORMAT", "text", ("text", "json")),
     )

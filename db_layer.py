@@ -43,6 +43,7 @@ from psycopg2 import sql
 from config import PostgresConfig, get_postgres_config
 from trading import schema
 from trading.errors import ConfigurationError, DatabaseUnavailableError, WriteConflictError
+from trading.logs import bind_log_fields, reset_log_fields
 
 logger = logging.getLogger(__name__)
 
@@ -465,9 +466,11 @@ class TradingDB:
                 yield False
                 return
             time.sleep(TRADE_LOCK_POLL_SECONDS)
+        token = bind_log_fields(trade_id=int(trade_id))  # the lines about this trade carry its id
         try:
             yield True
         finally:
+            reset_log_fields(token)
             if self.connected:
                 with contextlib.suppress(Exception):
                     self.execute_query("SELECT pg_advisory_unlock(%s, %s)", (TRADE_LOCK_CLASS, int(trade_id)))

@@ -65,6 +65,7 @@ from trading.errors import (
     TransientError,
 )
 from trading.lifecycle import ExitReason, OrderType, TradeStatus
+from trading.logs import bind_log_fields
 from trading.market_time import MarketTime, trading_dates
 from trading.orders import entry_client_order_id
 from trading.plan import TradePlan, check_against_quote, parse_plan, referenced_ids
@@ -166,6 +167,7 @@ class OrderExecutor:
                               count=ctx.summary.add, sleep=self.sleep)
         outages = 0
         for decision_id in ids:
+            bind_log_fields(decision_id=decision_id)  # every line about it says so (the harness resets it)
             try:
                 outcome = self._dry_run(ctx, decision_id) if ctx.dry_run else \
                     self._handle(ctx, decision_id, reconciler, protector)

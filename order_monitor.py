@@ -60,6 +60,7 @@ from trading.broker import Broker, BrokerOrder
 from trading.errors import NotFoundError, UnknownStatusError
 from trading.exits import Escalator
 from trading.lifecycle import ExitReason, OrderType, TradeStatus
+from trading.logs import log_context
 from trading.market_time import MarketTime, eastern_date
 from trading.orders import OrderBook
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
@@ -156,7 +157,8 @@ class OrderMonitor:
                 continue
             if not any(row["id"] in missing or self._differs(row, index, by_client) for row in trade_rows):
                 continue
-            result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing, recheck)
+            with log_context(trade_id=trade_id):
+                result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing, recheck)
             if result.to_cancel:
                 protector.cancel_and_confirm(trade_id, result.to_cancel,
                                              reason="trade closed: its remaining orders are canceled")
@@ -276,7 +278,9 @@ class OrderMonitor:
 
     def _unknown_status(self, ctx: RunContext, row: Row, exc: UnknownStatusError) -> None:
         reason = f"{exc}: not guessed, the row keeps its status"
-        logger.error("%s: order %s (%s): %s", PROGRAM, row["id"], row["symbol"], reason)
+        logger.error("%s: order %s (%s): %s", PROGRAM, row["id"], row["symbol"], reason,
+                     extra={"order_id": row.get("alpaca_order_id") or row.get("client_order_id"),
+                            "symbol": row["symbol"]})
         ctx.summary.warn(f"order {row['id']}: {exc}")
         if row.get("error_message") != reason:
             self.db.update("order_execution", row["id"], {"error_message": reason})

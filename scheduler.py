@@ -20,6 +20,7 @@ order_monitor              order_monitor   every 5 min 09:30-16:00 (to 13:00 on 
 position_monitor           position_mon.   every 10 min 09:30-16:00 (to 13:00 on early closes)
 order_monitor_evening      order_monitor   18:00
 position_monitor_evening   position_mon.   18:15
+eod_report                 eod_report      16:30 (``EOD_REPORT_TIME``): the end-of-day report
 =========================  ==============  ============================================
 
 Trading days and session closes come from the broker's calendar (``/v2/calendar``), read
@@ -74,9 +75,10 @@ from order_executor import OrderExecutor
 from order_monitor import OrderMonitor
 from position_monitor import PositionMonitor
 from trading.broker import Broker, TradingDay
+from trading.daily_report import EndOfDayReport
 from trading.errors import ConfigurationError, DatabaseUnavailableError, TradingError, TransientError
 from trading.market_time import EASTERN, eastern_date
-from trading.program import Runnable, RunSummary, start
+from trading.program import Runnable, RunSummary, record_run_failure, start
 
 logger = logging.getLogger("scheduler")
 
@@ -97,6 +99,7 @@ PROGRAMS: dict[str, ProgramFactory] = {
     "order_executor": OrderExecutor,
     "order_monitor": OrderMonitor,
     "position_monitor": PositionMonitor,
+    "eod_report": EndOfDayReport,
 }
 
 
@@ -344,6 +347,10 @@ def build_job_table(schedule: ScheduleConfig, calendar: TradingCalendar) -> list
         JobSpec("position_monitor_evening", "position_monitor", days(daily_trigger(schedule.position_monitor_evening)),
                 misfire_grace_seconds=3600,
                 description=f"daily at {schedule.position_monitor_evening:%H:%M} ET"),
+        JobSpec("eod_report", "eod_report", days(daily_trigger(schedule.eod_report_time)),
+                # the day's report is still the day's report hours later (stored and sent once per date)
+                misfire_grace_seconds=6 * 3600,
+                description=f"daily at {schedule.eod_report_time:%H:%M} ET: the end-of-day report"),
     ]
 
 
@@ -503,10 +510,14 @@ class JobRunner:
         try:
             db.connect()
             stamp = dt.datetime.now(dt.UTC)
-            return int(db.insert("program_run", {
-                "program": spec.program, "started_at": stamp, "finished_at": stamp, "market_time": now,
-                "outcome": summary.outcome, "error": f"job {spec.id}: {summary.error}"[:2000],
-                "counts": {}, "host": socket.gethostname(), "pid": os.getpid()}))
+            with db.transaction():
+                run_id = int(db.insert("program_run", {
+                    "program": spec.program, "started_at": stamp, "finished_at": stamp, "market_time": now,
+                    "outcome": summary.outcome, "error": f"job {spec.id}: {summary.error}"[:2000],
+                    "counts": {}, "host": socket.gethostname(), "pid": os.getpid()}))
+                if summary.outcome == "failed":
+                    record_run_failure(db, spec.program, run_id, f"job {spec.id}: {summary.error}")
+            return run_id
         except Exception as exc:
             logger.warning("job %s: could not record the crash in program_run: %s", spec.id, exc)
             return None
@@ -610,7 +621,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         epilog="Jobs (Mon-Fri, NYSE trading days, America/New_York): order_executor 09:45; order_monitor every "
                "5 min 09:30-16:00 and 18:00; position_monitor every 10 min 09:30-16:00 and 18:15; daytrade_exit "
                "(order_monitor) 10 min before the close. Times come from EXECUTOR_TIME, *_INTERVAL_MINUTES, "
-               "*_EVENING_TIME and DAYTRADE_EXIT_MINUTES_BEFORE_CLOSE.")
+               "*_EVENING_TIME and DAYTRADE_EXIT_MINUTES_BEFORE_CLOSE; eod_report (the end-of-day report) at "
+               "EOD_REPORT_TIME, 16:30.")
     parser.add_argument("--list", action="store_true", help="print the job table with the next run times and exit")
     parser.add_argument("--json", action="store_true", help="with --list: print the table as JSON")
     parser.add_argument("--test-mode", action="store_true",

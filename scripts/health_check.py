@@ -24,6 +24,9 @@ Checks:
   (404) makes the check say it could not be evaluated (skipped).
 - ``recent_runs``: no ``failed`` run in the last 24 hours and no run left ``running`` for more
   than an hour (warning).
+- ``notifications``: no message of the last 7 days given up (``failed``) or of unknown
+  delivery (``unknown``), none waiting for more than 30 minutes (a service down); a warning
+  otherwise. Without ``NOTIFY_URLS`` it says that nothing is sent.
 
 Market time (is the market open, how old is a run) comes from the broker's clock and the
 ``market_time`` each run recorded, so the check also works against the paper exchange's
@@ -66,6 +69,8 @@ LABEL = {OK: "OK", WARNING: "WARN", CRITICAL: "CRIT", SKIPPED: "SKIP"}
 EXECUTOR_GRACE = dt.timedelta(minutes=30)
 FAILED_RUN_WINDOW = dt.timedelta(hours=24)
 STUCK_RUN_AFTER = dt.timedelta(hours=1)
+UNDELIVERED_WINDOW = dt.timedelta(days=7)
+NOTIFICATION_LATE_AFTER = dt.timedelta(minutes=30)
 
 LAST_SUCCESS_SQL = """
     SELECT max(coalesce(market_time, finished_at)) AS at FROM program_run
@@ -284,6 +289,29 @@ def check_trade_stream(db: TradingDB, wall_now: dt.datetime) -> Check:
     return Check("trade_stream", OK, f"connected for {_age(wall_now - row['connected_since'])}; {seen}; {counts}")
 
 
+def check_notifications(db: TradingDB, settings: Settings, wall_now: dt.datetime) -> Check:
+    """Every recent message delivered, or on its way (``notification_outbox``)."""
+    rows = db.execute_query(
+        "SELECT status, count(*) AS n, min(created_at) AS oldest, "
+        "(array_agg(last_error ORDER BY id DESC))[1] AS error FROM notification_outbox "
+        "WHERE created_at >= %s GROUP BY status", (wall_now - UNDELIVERED_WINDOW,))
+    by_status = {row["status"]: row for row in rows}
+    if not settings.notify.urls:
+        recorded = sum(int(row["n"]) for row in rows)
+        return Check("notifications", OK, f"NOTIFY_URLS is empty: nothing is sent ({recorded} recorded in 7 days)")
+    problems = [f"{int(by_status[status]['n'])} {status} (last error: {by_status[status]['error'] or 'none'})"
+                for status in ("unknown", "failed") if status in by_status]
+    waiting = by_status.get("pending")
+    if waiting is not None and waiting["oldest"] < wall_now - NOTIFICATION_LATE_AFTER:
+        problems.append(f"{int(waiting['n'])} waiting, the oldest for {_age(wall_now - waiting['oldest'])} "
+                        f"(last error: {waiting['error'] or 'none'})")
+    if problems:
+        return Check("notifications", WARNING, "not delivered: " + "; ".join(problems)
+                     + " (SELECT * FROM notification_outbox WHERE status <> 'sent')")
+    sent = int(by_status["sent"]["n"]) if "sent" in by_status else 0
+    return Check("notifications", OK, f"{settings.notify.describe()}; {sent} sent in 7 days, none undelivered")
+
+
 def _guarded(name: str, check: Callable[[], Check | list[Check]]) -> list[Check]:
     """A check that cannot be evaluated (a table missing, a query failing) says so as a warning
     instead of ending the health check."""
@@ -337,6 +365,8 @@ def run_checks(settings: Settings, *, connect_db: Callable[[], TradingDB], conne
                       else [Check("trade_stream", SKIPPED, skip_db)])
         checks.extend(_guarded("recent_runs", lambda: check_recent_runs(db, wall_now)) if db_ok
                       else [Check("recent_runs", SKIPPED, skip_db)])
+        checks.extend(_guarded("notifications", lambda: check_notifications(db, settings, wall_now)) if db_ok
+                      else [Check("notifications", SKIPPED, skip_db)])
     finally:
         if db is not None:
             db.close()

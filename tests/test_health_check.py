@@ -65,7 +65,8 @@ def test_a_healthy_system_passes_every_check_and_exits_0(healthy, settings, pg_c
     checks, code = check(settings, pg_config, broker)
     assert code == 0
     assert list(checks) == ["database", "broker", "order_monitor", "position_monitor", "order_executor",
-                            "protection", "orphan_positions", "short_selling", "trade_stream", "recent_runs"]
+                            "protection", "orphan_positions", "short_selling", "trade_stream", "recent_runs",
+                            "notifications"]
     assert all(c.status == OK for c in checks.values()), checks
     assert checks["short_selling"].message == "the account is long-only (no_shorting=true)"
     assert "1 open position, all protected" in checks["protection"].message
@@ -76,7 +77,7 @@ def test_the_command_prints_one_line_per_check_or_json_and_exits_0_when_healthy(
     result = cli("--test-mode", ALPACA_BASE_URL=exchange.url)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 10 and all(line.startswith("OK") for line in lines), lines
+    assert len(lines) == 11 and all(line.startswith("OK") for line in lines), lines
     result = cli("--test-mode", "--json", ALPACA_BASE_URL=exchange.url)
     report = json.loads(result.stdout)
     assert result.returncode == 0 and report["status"] == "ok" and report["exit_code"] == 0
@@ -142,6 +143,28 @@ def test_failed_and_unfinished_runs_are_warnings(healthy, settings, pg_config, b
     assert "order_monitor failed 1x in 24 h (last: RuntimeError: boom)" in message
     assert "long ago" not in message
     assert "of order_executor started 2 h 0 min ago and never finished" in message
+
+
+def test_undelivered_notifications_are_a_warning_naming_their_status_and_error(healthy, settings, pg_config, broker):
+    from trading.notify import NotificationKind, record_notification
+
+    checks, _ = check(settings, pg_config, broker)
+    assert checks["notifications"].message.startswith("NOTIFY_URLS is empty: nothing is sent")
+    configured = dataclasses.replace(settings, notify=make_settings(NOTIFY_URLS="json://127.0.0.1:9/x").notify)
+    checks, code = check(configured, pg_config, broker)
+    assert (code, checks["notifications"].status) == (0, OK)
+
+    unknown = record_notification(healthy, NotificationKind.RUN_FAILED, "run failed", "boom")
+    healthy.execute_update("UPDATE notification_outbox SET status = 'unknown', last_error = 'no answer within 5 s' "
+                           "WHERE id = %s", (unknown,))
+    late = record_notification(healthy, NotificationKind.RUN_FAILED, "run failed", "boom")
+    healthy.execute_update("UPDATE notification_outbox SET created_at = now() - interval '3 hours 10 minutes', "
+                           "last_error = 'Connection refused' WHERE id = %s", (late,))
+    checks, code = check(configured, pg_config, broker)
+    assert code == 1 and checks["notifications"].status == WARNING
+    assert "1 unknown (last error: no answer within 5 s)" in checks["notifications"].message
+    assert "1 waiting, the oldest for 3 h " in checks["notifications"].message
+    assert "(last error: Connection refused)" in checks["notifications"].message
 
 
 def test_an_unreachable_broker_is_critical_and_skips_what_needs_it(healthy, settings, pg_config):

@@ -97,6 +97,7 @@ def test_job_table_holds_the_designed_jobs_in_new_york_time(jobs):
         ("position_monitor", "position_monitor"),
         ("order_monitor_evening", "order_monitor"),
         ("position_monitor_evening", "position_monitor"),
+        ("eod_report", "eod_report"),
     ]
     for spec in jobs:
         if isinstance(spec.trigger, TradingDaysOnly):
@@ -108,7 +109,7 @@ def test_job_table_holds_the_designed_jobs_in_new_york_time(jobs):
             assert isinstance(spec.trigger, DayEndExitTrigger)
     assert {spec.id: spec.misfire_grace_seconds for spec in jobs} == {
         "order_executor": 3600, "daytrade_exit": 600, "order_monitor": 300, "position_monitor": 600,
-        "order_monitor_evening": 3600, "position_monitor_evening": 3600}
+        "order_monitor_evening": 3600, "position_monitor_evening": 3600, "eod_report": 6 * 3600}
 
 
 def test_a_normal_friday_fires_every_job_at_its_designed_times(jobs):
@@ -117,6 +118,7 @@ def test_a_normal_friday_fires_every_job_at_its_designed_times(jobs):
     assert fired["daytrade_exit"] == ["15:50"]
     assert fired["order_monitor_evening"] == ["18:00"]
     assert fired["position_monitor_evening"] == ["18:15"]
+    assert fired["eod_report"] == ["16:30"]
     monitor = fired["order_monitor"]
     assert monitor[0] == "09:30" and monitor[-1] == "16:00" and len(monitor) == 79  # every 5 min, both ends
     position = fired["position_monitor"]
@@ -142,6 +144,7 @@ def test_on_an_early_close_the_monitors_session_ends_at_the_close_and_the_evenin
     assert len(fired["order_monitor"]) == 43  # 09:30-13:00 every 5 min, both ends
     assert fired["position_monitor"][-1] == "13:00" and len(fired["position_monitor"]) == 22
     assert fired["order_monitor_evening"] == ["18:00"] and fired["position_monitor_evening"] == ["18:15"]
+    assert fired["eod_report"] == ["16:30"]  # after the early close too: the day's report
     by_id = {spec.id: spec for spec in jobs}
     assert next_run(by_id["order_monitor"], et(DAY_AFTER_THANKSGIVING, "13:01")) == et(dt.date(2026, 11, 30), "09:30")
 
@@ -159,6 +162,8 @@ def test_the_schedule_follows_the_configuration(calendar):
     fired = day_fires(build_job_table(schedule, calendar), FRIDAY)
     assert fired["order_executor"] == ["10:05"]
     assert fired["daytrade_exit"] == ["15:45"]
+    assert day_fires(build_job_table(get_schedule_config({"EOD_REPORT_TIME": "17:05"}), calendar),
+                     FRIDAY)["eod_report"] == ["17:05"]
     times = [int(t[:2]) * 60 + int(t[3:]) for t in fired["order_monitor"]]
     assert fired["order_monitor"][0] == "09:30" and fired["order_monitor"][-1] == "14:59"
     assert {b - a for a, b in itertools.pairwise(times)} == {7}
@@ -296,6 +301,9 @@ def test_a_job_that_raises_is_recorded_and_the_scheduler_keeps_running_the_next_
     assert "job explode: RuntimeError: boom before the harness" in runs["exploding"]["error"]
     assert runs["order_monitor"]["outcome"] == "success"
     assert "job explode: exploding crashed" in caplog.text
+    # the operator is told, in the transaction that recorded the crash
+    (told,) = db.query("notification_outbox", {"kind": "run_failed"})
+    assert told["program_run_id"] == runs["exploding"]["id"] and "boom before the harness" in told["body"]
 
 
 def test_a_program_failing_inside_its_harness_is_recorded_by_the_harness(settings, broker, calendar, db):
@@ -366,8 +374,11 @@ def test_the_real_programs_run_through_the_job_wrapper(settings, broker, calenda
     assert runner.run(by_id["position_monitor"]).outcome == "success"
     [trade] = db.query("trade_journal")
     assert trade["status"] == "POSITION"
+    assert runner.run(by_id["eod_report"]).counts["reports"] == 1
+    [report] = db.query("daily_report")
+    assert report["report_date"] == FRIDAY and report["open_positions"] == 1 and report["orders"] >= 1
     assert sorted(row["program"] for row in db.query("program_run")) == [
-        "order_executor", "order_monitor", "position_monitor"]
+        "eod_report", "order_executor", "order_monitor", "position_monitor"]
 
 
 def test_a_run_missed_beyond_its_grace_is_logged_not_run(settings, broker, calendar, caplog):
@@ -437,7 +448,7 @@ def test_list_prints_the_job_table_and_exits(cli_env, capsys):
     out = capsys.readouterr().out
     assert "calendar from the broker" in out
     for job_id in ("order_executor", "daytrade_exit", "order_monitor", "position_monitor", "order_monitor_evening",
-                   "position_monitor_evening"):
+                   "position_monitor_evening", "eod_report"):
         assert f"\n{job_id} " in out
     assert scheduler.main(["--list", "--json", "--test-mode"]) == 0
     table = json.loads(capsys.readouterr().out)

@@ -42,6 +42,7 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     assert result.runs["order_monitor"] == 8  # 09:30-13:00 every 30 min: the session ends at the early close
     assert result.runs["position_monitor"] == 4  # 09:30, 10:30, 11:30, 12:30
     assert result.runs["order_monitor_evening"] == 1 and result.runs["position_monitor_evening"] == 1
+    assert result.runs["eod_report"] == 1
     assert result.outcomes == {"success": sum(result.runs.values())}
 
     with TradingDB(config=pg_config) as db:
@@ -66,6 +67,8 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     assert f"psql -h {pg_config.host} -p {pg_config.port} -U {pg_config.user} {pg_config.dbname}" in output
     health = output.split("Health check at 18:15 ET")[1]
     assert health.count("\n  OK ") == 9
+    # the end-of-day report ran at 16:30 and is stored (sent once NOTIFY_URLS names a service)
+    assert re.search(r"^16:30 ET  eod_report +success  reports=1$", output, re.M)
     assert output.rstrip().endswith('Next: run the programs yourself, step by step: README.md, '
                                     '"Running the programs by hand".') or "make console" in output.splitlines()[-1]
 

@@ -7,13 +7,18 @@ Operators answer "what happened to decision 42 and why" with SQL::
 
 Audit rows are written on the caller's connection: inside a transaction they commit (or roll
 back) together with the change they describe, so the trail never claims a change that did
-not happen.
+not happen. The events that an operator is also told about (an entry placed or filled, an exit
+filled, a decision refused, a protection repaired: ``trading.notify.NOTIFYING_EVENTS``) put
+their message in ``notification_outbox`` in the same transaction as their audit row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Protocol
+
+from trading import notify
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ QUANTITY_MISMATCH = "QUANTITY_MISMATCH"
 PRICE_UNAVAILABLE = "PRICE_UNAVAILABLE"
 RUN_ABORTED = "RUN_ABORTED"
 RECONCILE_FAILED = "RECONCILE_FAILED"
+#: A circuit breaker tripped (its figures in ``details``): the end-of-day report lists these.
+BREAKER_TRIPPED = "BREAKER_TRIPPED"
 
 
 class Auditor:
@@ -64,8 +71,8 @@ class Auditor:
     def record(self, entity_type: str, entity_id: int | None, event: str, *, symbol: str | None = None,
                old: Any = None, new: Any = None, reason: str | None = None,
                details: dict[str, Any] | None = None) -> int:
-        """Append one audit row; returns its id."""
-        return self.db.insert("audit_event", {
+        """Append one audit row (and its notification, for the events that have one); returns its id."""
+        values = {
             "program": self.program,
             "program_run_id": self.run_id,
             "entity_type": entity_type,
@@ -76,4 +83,14 @@ class Auditor:
             "new_value": None if new is None else str(getattr(new, "value", new)),
             "reason": reason,
             "details": details,
-        })
+        }
+        if event not in notify.NOTIFYING_EVENTS:
+            return self.db.insert("audit_event", values)
+        # The message commits with the audit row, hence with the change: inside the caller's
+        # transaction when one is open, else in one of its own.
+        in_transaction = getattr(self.db, "in_transaction", True)
+        transaction = getattr(self.db, "transaction", None)
+        with transaction() if transaction is not None and not in_transaction else contextlib.nullcontext():
+            audit_id = self.db.insert("audit_event", values)
+            notify.record_for_audit_event(self.db, audit_id, values)
+        return audit_id

@@ -317,7 +317,8 @@ class OrderBook:
         return row
 
     def _anomaly(self, row: Row, reason: str, order: BrokerOrder) -> None:
-        logger.warning("order %s (%s %s): %s", row["id"], row["symbol"], row["order_type"], reason)
+        logger.warning("order %s (%s %s): %s", row["id"], row["symbol"], row["order_type"], reason,
+                       extra={"order_id": order.id, "symbol": row["symbol"], "trade_id": row.get("trade_journal_id")})
         if row.get("error_message") == reason:
             return  # already recorded: a later run finding the same thing changes nothing
         self.db.update("order_execution", row["id"], {"error_message": reason})

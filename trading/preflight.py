@@ -17,7 +17,7 @@ import importlib.util
 import sys
 
 #: Import names of the packages every entry point needs (requirements.txt).
-REQUIRED = ("dotenv", "psycopg2", "alpaca", "apscheduler", "requests", "holidays")
+REQUIRED = ("dotenv", "psycopg2", "alpaca", "apscheduler", "requests", "holidays", "apprise")
 
 
 def missing_packages() -> list[str]:

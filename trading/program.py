@@ -13,7 +13,13 @@ A program is a class with ``name`` and ``execute(ctx)``. ``ProgramRunner.run()``
    anything unexpected ends it with ``failed``; a configuration error stops it;
 4. closes the ``program_run`` row with the outcome, counts and error; the counts include the
    broker and database errors the run met (``broker_errors``, ``database_errors``), which the
-   error breakers add up across runs and processes.
+   error breakers add up across runs and processes;
+5. sends the notifications the run (or any earlier one) left in the outbox, after its commits
+   and within a short bounded time (``trading.notify``): a failed run is itself one (the first
+   of a series of failures), and so is a series of ``NOTIFY_SKIPPED_RUNS`` runs skipped in a
+   row for a held lock (counted in the process: the scheduler's).
+
+Every log line of a run carries its ``program_run`` id (``run_id``, see ``trading.logs``).
 
 The command line of each program is ``main_for(...)``: ``--test-mode`` (test database, never a
 live account), ``--log-level``, and the program's own options.
@@ -33,14 +39,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from config import Settings, load_settings, raw_secrets
+from config import Settings, load_settings, notify_url_secrets, raw_secrets
 from trading import audit
 from trading.audit import Auditor
 from trading.breakers import Breakers
 from trading.broker import Account, Broker
 from trading.errors import ConfigurationError, TradingError, TransientError
-from trading.logs import configure_logging, register_secret
+from trading.logs import FORMATS as LOG_FORMATS
+from trading.logs import bind_log_fields, configure_logging, register_secret, reset_log_fields
 from trading.market_time import MarketTime, read_market_time
+from trading.notify import NotificationKind, deliver_notifications, record_notification
 from trading.state import TradingState, read_trading_state
 
 logger = logging.getLogger(__name__)
@@ -119,6 +127,11 @@ class ProgramBody(Protocol):
     def execute(self, ctx: RunContext) -> None: ...
 
 
+#: Runs skipped in a row for a held lock, per program, in this process, with the program's last
+#: ``finished_at`` when the series began (a run finishing since starts a new series).
+_SKIPS_IN_A_ROW: dict[str, tuple[int, dt.datetime | None]] = {}
+
+
 def wall_clock() -> dt.datetime:
     """The machine's time in UTC (used only for program_run bookkeeping, never for market decisions)."""
     return dt.datetime.now(dt.UTC)
@@ -147,32 +160,88 @@ class ProgramRunner:
                 logger.info("%s: skipped: another run holds the lock; this run exits without doing anything", name)
                 summary.outcome = "skipped"
                 summary.skipped_because = SKIPPED_ON_LOCK
+                if not self.dry_run:
+                    self._record_skip(name)
+                    self._deliver(summary)
                 return summary
             if self.dry_run:
                 return self._run_body(summary, None)
+            _SKIPS_IN_A_ROW.pop(name, None)
             self._close_abandoned_runs(name)
             run_id = self.db.insert("program_run", {"program": name, "started_at": wall_clock(), "outcome": "running",
                                                     "host": socket.gethostname(), "pid": os.getpid()})
             summary.run_id = run_id
+            token = bind_log_fields(run_id=run_id)
             try:
-                self._run_body(summary, run_id)
+                try:
+                    self._run_body(summary, run_id)
+                finally:
+                    summary.broker_calls = self.broker.calls.total - calls_before
+                    # What the error breakers count (trading/breakers.py), across processes.
+                    summary.add("broker_errors", self.broker.calls.error_total - broker_errors_before)
+                    summary.add("database_errors", getattr(self.db, "error_count", 0) - database_errors_before)
+                    self._finish(summary)
             finally:
-                summary.broker_calls = self.broker.calls.total - calls_before
-                # What the error breakers count (trading/breakers.py), across processes.
-                summary.add("broker_errors", self.broker.calls.error_total - broker_errors_before)
-                summary.add("database_errors", getattr(self.db, "error_count", 0) - database_errors_before)
-                self._finish(summary)
+                reset_log_fields(token)
+        # After the run's commits and outside its lock: a slow service never holds up the next run.
+        token = bind_log_fields(run_id=run_id)
+        try:
+            self._deliver(summary)
+        finally:
+            reset_log_fields(token)
         return summary
+
+    def _deliver(self, summary: RunSummary) -> None:
+        """Send the outbox (never fails the run: a service that is down leaves its rows undelivered)."""
+        try:
+            report = deliver_notifications(self.db, self.settings.notify)
+        except Exception as exc:  # the run's own work is done and committed; the next run sends
+            logger.warning("%s: notifications not sent this run (%s: %s); the next run sends them",
+                           self.body.name, type(exc).__name__, exc)
+            summary.notes.append(f"notifications not sent: {type(exc).__name__}")
+            return
+        if report.retry or report.failed or report.unknown or report.skipped:
+            summary.notes.append(report.line())
+
+    def _record_skip(self, name: str) -> None:
+        """Count the skip; the ``NOTIFY_SKIPPED_RUNS``-th skip in a row with no run of the program
+        finishing in between tells the operator (a run may be stuck holding the lock). A standby
+        scheduler whose twin keeps winning the lock never counts up: the twin's runs finish.
+        Counted in this process (the scheduler's, which runs every job), so a skipped run writes
+        nothing unless it tells: a rerun with nothing to do changes nothing."""
+        try:
+            row = self.db.execute_one("SELECT max(finished_at) AS last FROM program_run WHERE program = %s", (name,))
+            last = row["last"] if row else None
+            count, seen = _SKIPS_IN_A_ROW.get(name, (0, last))
+            count = count + 1 if seen == last else 1
+            _SKIPS_IN_A_ROW[name] = (count, last)
+            if count != self.settings.notify.skipped_runs_alert:
+                return
+            record_notification(
+                self.db, NotificationKind.RUNS_SKIPPED, f"{name}: {count} runs in a row skipped",
+                f"{count} runs of {name} in a row found its lock held by another run and did nothing, and no run "
+                "finished meanwhile" + (f"; the last finished at {last:%Y-%m-%d %H:%M:%S} UTC" if last else "")
+                + ". A run may be stuck: see program_run and pg_locks.", program=name)
+        except TradingError as exc:
+            logger.warning("%s: could not count the skipped run: %s", name, exc)
 
     def _close_abandoned_runs(self, name: str) -> None:
         """Runs still marked ``running`` died without finishing: holding the lock proves no other
         run of this program is alive, so they are closed as failed for the health check."""
-        abandoned = self.db.execute_update(
-            "UPDATE program_run SET outcome = 'failed', finished_at = %s, "
-            "error = 'the run ended without finishing (process killed or crashed)' "
-            "WHERE program = %s AND outcome = 'running'", (wall_clock(), name))
+        with self.db.transaction():
+            abandoned = self.db.execute_query(
+                "UPDATE program_run SET outcome = 'failed', finished_at = %s, "
+                "error = 'the run ended without finishing (process killed or crashed)' "
+                "WHERE program = %s AND outcome = 'running' RETURNING id", (wall_clock(), name))
+            if abandoned:
+                ids = ", ".join(str(row["id"]) for row in abandoned)
+                record_notification(self.db, NotificationKind.RUN_FAILED,
+                                    f"{name}: {len(abandoned)} run(s) died without finishing",
+                                    f"program_run {ids} of {name} ended without finishing (process killed or "
+                                    "crashed); the next runs repair anything half done", program=name,
+                                    run_id=int(abandoned[-1]["id"]))
         if abandoned:
-            logger.warning("%s: %s earlier run(s) had died without finishing; marked failed", name, abandoned)
+            logger.warning("%s: %s earlier run(s) had died without finishing; marked failed", name, len(abandoned))
 
     def _run_body(self, summary: RunSummary, run_id: int | None) -> RunSummary:
         name = self.body.name
@@ -223,9 +292,25 @@ class ProgramRunner:
         values = {"finished_at": wall_clock(), "outcome": summary.outcome, "counts": dict(summary.counts),
                   "error": summary.error, "market_time": summary.market_time}
         try:
-            self.db.update("program_run", summary.run_id, values)
+            with self.db.transaction():
+                self.db.update("program_run", summary.run_id, values)
+                if summary.outcome == "failed":
+                    record_run_failure(self.db, self.body.name, summary.run_id, summary.error)
         except TradingError as exc:
             logger.warning("%s: could not close program_run %s: %s", self.body.name, summary.run_id, exc)
+
+
+def record_run_failure(db: Any, program: str, run_id: int, error: str | None) -> int | None:
+    """The "run failed" message, for the first failure of a series (the runs before it did not
+    fail): an operator is told once per incident, not every five minutes; every failed run stays
+    in ``program_run`` and in the end-of-day report. Call it in the transaction that records the run."""
+    previous = db.execute_one("SELECT outcome FROM program_run WHERE program = %s AND id < %s AND outcome <> 'running' "
+                              "ORDER BY id DESC LIMIT 1", (program, run_id))
+    if previous is not None and previous["outcome"] == "failed":
+        return None
+    return record_notification(db, NotificationKind.RUN_FAILED, f"{program}: run {run_id} failed",
+                               f"program_run {run_id} of {program} failed: {error or 'no error recorded'}",
+                               program=program, run_id=run_id)
 
 
 def fixed_clock(market: MarketTime) -> Callable[[], MarketTime]:
@@ -262,10 +347,11 @@ def start(prog: str, *, test_mode: bool, log_level: str | None) -> Settings | No
     try:
         settings = load_settings(test_mode=test_mode)
     except ConfigurationError as exc:
-        configure_logging("INFO", prog)
+        wanted = (os.environ.get("LOG_FORMAT") or "text").strip().lower()
+        configure_logging("INFO", prog, wanted if wanted in LOG_FORMATS else "text")
         logger.error("configuration error: %s", exc)
         return None
-    configure_logging(log_level or settings.log_level, prog)
+    configure_logging(log_level or settings.log_level, prog, settings.log_format)
     register_secrets(settings)
     return settings
 
@@ -283,6 +369,9 @@ def register_secrets(settings: Settings) -> None:
         register_secret(settings.alpaca.api_key.reveal())
         register_secret(settings.alpaca.secret_key.reveal())
     register_secret(settings.postgres.password.reveal())
+    for url in settings.notify.urls:
+        for piece in notify_url_secrets(url.reveal()):
+            register_secret(piece)
 
 
 class Runnable(Protocol):

@@ -347,10 +347,85 @@ STREAM_STATUS = Table(
     comment="The trade-updates listener's health (trade_stream.py): connected since, last event, counts.",
 )
 
+NOTIFICATION_OUTBOX = Table(
+    "notification_outbox",
+    (
+        ID,
+        CREATED_AT,
+        Column("kind", "TEXT", not_null=True),
+        Column("status", "TEXT", "'pending'", not_null=True),
+        Column("title", "TEXT", not_null=True),
+        Column("body", "TEXT", not_null=True),
+        Column("program", "TEXT"),
+        Column("program_run_id", "BIGINT"),
+        Column("symbol", "TEXT"),
+        Column("decision_id", "BIGINT"),
+        Column("trade_journal_id", "BIGINT"),
+        Column("audit_event_id", "BIGINT"),
+        # One notification per key at most (the end-of-day report of a date, a skipped-runs streak).
+        Column("dedup_key", "TEXT"),
+        Column("attempts", "INTEGER", "0", not_null=True),
+        Column("last_attempt_at", "TIMESTAMPTZ"),
+        Column("next_attempt_at", "TIMESTAMPTZ"),
+        Column("sent_at", "TIMESTAMPTZ"),
+        Column("last_error", "TEXT"),
+        # The destinations (labels such as json#3fa2c1d0, never the URLs) that have it already.
+        Column("delivered_to", "JSONB", "'[]'::jsonb", not_null=True),
+        UPDATED_AT,
+    ),
+    checks=(
+        ("notification_outbox_status_must_be_a_delivery_status",
+         _in("status", frozenset({"pending", "sending", "sent", "failed", "unknown", "not_configured"}))),
+        ("notification_outbox_kind_must_be_a_notification_kind",
+         _in("kind", frozenset({"entry_placed", "entry_filled", "exit_filled", "decision_refused",
+                                "protection_repaired", "trading_state_changed", "breaker_tripped", "run_failed",
+                                "runs_skipped", "daily_report"}))),
+        ("notification_outbox_title_must_not_be_empty", "length(btrim(title)) > 0"),
+        ("notification_outbox_attempts_must_not_be_negative", "attempts >= 0"),
+    ),
+    indexes=(
+        ("idx_notification_outbox_status", "(status, next_attempt_at)"),
+        ("uq_notification_outbox_dedup_key", "UNIQUE (dedup_key) WHERE dedup_key IS NOT NULL"),
+    ),
+    comment="Notifications to send (apprise), written with the change they report and sent after commit, "
+            "each once: status pending/sending/sent/failed/unknown/not_configured. See trading/notify.py.",
+)
+
+DAILY_REPORT = Table(
+    "daily_report",
+    (
+        ID,
+        Column("report_date", "DATE", not_null=True),
+        Column("generated_at", "TIMESTAMPTZ", "now()", not_null=True),
+        Column("program_run_id", "BIGINT"),
+        Column("decisions", "INTEGER", "0", not_null=True),
+        Column("decisions_refused", "INTEGER", "0", not_null=True),
+        Column("orders", "INTEGER", "0", not_null=True),
+        Column("fills", "INTEGER", "0", not_null=True),
+        Column("trades_closed", "INTEGER", "0", not_null=True),
+        Column("realized_pnl", "NUMERIC", "0", not_null=True),
+        Column("open_positions", "INTEGER", "0", not_null=True),
+        Column("unrealized_pnl", "NUMERIC", "0", not_null=True),
+        Column("equity", "NUMERIC"),
+        Column("previous_equity", "NUMERIC"),
+        Column("equity_change", "NUMERIC"),
+        Column("state_changes", "INTEGER", "0", not_null=True),
+        Column("breaker_trips", "INTEGER", "0", not_null=True),
+        Column("failed_runs", "INTEGER", "0", not_null=True),
+        Column("figures", "JSONB", not_null=True),
+        Column("body", "TEXT", not_null=True),
+        CREATED_AT,
+        UPDATED_AT,
+    ),
+    checks=(("daily_report_body_must_not_be_empty", "length(btrim(body)) > 0"),),
+    indexes=(("uq_daily_report_date", "UNIQUE (report_date)"),),
+    comment="The end-of-day report, one row per trading day (a re-run replaces it). See trading/daily_report.py.",
+)
+
 #: Every table, upstream first.
 TABLES: tuple[Table, ...] = (ANALYSIS_DECISION, TRADE_JOURNAL, ORDER_EXECUTION, POSITION_TRACKING,
                              TRADE_FILL, AUDIT_EVENT, PROGRAM_RUN, PORTFOLIO_SNAPSHOT, TRADING_STATE,
-                             STREAM_STATUS)
+                             STREAM_STATUS, NOTIFICATION_OUTBOX, DAILY_REPORT)
 TABLES_BY_NAME = {table.name: table for table in TABLES}
 
 #: Serialises concurrent schema creation (two programs starting at once on a fresh database).

@@ -9,7 +9,8 @@ means ``ACTIVE``. The modes, from the least to the most restrictive:
 - ``FLATTEN``      cancel every open order of the managed trades, close their positions, then ``HALTED``.
 
 A symbol's effective mode is the stricter of the account's and its own. Every change carries a
-reason and who made it, and is written to ``audit_event`` in the same transaction. Leaving
+reason and who made it, and is written to ``audit_event`` (and its notification to
+``notification_outbox``) in the same transaction. Leaving
 ``HALTED`` or ``FLATTEN`` for a less restrictive mode is a reset and needs ``confirm_reset``
 (an explicit command); ``FLATTEN`` → ``HALTED`` is how a finished flatten ends and needs none.
 Every program reads the state once at the start of its run (``read_trading_state``).
@@ -29,6 +30,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from trading.errors import RejectedError
+from trading.notify import record_state_change
 
 ACCOUNT_SCOPE = "ACCOUNT"
 TRADING_STATE_CHANGED = "TRADING_STATE_CHANGED"
@@ -213,7 +215,7 @@ def record_trading_state(db: _Database, mode: TradingMode | str, *, reason: str,
             db.insert("trading_state", values)
         else:
             db.update("trading_state", int(row["id"]), values)
-        db.insert("audit_event", {
+        audit_id = db.insert("audit_event", {
             "program": program or changed_by.strip(), "program_run_id": run_id, "entity_type": "trading_state",
             "entity_id": None if row is None else int(row["id"]),
             "symbol": None if scope_name == ACCOUNT_SCOPE else scope_name, "event": TRADING_STATE_CHANGED,
@@ -221,6 +223,10 @@ def record_trading_state(db: _Database, mode: TradingMode | str, *, reason: str,
             "details": {"changed_by": changed_by.strip(), "source": source, "scope": scope_name,
                         "resume_after": resume_after.isoformat() if resume_after else None, **(details or {})},
         })
+        # The operator is told in the same transaction (sent after commit, once: trading.notify).
+        record_state_change(db, scope=scope_name, old_mode=current.value, new_mode=target.value,
+                            reason=reason.strip(), changed_by=changed_by.strip(), source=source,
+                            program=program or changed_by.strip(), run_id=run_id, audit_event_id=audit_id)
         stored = db.execute_one("SELECT * FROM trading_state WHERE scope = %s", (scope_name,))
     assert stored is not None
     return ScopeState.from_row(stored)

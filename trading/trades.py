@@ -133,7 +133,8 @@ class TradeBook:
             self.audit.record("trade", trade["id"], audit.TRADE_STATUS, symbol=trade["symbol"], old=old,
                               new=new_status, reason=reason,
                               details={k: v for k, v in values.items() if k != "status" and v is not None})
-            logger.info("trade %s %s: %s -> %s (%s)", trade["id"], trade["symbol"], old, new_status, reason)
+            logger.info("trade %s %s: %s -> %s (%s)", trade["id"], trade["symbol"], old, new_status, reason,
+                        extra={"trade_id": trade["id"], "symbol": trade["symbol"]})
 
     def cancel(self, trade: Row, exit_reason: str, when: dt.datetime, reason: str) -> None:
         """ORDERED -> CANCELLED: the entry ended with nothing filled."""
