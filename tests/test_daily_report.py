@@ -48,7 +48,7 @@ def trip_breaker(ctx: RunContext) -> None:
     ctx.audit.record("account", None, "BREAKER_TRIPPED", reason="6 broker errors in 5 minutes (limit 5)",
                      details={"breaker": "broker_errors", "figure": 6, "limit": 5})
     record_trading_state(ctx.db, TradingMode.REDUCE_ONLY, reason="6 broker errors in 5 minutes", changed_by="breaker",
-                         source="broker_errors", program=ctx.summary.program, run_id=ctx.audit.run_id)
+                         source="breaker:broker_errors", program=ctx.summary.program, run_id=ctx.audit.run_id)
 
 
 def fail(ctx: RunContext) -> None:
@@ -134,7 +134,7 @@ def test_the_report_of_a_day_agrees_with_the_tables_to_the_cent(db, exchange, br
                  f"Equity: {dollars(today['equity'])} against $100,000.00 at the previous close: "
                  f"{dollars(row['equity_change'], signed=True)}",
                  f"  refused {day['refused']} AMZN NEW_TRADE: {refusal['reason']}",
-                 "by breaker (broker_errors): 6 broker errors in 5 minutes",
+                 "by breaker (breaker:broker_errors): 6 broker errors in 5 minutes",
                  "Breaker trips: 1",
                  f"  failed report_test_program run {failed['id']}"):
         assert line in text, line
