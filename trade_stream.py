@@ -21,7 +21,6 @@ health check. SIGINT/SIGTERM end it cleanly.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import queue
@@ -41,7 +40,7 @@ from trading.broker import Broker, TradeUpdate
 from trading.errors import NotFoundError, TradingError
 from trading.lifecycle import OrderType
 from trading.orders import OrderBook
-from trading.program import build_parser, start
+from trading.program import open_program
 from trading.protection import Protector, find_order
 from trading.reconcile import Reconciler
 
@@ -242,15 +241,11 @@ class TradeStreamListener:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the listener until SIGINT/SIGTERM; exit 0 after a clean stop, 2 on a configuration error."""
     from alpaca_client import connect_broker
-    from db_layer import TradingDB
 
-    parser = build_parser(PROGRAM, (__doc__ or "").split("\n\n")[0])
-    args = parser.parse_args(argv)
-    settings = start(PROGRAM, test_mode=args.test_mode, log_level=args.log_level)
-    if settings is None:
+    opened = open_program(PROGRAM, (__doc__ or "").split("\n\n")[0], argv)
+    if opened is None:
         return 2
-    logger.info("configuration: %s", json.dumps(settings.describe(), sort_keys=True))
-    db = TradingDB(test_mode=args.test_mode, config=settings.postgres, application_name=PROGRAM)
+    args, settings, db = opened
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     counts: dict[str, int] = {}

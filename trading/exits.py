@@ -120,16 +120,24 @@ class Escalator:
     def advance_all(self) -> int:
         """Take every due exit one step further; returns how many moved."""
         moved = 0
-        for trade in self.due():
+        due = self.due()
+        if not due:
+            return 0
+        # One quote call for every due exit (a quote the broker cannot give now: a market step).
+        try:
+            quotes = self.broker.get_latest_quotes(sorted({t["symbol"] for t in due}))
+        except TransientError:
+            quotes = {}
+        for trade in due:
             try:
-                if self.advance(trade):
+                if self.advance(trade, quotes.get(trade["symbol"])):
                     moved += 1
             except TransientError as exc:
                 self.warn(f"trade {trade['id']} {trade['symbol']}: exit step deferred: {exc}")
                 self.count("exit_steps_deferred")
         return moved
 
-    def advance(self, trade: Row) -> bool:
+    def advance(self, trade: Row, quote: Quote | None) -> bool:
         """One step for one trade, under its lock. Returns whether an order was changed or sent."""
         with self.db.trade_lock(trade["id"]) as taken:
             if not taken:
@@ -143,7 +151,6 @@ class Escalator:
             reason = (exits[-1].get("exit_reason") if exits else None) or lifecycle.ExitReason.CLOSE_REQUESTED.value
             step = int(trade["exit_step"] or 0) + 1
             walk = self.settings.exit_walk_steps
-            quote = latest_quote(self.broker, trade["symbol"])
             nxt = exit_step(trade["exit_urgency"], step, walk, quote)
             if working and any(r["order_status"] == lifecycle.PENDING for r in working):
                 return False  # an unanswered exit: the protector's look-up resolves it first
@@ -180,17 +187,11 @@ class Escalator:
         if row.get("limit_price") is not None and Decimal(row["limit_price"]) == nxt.limit_price:
             return False
         try:
-            replacement = self.broker.replace_order(row["alpaca_order_id"], limit_price=nxt.limit_price)
+            replacement = self.protector.replace_and_record(trade["id"], row, limit_price=nxt.limit_price)
         except (BrokerRejectedError, NotFoundError) as exc:
             # Filled or ended meanwhile: the monitor's next sync records what happened.
             self.warn(f"trade {trade['id']} {trade['symbol']}: exit limit not moved to {nxt.limit_price}: {exc}")
             return False
-        old = self.broker.get_order(row["alpaca_order_id"])
-        with self.db.transaction():
-            locked = self.protector.reconciler.trades.lock(trade["id"])
-            current = self.db.get_by_id("order_execution", row["id"])
-            assert locked is not None and current is not None
-            self.protector.reconciler.sync(locked, current, old, now=self.now, index={replacement.id: replacement})
         logger.info("exit: trade %s %s limit %s -> %s (order %s)", trade["id"], trade["symbol"],
                     row.get("limit_price"), nxt.limit_price, replacement.id)
         return True

@@ -378,12 +378,12 @@ class Runnable(Protocol):
     def run(self) -> RunSummary: ...
 
 
-def main_for(prog: str, description: str,
-             make_program: Callable[[Any, Broker, Settings, argparse.Namespace], Runnable],
-             argv: Sequence[str] | None = None,
-             add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
-    """Parse the command line, connect, run the program once, print its summary."""
-    from alpaca_client import connect_broker
+def open_program(prog: str, description: str, argv: Sequence[str] | None = None,
+                 add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                 ) -> tuple[argparse.Namespace, Settings, Any] | None:
+    """What every entry point does before its work: parse the command line, read the settings
+    and configure logging (``start``), log the configuration (secrets redacted) and make the
+    program's database handle (not yet connected). None after a configuration error (exit 2)."""
     from db_layer import TradingDB
 
     parser = build_parser(prog, description)
@@ -392,9 +392,22 @@ def main_for(prog: str, description: str,
     args = parser.parse_args(argv)
     settings = start(prog, test_mode=args.test_mode, log_level=args.log_level)
     if settings is None:
-        return 2
+        return None
     logger.info("configuration: %s", json.dumps(settings.describe(), sort_keys=True))
-    db = TradingDB(test_mode=args.test_mode, config=settings.postgres, application_name=prog)
+    return args, settings, TradingDB(test_mode=args.test_mode, config=settings.postgres, application_name=prog)
+
+
+def main_for(prog: str, description: str,
+             make_program: Callable[[Any, Broker, Settings, argparse.Namespace], Runnable],
+             argv: Sequence[str] | None = None,
+             add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """Parse the command line, connect, run the program once, print its summary."""
+    from alpaca_client import connect_broker
+
+    opened = open_program(prog, description, argv, add_arguments)
+    if opened is None:
+        return 2
+    args, settings, db = opened
     try:
         db.connect()
         db.ensure_schema()

@@ -381,6 +381,25 @@ class Protector:
             self.cancel_and_confirm(trade_id, result.to_cancel, reason="trade closed: its remaining orders go")
         return result
 
+    def replace_and_record(self, trade_id: int, row: Row, *, stop_price: Decimal | None = None,
+                           limit_price: Decimal | None = None,
+                           also: Callable[[BrokerOrder], None] | None = None) -> BrokerOrder:
+        """Change a working order's price at the broker and record the answer: the old row is synced
+        (``replaced``, or ``pending_replace`` until the next sync) and its successor adopted, in one
+        transaction under the trade's row lock; ``also`` runs in that transaction with the successor.
+        Raises what ``replace_order`` raises (a refusal: the order filled or ended meanwhile)."""
+        replacement = self.broker.replace_order(row["alpaca_order_id"], stop_price=stop_price,
+                                                limit_price=limit_price)
+        old = self.broker.get_order(row["alpaca_order_id"])
+        with self.db.transaction():
+            trade = self.reconciler.trades.lock(trade_id)
+            current = self.db.get_by_id("order_execution", row["id"])
+            assert trade is not None and current is not None
+            self.reconciler.sync(trade, current, old, now=self.now, index={replacement.id: replacement})
+            if also is not None:
+                also(replacement)
+        return replacement
+
     # -- canceling ----------------------------------------------------------------------------
 
     @_one_program_per_trade(False)

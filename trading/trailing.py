@@ -99,18 +99,26 @@ class TrailingStops:
     def ratchet_all(self, quotes: dict[str, Quote]) -> list[Ratchet]:
         """Look at every trailing trade with a quote; raise the stops that the mark allows."""
         done: list[Ratchet] = []
-        for trade in self.trailing_trades():
+        trades = self.trailing_trades()
+        if not trades:
+            return done
+        # Every trailing trade's stop rows in one query, not one per trade.
+        stops: dict[int, list[Row]] = {t["id"]: [] for t in trades}
+        for row in self.db.query("order_execution", {"trade_journal_id": list(stops),
+                                                     "order_type": OrderType.STOP_LOSS.value}, order_by="id"):
+            stops[row["trade_journal_id"]].append(row)
+        for trade in trades:
             quote = quotes.get(trade["symbol"])
             if quote is None or mid_price(quote.bid, quote.ask) is None:
                 continue
             try:
-                done.append(self.ratchet(trade, quote))
+                done.append(self.ratchet(trade, quote, stops[trade["id"]]))
             except TransientError as exc:
                 self.warn(f"trade {trade['id']} {trade['symbol']}: trailing stop not moved this run: {exc}")
                 self.count("trailing_deferred")
         return done
 
-    def ratchet(self, trade: Row, quote: Quote) -> Ratchet:
+    def ratchet(self, trade: Row, quote: Quote, stop_rows: list[Row]) -> Ratchet:
         """Raise the mark to the current price, and the stop to the trail when it moved a tick."""
         price = mid_price(quote.bid, quote.ask)
         assert price is not None
@@ -119,8 +127,7 @@ class TrailingStops:
         mark = max(Decimal(previous) if previous is not None else start, price)
         if previous is None or mark > Decimal(previous):
             self.db.update("trade_journal", trade["id"], {"high_water_mark": mark})
-        stops = [r for r in self.db.query("order_execution", {"trade_journal_id": trade["id"],
-                                                              "order_type": OrderType.STOP_LOSS.value}, order_by="id")
+        stops = [r for r in stop_rows
                  if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES
                  and r["order_status"] != lifecycle.PENDING and r.get("alpaca_order_id")]
         if len(stops) != 1:
@@ -143,24 +150,21 @@ class TrailingStops:
                 # Intent before the network call: the stop leg (and whatever replaces it) now
                 # exits the trade as a trailing stop.
                 self.db.update("order_execution", stop["id"], {"exit_reason": ExitReason.TRAILING_STOP.value})
-            try:
-                replacement = self.broker.replace_order(stop["alpaca_order_id"], stop_price=target)
-            except BrokerRejectedError as exc:
-                # Filled, canceled or triggered meanwhile: the order monitor records what happened.
-                self.warn(f"trade {trade['id']} {trade['symbol']}: stop not raised to {target}: {exc}")
-                self.count("trailing_refused")
-                return Ratchet(trade["id"], trade["symbol"], mark, current, None)
-            old = self.broker.get_order(stop["alpaca_order_id"])
-            with self.db.transaction():
-                locked = self.protector.reconciler.trades.lock(trade["id"])
-                row = self.db.get_by_id("order_execution", stop["id"])
-                assert locked is not None and row is not None
-                self.protector.reconciler.sync(locked, row, old, now=self.now, index={replacement.id: replacement})
+            def record_move(replacement: Any) -> None:
                 self.audit.record("trade", trade["id"], STOP_RAISED, symbol=trade["symbol"],
                                   old=display_price(current), new=display_price(target),
                                   reason=f"trailing stop: high {mark}, stop {current} -> {target}",
                                   details={"high_water_mark": mark, "old_order": stop["alpaca_order_id"],
                                            "new_order": replacement.id})
+
+            try:
+                replacement = self.protector.replace_and_record(trade["id"], stop, stop_price=target,
+                                                                also=record_move)
+            except BrokerRejectedError as exc:
+                # Filled, canceled or triggered meanwhile: the order monitor records what happened.
+                self.warn(f"trade {trade['id']} {trade['symbol']}: stop not raised to {target}: {exc}")
+                self.count("trailing_refused")
+                return Ratchet(trade["id"], trade["symbol"], mark, current, None)
             self.protector.point_position(self.protector.view(trade["id"]))
         logger.info("trailing stop: trade %s %s high %s: stop %s -> %s (order %s)", trade["id"], trade["symbol"],
                     mark, current, target, replacement.id)
