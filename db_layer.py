@@ -123,11 +123,15 @@ class TradingDB:
         self._conn: psycopg2.extensions.connection | None = None
         self._depth = 0
         self._columns: dict[str, set[str]] | None = None
+        self._types: dict[str, dict[str, str]] = {}
         self._lock = threading.RLock()
         #: Database errors met on this connection (outages, dropped connections, deadlocks: the
         #: transient kind): each program run records its share in ``program_run.counts``, which
         #: the database-error breaker (trading/breakers.py) reads.
         self.error_count = 0
+        #: Statements sent on this connection (transaction control included): the benchmarks read
+        #: it to print statements per run and per filled trade (the driver's own count).
+        self.statement_count = 0
 
     # ------------------------------------------------------------------ connection
 
@@ -187,6 +191,7 @@ class TradingDB:
             self._conn = self._open()
             self._depth = 0
             self._columns = None
+            self._types = {}
             key = (self.config.dbname, self.config.port)
             if self.config.embedded and key not in _SCHEMA_READY:
                 # The embedded database is the project's own: ready to use (psql, NocoDB) on first
@@ -257,6 +262,7 @@ class TradingDB:
 
     def _control(self, conn: psycopg2.extensions.connection, statement: str) -> None:
         """Run a transaction-control statement; driver errors become the project's errors."""
+        self.statement_count += 1
         try:
             with conn.cursor() as cur:
                 cur.execute(statement)
@@ -286,6 +292,7 @@ class TradingDB:
     def _execute(self, query: str | sql.Composable, params: Params) -> psycopg2.extensions.cursor:
         conn = self._connection()
         cur = conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        self.statement_count += 1
         try:
             cur.execute(query, params)
         except psycopg2.Error as exc:
@@ -373,6 +380,96 @@ class TradingDB:
             sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in values),
         )
         return self.execute_update(query, {**values, "__id": row_id})
+
+    def insert_many(self, table: str, rows: Sequence[Mapping[str, Any]], *, page_size: int = 1000) -> int:
+        """Insert ``rows`` (each with the same columns) in multi-row statements of up to
+        ``page_size`` rows (``psycopg2.extras.execute_values``); returns the number inserted.
+
+        Columns left out get their defaults; give ``id`` (from ``reserve_ids``) when the caller
+        needs to know it."""
+        if not rows:
+            return 0
+        names = list(rows[0])
+        self._check_columns(table, names)
+        if any(list(row) != names for row in rows):
+            raise ValueError(f"insert_many into {table!r}: every row needs the same columns in the same order")
+        query = sql.SQL("INSERT INTO {} ({}) VALUES %s").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, names)))
+        return self._execute_values(query, [tuple(row[name] for name in names) for row in rows], page_size)
+
+    def update_many(self, table: str, changes: Mapping[int, Mapping[str, Any]], *, page_size: int = 1000) -> int:
+        """Set each row's own values (``{row id: {column: value}}``) in set-based statements:
+        one ``UPDATE ... FROM (VALUES ...)`` per set of columns (and per ``page_size`` rows).
+        ``updated_at`` is stamped as ``update()`` does. Returns the number of rows updated."""
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        stamp = "updated_at" in self.columns(table)
+        now = dt.datetime.now(dt.UTC)
+        for row_id, given in changes.items():
+            values = dict(given)
+            if stamp and "updated_at" not in values:
+                values["updated_at"] = now
+            if not values:
+                continue
+            names = tuple(sorted(values))
+            groups.setdefault(names, []).append((int(row_id), *(values[name] for name in names)))
+        types = self.column_types(table)
+        touched = 0
+        for names, rows in groups.items():
+            self._check_columns(table, list(names))
+            # The VALUES list has no column types of its own (an all-NULL column would be text):
+            # each value is cast to its column's type.
+            query = sql.SQL("UPDATE {t} SET {sets} FROM (VALUES %s) AS v(__id, {cols}) WHERE {t}.id = v.__id").format(
+                t=sql.Identifier(table),
+                sets=sql.SQL(", ").join(sql.SQL("{} = v.{}::{}").format(
+                    sql.Identifier(n), sql.Identifier(n), sql.SQL(types[n])) for n in names),
+                cols=sql.SQL(", ").join(map(sql.Identifier, names)))
+            touched += self._execute_values(query, rows, page_size)
+        return touched
+
+    def delete_many(self, table: str, row_ids: Sequence[int]) -> int:
+        """Delete the rows with these ids in one statement; returns the number deleted."""
+        if not row_ids:
+            return 0
+        self.columns(table)
+        return self.execute_update(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(table)),
+                                   ([int(i) for i in row_ids],))
+
+    def reserve_ids(self, table: str, count: int) -> list[int]:
+        """``count`` new ids from the identity sequence of ``table`` (one statement), for rows that
+        ``insert_many`` writes later; ids never reused, unused ones are just gaps."""
+        if count <= 0:
+            return []
+        self.columns(table)
+        rows = self.execute_query("SELECT nextval(pg_get_serial_sequence(%s, 'id')) AS id "
+                                  "FROM generate_series(1, %s)", (table, int(count)))
+        return [int(row["id"]) for row in rows]
+
+    def column_types(self, table: str) -> dict[str, str]:
+        """``{column: SQL type}`` of ``table`` from the live catalog (cached per connection)."""
+        cached = self._types.get(table)
+        if cached is None:
+            self.columns(table)
+            rows = self.execute_query(
+                "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type FROM pg_attribute a "
+                "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped", (table,))
+            cached = self._types[table] = {row["name"]: row["type"] for row in rows}
+        return cached
+
+    def _execute_values(self, query: sql.Composable, rows: Sequence[tuple[Any, ...]], page_size: int) -> int:
+        if not rows:
+            return 0
+        with self._lock:
+            conn = self._connection()
+            touched = 0
+            with conn.cursor() as cur:
+                for start in range(0, len(rows), page_size):
+                    self.statement_count += 1
+                    try:
+                        psycopg2.extras.execute_values(cur, query, rows[start:start + page_size], page_size=page_size)
+                    except psycopg2.Error as exc:
+                        raise self._translate(exc) from exc
+                    touched += max(cur.rowcount, 0)
+            return touched
 
     def delete(self, table: str, row_id: int) -> int:
         """Delete the row with ``id = row_id``; returns the number of rows deleted."""
@@ -518,10 +615,12 @@ class TradingDB:
                 "it is tried again at the next start") from exc
         finally:
             self._columns = None
+            self._types = {}
 
     def missing_schema(self) -> list[str]:
         """What the contract needs and this database lacks (``table`` or ``table.column``)."""
         self._columns = None
+        self._types = {}
         missing: list[str] = []
         for table in schema.TABLES:
             try:

@@ -56,6 +56,8 @@ from typing import Any
 from config import Settings, load_settings
 from trading import audit, lifecycle
 from trading.accounts import AccountGuard
+from trading.audit import Auditor
+from trading.batch import TradeBatch
 from trading.broker import Broker, BrokerOrder
 from trading.errors import NotFoundError, UnknownStatusError
 from trading.exits import Escalator
@@ -77,6 +79,9 @@ LISTING_MARGIN = dt.timedelta(minutes=1)
 STALE_INTENT = dt.timedelta(minutes=2)
 #: How many replacements in a row the sync follows with direct look-ups.
 MAX_REPLACEMENT_LINKS = 5
+#: Trades whose changes are applied in one transaction (their row locks are held for its few
+#: hundred milliseconds at most; another program's change to one of them waits that long).
+SYNC_BATCH_TRADES = 250
 
 Row = dict[str, Any]
 
@@ -152,14 +157,54 @@ class OrderMonitor:
         by_trade: dict[int, list[Row]] = defaultdict(list)
         for row in rows:
             by_trade[row["trade_journal_id"]].append(row)
-        for trade_id, trade_rows in sorted(by_trade.items(), key=lambda item: item[0] or 0):
-            if trade_id is None:
-                continue
-            if not any(row["id"] in missing or self._differs(row, index, by_client) for row in trade_rows):
-                continue
+        changed = [trade_id for trade_id, trade_rows in sorted(by_trade.items(), key=lambda item: item[0] or 0)
+                   if trade_id is not None
+                   and any(row["id"] in missing or self._differs(row, index, by_client) for row in trade_rows)]
+        for start in range(0, len(changed), SYNC_BATCH_TRADES):
+            self._sync_batch(ctx, reconciler, protector, changed[start:start + SYNC_BATCH_TRADES], index, by_client,
+                             missing, recheck)
+
+    def _sync_batch(self, ctx: RunContext, reconciler: Reconciler, protector: Protector, trade_ids: list[int],
+                    index: dict[str, BrokerOrder], by_client: dict[str, BrokerOrder], missing: dict[int, str],
+                    recheck: set[int]) -> None:
+        """Apply the broker's state to a batch of trades in one transaction, read and written in a
+        few statements (``trading.batch.TradeBatch``): each trade's rows are locked (row locks, in id
+        order) before anything of it changes, as in a transaction of its own. Should one trade fail,
+        the batch rolls back whole and is replayed trade by trade (``_sync_trade``), so the trades
+        before the failing one commit and the failure surfaces as before."""
+        results: list[tuple[int, SyncResult]] = []
+        if len(trade_ids) > 1:
+            batch = TradeBatch(self.db)
+            batched = Reconciler(batch, Auditor(batch, ctx.audit.program, ctx.audit.run_id))
+            try:
+                with self.db.transaction():
+                    trades = batch.load(trade_ids)
+                    for trade_id in trade_ids:
+                        with log_context(trade_id=trade_id):
+                            results.append((trade_id, self._apply_trade(ctx, batched, trades.get(trade_id), index,
+                                                                        by_client, missing, recheck)))
+                    batch.flush()
+            except Exception as exc:  # replayed one trade per transaction below: the same outcome as before
+                logger.warning("%s: a batch of %s trades rolled back (%s): applied one trade at a time", PROGRAM,
+                               len(trade_ids), exc)
+                results = []
+        if not results:
+            for trade_id in trade_ids:
+                with log_context(trade_id=trade_id):
+                    result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing, recheck)
+                self._count_sync(ctx, trade_id, result)
+                self._cancel_leftovers(protector, trade_id, result)
+            return
+        for trade_id, result in results:
+            self._count_sync(ctx, trade_id, result)
+        # Network calls only after the batch's transaction committed (never inside a trade transaction).
+        for trade_id, result in results:
+            self._cancel_leftovers(protector, trade_id, result)
+
+    @staticmethod
+    def _cancel_leftovers(protector: Protector, trade_id: int, result: SyncResult) -> None:
+        if result.to_cancel:
             with log_context(trade_id=trade_id):
-                result = self._sync_trade(ctx, reconciler, trade_id, index, by_client, missing, recheck)
-            if result.to_cancel:
                 protector.cancel_and_confirm(trade_id, result.to_cancel,
                                              reason="trade closed: its remaining orders are canceled")
 
@@ -233,37 +278,48 @@ class OrderMonitor:
                     recheck: set[int] | None = None) -> SyncResult:
         """Apply the broker's state to one trade's open orders (and its ``not_found`` orders due
         for another look-up, ``recheck``), in one transaction."""
+        with self.db.transaction():
+            return self._apply_trade(ctx, reconciler, reconciler.trades.lock(trade_id), index, by_client, missing,
+                                     recheck)
+
+    def _apply_trade(self, ctx: RunContext, reconciler: Reconciler, trade: Row | None, index: dict[str, BrokerOrder],
+                     by_client: dict[str, BrokerOrder], missing: dict[int, str],
+                     recheck: set[int] | None = None) -> SyncResult:
+        """The body of ``_sync_trade`` on a locked ``trade`` (inside the caller's transaction)."""
         result = SyncResult()
         max_misses = self.settings.monitor.not_found_max_misses
-        with self.db.transaction():
-            trade = reconciler.trades.lock(trade_id)
-            if trade is None:
-                return result
-            rows = [r for r in reconciler.orders.for_trade(trade_id)
-                    if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES or r["id"] in (recheck or ())]
-            # Entries first: an exit fill needs the position its entry opened.
-            rows.sort(key=lambda r: (r["order_type"] != OrderType.ENTRY.value, r["id"]))
-            known = {r["alpaca_order_id"]: r for r in rows if r.get("alpaca_order_id")}
-            done: set[int] = set()
-            for row in rows:
-                if row["id"] in done:
-                    continue
-                if row["id"] in missing:
-                    # A pending intent that never reached the broker is concluded at once; a
-                    # known order the broker stopped returning gets its configured misses.
-                    limit = 1 if row["order_status"] == lifecycle.PENDING else max_misses
-                    result.merge(reconciler.mark_missing(trade, row, limit, missing[row["id"]], ctx.now))
-                    continue
-                order = self._lookup(row, index, by_client)
-                if order is None:
-                    continue
-                try:
-                    outcome = reconciler.sync(trade, row, order, now=ctx.now, index=index, known=known)
-                except UnknownStatusError as exc:
-                    self._unknown_status(ctx, row, exc)
-                    continue
-                done.update(change.row_id for change in outcome.changes)
-                result.merge(outcome)
+        if trade is None:
+            return result
+        trade_id = trade["id"]
+        rows = [r for r in reconciler.orders.for_trade(trade_id)
+                if r["order_status"] not in lifecycle.TERMINAL_ORDER_STATUSES or r["id"] in (recheck or ())]
+        # Entries first: an exit fill needs the position its entry opened.
+        rows.sort(key=lambda r: (r["order_type"] != OrderType.ENTRY.value, r["id"]))
+        known = {r["alpaca_order_id"]: r for r in rows if r.get("alpaca_order_id")}
+        done: set[int] = set()
+        for row in rows:
+            if row["id"] in done:
+                continue
+            if row["id"] in missing:
+                # A pending intent that never reached the broker is concluded at once; a
+                # known order the broker stopped returning gets its configured misses.
+                limit = 1 if row["order_status"] == lifecycle.PENDING else max_misses
+                result.merge(reconciler.mark_missing(trade, row, limit, missing[row["id"]], ctx.now))
+                continue
+            order = self._lookup(row, index, by_client)
+            if order is None:
+                continue
+            try:
+                outcome = reconciler.sync(trade, row, order, now=ctx.now, index=index, known=known)
+            except UnknownStatusError as exc:
+                self._unknown_status(ctx, reconciler, row, exc)
+                continue
+            done.update(change.row_id for change in outcome.changes)
+            result.merge(outcome)
+        return result
+
+    @staticmethod
+    def _count_sync(ctx: RunContext, trade_id: int, result: SyncResult) -> None:
         for change in result.changes:
             if change.fill_qty:
                 ctx.summary.add("fills")
@@ -274,17 +330,16 @@ class OrderMonitor:
         ctx.summary.add("positions_opened", int(result.opened))
         ctx.summary.add("trades_closed", int(result.closed))
         ctx.summary.add("trades_cancelled", int(result.cancelled))
-        return result
 
-    def _unknown_status(self, ctx: RunContext, row: Row, exc: UnknownStatusError) -> None:
+    def _unknown_status(self, ctx: RunContext, reconciler: Reconciler, row: Row, exc: UnknownStatusError) -> None:
         reason = f"{exc}: not guessed, the row keeps its status"
         logger.error("%s: order %s (%s): %s", PROGRAM, row["id"], row["symbol"], reason,
                      extra={"order_id": row.get("alpaca_order_id") or row.get("client_order_id"),
                             "symbol": row["symbol"]})
         ctx.summary.warn(f"order {row['id']}: {exc}")
         if row.get("error_message") != reason:
-            self.db.update("order_execution", row["id"], {"error_message": reason})
-            ctx.audit.record("order", row["id"], audit.ORDER_ANOMALY, symbol=row["symbol"], reason=reason)
+            reconciler.db.update("order_execution", row["id"], {"error_message": reason})
+            reconciler.audit.record("order", row["id"], audit.ORDER_ANOMALY, symbol=row["symbol"], reason=reason)
 
     # ------------------------------------------------------------------ 2. day-end exit
 

@@ -141,6 +141,12 @@ def record_notification(db: Any, kind: NotificationKind | str, title: str, body:
     """Put one message in the outbox, on ``db``'s connection: call it inside the transaction of the
     change it reports. Returns the row id, or None when ``dedup_key`` was recorded already."""
     kind = NotificationKind(kind)
+    if dedup_key is None:
+        # Nothing to deduplicate: a plain insert (which a cycle's batch writes with its others).
+        return int(db.insert("notification_outbox", {
+            "kind": kind.value, "title": title.strip() or kind.value, "body": body, "program": program,
+            "program_run_id": run_id, "symbol": symbol, "decision_id": decision_id, "trade_journal_id": trade_id,
+            "audit_event_id": audit_event_id}))
     row = db.execute_one(
         "INSERT INTO notification_outbox (kind, title, body, program, program_run_id, symbol, decision_id, "
         "trade_journal_id, audit_event_id, dedup_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
