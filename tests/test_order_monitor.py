@@ -70,8 +70,9 @@ def test_working_entry_is_listed_once_and_nothing_changes(db, exchange, broker):
     summary = run_monitor(db, broker, check=False)
 
     assert summary.outcome == "success"
-    # the account: the daily-loss breaker, checked at the start of every run with open trades
-    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/account": 1, "GET /v2/orders": 1}
+    # the account: the daily-loss breaker, checked at the start of every run with open trades; the
+    # calendar: read by the date's first run and kept in market_calendar
+    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/account": 1, "GET /v2/orders": 1}
     check_invariants(db, broker)
     assert snapshot(db) == before
     assert db.get_by_id("trade_journal", trade["id"])["status"] == "ORDERED"
@@ -91,8 +92,9 @@ def test_many_open_orders_are_synced_with_one_listing_and_no_per_order_calls(db,
 
     summary = run_monitor(db, broker, check=False)
 
-    # the account: the daily-loss breaker, checked at the start of every run with open trades
-    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/account": 1, "GET /v2/orders": 1}
+    # the account: the daily-loss breaker, checked at the start of every run with open trades; the
+    # calendar: read by the date's first run and kept in market_calendar
+    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/account": 1, "GET /v2/orders": 1}
     check_invariants(db, broker)
     assert summary.counts["positions_opened"] == len(symbols)
     assert summary.counts["protection_protected"] == len(symbols)
@@ -341,7 +343,8 @@ def test_order_unknown_to_the_broker_is_looked_up_directly_and_marked_not_found_
         exchange.reset_stats()
         summary = run_monitor(db, broker, settings, check=False)
         # one listing for everything; direct look-ups (by id, then client order id) only for the missing one
-        assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/calendar": 1, "GET /v2/account": 1, "GET /v2/orders": 1,
+        # (no calendar: the date's first run read it, market_calendar keeps it)
+        assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/account": 1, "GET /v2/orders": 1,
                                    "GET /v2/orders/{order_id}": 1, "GET /v2/orders:by_client_order_id": 1}
         check_invariants(db, broker)
         row = db.get_by_id("order_execution", row_id)
@@ -542,8 +545,7 @@ def test_stop_replaced_twice_is_followed_to_the_live_order_and_kept(db, exchange
             (third["id"], "held", D("147"))]
     assert db.query("position_tracking")[0]["stop_loss_order_id"] == third["id"]
     # the nested listing shows only the latest leg: one direct look-up per missing link
-    assert broker.calls.counts == {"get_clock": 1, "get_calendar": 1, "get_account": 1, "list_orders": 1,
-                                   "get_order": 2}
+    assert broker.calls.counts == {"get_clock": 1, "get_account": 1, "list_orders": 1, "get_order": 2}
 
 
 def test_stop_replaced_with_fewer_shares_is_replaced_by_one_group_for_the_whole_position(db, exchange, broker):

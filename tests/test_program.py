@@ -47,6 +47,26 @@ def test_a_successful_run_is_recorded_with_counts_and_market_time(db, broker):
     assert summary.broker_calls == 2  # clock and calendar, read once
 
 
+def test_the_calendar_is_read_from_the_broker_once_per_date_and_kept_while_the_clock_is_read_every_run(
+        db, broker, exchange):
+    first, summary = run(db, broker)
+    assert summary.broker_calls == 2  # the date's first run: clock and calendar
+    second, summary = run(db, broker)
+    assert summary.broker_calls == 1  # the clock only; the session comes from market_calendar
+    assert second.seen.market.session == first.seen.market.session
+    assert second.seen.market.session.close == dt.datetime(2026, 11, 20, 21, 0, tzinfo=dt.UTC)
+    [row] = db.query("market_calendar")
+    assert row["calendar_date"] == dt.date(2026, 11, 20) and row["session_open"] == first.seen.market.session.open
+
+    exchange.clock("2026-11-26T15:00:00Z")  # Thanksgiving: no session, kept as such
+    holiday, summary = run(db, broker)
+    assert summary.broker_calls == 2 and holiday.seen.market.session is None
+    again, summary = run(db, broker)
+    assert summary.broker_calls == 1 and again.seen.market.session is None and not again.seen.market.is_trading_day
+    kept = {r["calendar_date"]: r["session_close"] for r in db.query("market_calendar")}
+    assert kept == {dt.date(2026, 11, 20): first.seen.market.session.close, dt.date(2026, 11, 26): None}
+
+
 def test_a_second_run_while_the_lock_is_held_is_skipped_quietly(db, broker, make_db, caplog):
     other = make_db()
     caplog.set_level(logging.INFO)

@@ -4,12 +4,15 @@ Every decision that depends on the market's time (is the market open, is today a
 is it time for the day-end exit, which day a daily limit counts) reads a ``MarketTime``.
 Against Alpaca it is the market's time; against the paper exchange with a simulated clock it
 is the simulated time, which is how tests and the simulated day move time for the programs.
+The programs read the clock from the broker every run and today's calendar entry from the
+database (``StoredCalendar``: read from the broker once per date, kept in ``market_calendar``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import pytz
 
@@ -80,14 +83,51 @@ class MarketTime:
         return f"{to_eastern(self.now):%Y-%m-%d %H:%M:%S %Z} (market {state})"
 
 
-def read_market_time(broker: Broker) -> MarketTime:
-    """Ask the broker for its clock and today's calendar entry (two calls)."""
+def read_market_time(broker: Broker, calendar: StoredCalendar | None = None) -> MarketTime:
+    """Ask the broker for its clock (one call) and today's calendar entry: from ``calendar`` (the
+    database's copy, read from the broker once per date) when given, else from the broker (a
+    second call)."""
     clock = broker.get_clock()
     today = eastern_date(clock.timestamp)
-    days = broker.get_calendar(today, today)
-    session = next((day for day in days if day.date == today), None)
+    if calendar is not None:
+        session = calendar.session(today)
+    else:
+        days = broker.get_calendar(today, today)
+        session = next((day for day in days if day.date == today), None)
     return MarketTime(now=clock.timestamp, is_open=clock.is_open, next_open=clock.next_open,
                       next_close=clock.next_close, session=session)
+
+
+class StoredCalendar:
+    """The broker's calendar kept in the ``market_calendar`` table, one row per date.
+
+    A program run needs today's session (open, close, early close, or none on a holiday). The
+    first run of a date asks the broker (``/v2/calendar`` for that date, one call) and keeps the
+    answer; every later run that date reads the row (one SELECT). The clock is never kept: it
+    is read from the broker every run. A person who knows the broker's calendar changed for a
+    date (rare: exchanges announce closures in advance) deletes that date's row; the next run
+    reads it again.
+    """
+
+    def __init__(self, db: Any, broker: Broker) -> None:
+        self.db = db
+        self.broker = broker
+
+    def session(self, day: dt.date) -> TradingDay | None:
+        """The trading session of ``day`` (None: not a trading day)."""
+        row = self.db.execute_one("SELECT session_open, session_close FROM market_calendar WHERE calendar_date = %s",
+                                  (day,))
+        if row is not None:
+            if row["session_open"] is None:
+                return None
+            return TradingDay(date=day, open=row["session_open"], close=row["session_close"])
+        session = next((found for found in self.broker.get_calendar(day, day) if found.date == day), None)
+        self.db.execute_update(
+            "INSERT INTO market_calendar (calendar_date, session_open, session_close) VALUES (%s, %s, %s) "
+            "ON CONFLICT (calendar_date) DO UPDATE SET session_open = EXCLUDED.session_open, "
+            "session_close = EXCLUDED.session_close, fetched_at = now()",
+            (day, session.open if session else None, session.close if session else None))
+        return session
 
 
 def trading_dates(broker: Broker, start: dt.date | None, end: dt.date) -> list[dt.date]:

@@ -47,7 +47,7 @@ from trading.broker import Account, Broker
 from trading.errors import ConfigurationError, TradingError, TransientError
 from trading.logs import FORMATS as LOG_FORMATS
 from trading.logs import bind_log_fields, configure_logging, register_secret, reset_log_fields
-from trading.market_time import MarketTime, read_market_time
+from trading.market_time import MarketTime, StoredCalendar, read_market_time
 from trading.notify import NotificationKind, deliver_notifications, record_notification
 from trading.state import TradingState, read_trading_state
 
@@ -146,7 +146,8 @@ class ProgramRunner:
         self.db = db
         self.broker = broker
         self.settings = settings
-        self.clock = clock or (lambda: read_market_time(broker))
+        # The clock from the broker every run; today's calendar entry from the database's copy.
+        self.clock = clock or (lambda: read_market_time(broker, StoredCalendar(db, broker)))
         self.dry_run = dry_run
 
     def run(self) -> RunSummary:

@@ -422,10 +422,27 @@ DAILY_REPORT = Table(
     comment="The end-of-day report, one row per trading day (a re-run replaces it). See trading/daily_report.py.",
 )
 
+MARKET_CALENDAR = Table(
+    "market_calendar",
+    (
+        ID,
+        Column("calendar_date", "DATE", not_null=True),
+        # The session in UTC; both NULL: not a trading day (a weekend or a market holiday).
+        Column("session_open", "TIMESTAMPTZ"),
+        Column("session_close", "TIMESTAMPTZ"),
+        Column("fetched_at", "TIMESTAMPTZ", "now()", not_null=True),
+    ),
+    checks=(("market_calendar_session_open_and_close_together",
+             "(session_open IS NULL) = (session_close IS NULL)"),),
+    indexes=(("uq_market_calendar_date", "UNIQUE (calendar_date)"),),
+    comment="The broker's calendar (/v2/calendar), one row per US/Eastern date, read from the broker once "
+            "per date and kept (trading.market_time.StoredCalendar); the clock is still read every run.",
+)
+
 #: Every table, upstream first.
 TABLES: tuple[Table, ...] = (ANALYSIS_DECISION, TRADE_JOURNAL, ORDER_EXECUTION, POSITION_TRACKING,
                              TRADE_FILL, AUDIT_EVENT, PROGRAM_RUN, PORTFOLIO_SNAPSHOT, TRADING_STATE,
-                             STREAM_STATUS, NOTIFICATION_OUTBOX, DAILY_REPORT)
+                             STREAM_STATUS, NOTIFICATION_OUTBOX, DAILY_REPORT, MARKET_CALENDAR)
 TABLES_BY_NAME = {table.name: table for table in TABLES}
 
 #: Serialises concurrent schema creation (two programs starting at once on a fresh database).
