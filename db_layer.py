@@ -401,6 +401,8 @@ class TradingDB:
         """Set each row's own values (``{row id: {column: value}}``) in set-based statements:
         one ``UPDATE ... FROM (VALUES ...)`` per set of columns (and per ``page_size`` rows).
         ``updated_at`` is stamped as ``update()`` does. Returns the number of rows updated."""
+        if not changes:
+            return 0
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         stamp = "updated_at" in self.columns(table)
         now = dt.datetime.now(dt.UTC)

@@ -453,12 +453,18 @@ class OrderMonitor:
         orders: dict[int, list[Row]] = defaultdict(list)
         for row in self.db.query("order_execution", {"trade_journal_id": ids}, order_by="id"):
             orders[row["trade_journal_id"]].append(row)
+        pointers: dict[int, dict[str, Any]] = {}
         for trade in trades:
             view = ProtectionView(trade, positions.get(trade["id"]), orders[trade["id"]])
             if view.protected and not view.entry_working and not view.pending and not view.exits_open:
                 # Protected as read above: at most point the position at its stop (a new position
-                # from this run's fills), without reading everything again per trade.
-                protector.point_position(view)
+                # from this run's fills), without reading everything again per trade; the pointers
+                # of all such positions are written together below.
+                stop, take_profit = protector.live_protection_ids(view)
+                position = view.position
+                if position is not None and (position.get("stop_loss_order_id"), position.get(
+                        "take_profit_order_id")) != (stop, take_profit):
+                    pointers[position["id"]] = {"stop_loss_order_id": stop, "take_profit_order_id": take_profit}
                 ctx.summary.add("protection_protected")
                 continue
             outcome = protector.ensure(trade["id"])
@@ -466,6 +472,7 @@ class OrderMonitor:
             if outcome in ("waiting",):
                 ctx.summary.warn(f"trade {trade['id']} {trade['symbol']}: entry still working, filled shares wait "
                                  "for protection (PARTIAL_ENTRY_POLICY=wait)")
+        self.db.update_many("position_tracking", pointers)
 
 
 def run_once(db: Any, broker: Broker, now: MarketTime | None = None, settings: Settings | None = None,

@@ -37,7 +37,7 @@ Row = dict[str, Any]
 
 #: The tables whose rows of the loaded trades are kept in memory (by ``trade_journal_id``).
 CACHED_TABLES = ("order_execution", "position_tracking")
-#: Ids reserved per ``reserve_ids`` call (grows to this from 64 as a batch writes more).
+#: Ids reserved per ``reserve_ids`` call (grows to this from 256 as a batch writes more).
 MAX_ID_CHUNK = 2048
 
 
@@ -200,7 +200,7 @@ class TradeBatch:
     def _next_id(self, table: str) -> int:
         pool = self._ids.setdefault(table, [])
         if not pool:
-            size = self._chunk.get(table, 32) * 2
+            size = self._chunk.get(table, 128) * 2
             self._chunk[table] = min(size, MAX_ID_CHUNK)
             pool.extend(reversed(self.db.reserve_ids(table, self._chunk[table])))
         return pool.pop()

@@ -247,9 +247,15 @@ class Protector:
         return "deferred"
 
     def point_position(self, view: ProtectionView) -> None:
+        stop, take_profit = self.live_protection_ids(view)
+        self.reconciler.trades.set_protection_ids(view.trade["id"], stop, take_profit, position=view.position)
+
+    @staticmethod
+    def live_protection_ids(view: ProtectionView) -> tuple[str | None, str | None]:
+        """The broker ids of the live stop and take-profit the position should point at."""
         stop = view.stop_rows[0]["alpaca_order_id"] if view.stop_rows else None
         take_profit = view.take_profit_rows[0]["alpaca_order_id"] if view.take_profit_rows else None
-        self.reconciler.trades.set_protection_ids(view.trade["id"], stop, take_profit, position=view.position)
+        return stop, take_profit
 
     def _next_client_order_id(self, trade: Row, orders: list[Row], purpose: str) -> str:
         used = {r.get("client_order_id") for r in orders}
