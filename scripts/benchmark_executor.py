@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
 """Benchmark order_executor: N approved decisions become N protected entry orders.
 
-    .venv/bin/python scripts/benchmark_executor.py              # 100, then 1,000 decisions
-    .venv/bin/python scripts/benchmark_executor.py --n 5000     # one size (repeat --n for more)
+    .venv/bin/python scripts/benchmark_executor.py              # 100, 1,000 and 5,000 decisions
+    .venv/bin/python scripts/benchmark_executor.py --n 5000 --repeat 1   # one size (repeat --n for more)
 
-Each size starts from empty tables and a fresh exchange book: N approved NEW_TRADE decisions
+Each run starts from empty tables and a fresh exchange book: N approved NEW_TRADE decisions
 (SWING brackets and DAYTRADE OTOs, spread over the exchange's symbols, limits below the market
 so the entries rest) are inserted, then one executor run is timed. Afterwards the script checks
 that every decision became exactly one order and that a second run changes nothing.
 
-Printed per size: decisions per second of the run, and broker calls per decision, counted on
-both sides (the client's ``broker.calls`` and the exchange's ``/admin/stats``).
+Beside it, on the same decisions (prepared again), the seed-design baseline (``baseline_run``
+below, not product code): one decision at a time, a transaction to claim it and record its trade
+and intent, the broker call, a transaction to record the answer.
+
+Printed per size (medians of ``--repeat`` runs): decisions per second and the ratio to the
+baseline, SQL statements per decision (the driver's count, ``TradingDB.statement_count``), and
+broker calls per decision counted on both sides (the client's ``broker.calls`` and the
+exchange's ``/admin/stats``). Goals (issue 16), printed as ``ok`` or ``MISSED``, never an exit
+status: at least 200 decisions/s at every size, flat (5,000 within 25 % of 100), one broker call
+per decision plus a handful per run.
 
 Parts: an in-process paper exchange (simulated clock at Friday 2026-11-20 09:45 ET) and a
 throwaway PostgreSQL from testing.postgresql (run as the ``postgres`` user when we are root),
@@ -42,17 +50,23 @@ import requests
 from alpaca_client import AlpacaBroker
 from config import PostgresConfig, load_settings, parse_database_url
 from db_layer import TradingDB
-from order_executor import run_once
+from order_executor import CLAIM_SQL, PENDING_DECISIONS_SQL, entry_request, run_once
 from paper_exchange import PaperExchange, start_server
 from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE
 from paper_exchange.universe import DEFAULT_UNIVERSE
 from trading import schema
+from trading.audit import Auditor
+from trading.orders import entry_client_order_id
+from trading.plan import parse_plan
+from trading.reconcile import Reconciler
 
 START = "2026-11-20T14:45:00Z"  # Friday 09:45 ET: the executor's scheduled time on a trading day
 CASH = Decimal("100000000")     # enough buying power that no limit refuses an entry
 CENT = Decimal("0.01")
-#: Printed beside the figure; never pass/fail (a shared machine). The executor runs once a day.
-GOAL_DECISIONS_PER_SECOND = 20
+#: Printed beside the figure; never pass/fail (a shared machine).
+GOAL_DECISIONS_PER_SECOND = 200
+#: "Flat": the largest size's rate within this fraction of the smallest's.
+GOAL_FLATNESS = 0.25
 
 # Limits wide enough that every decision passes: the benchmark measures the work, not refusals.
 LIMITS = {
@@ -72,6 +86,9 @@ class Result:
     exchange_calls: dict[str, int]
     rerun_seconds: float
     rerun_calls: int
+    statements: int = 0
+    baseline_seconds: float = 0.0
+    baseline_statements: int = 0
 
     @property
     def client_total(self) -> int:
@@ -130,13 +147,60 @@ def exchange_calls(url: str) -> dict[str, int]:
     return dict(requests.get(f"{url}/admin/stats", timeout=10).json()["routes"])
 
 
+def baseline_run(db: TradingDB, broker: AlpacaBroker, prefix: str = "bl") -> int:
+    """The seed design's executor (the comparison, not product code): every approved decision on
+    its own: claim it and record its trade and intent (one transaction), send it (one call),
+    record the answer and mark the decision executed (another transaction). No risk gate or
+    quote check: the least a per-decision executor does. Returns how many it placed."""
+    now = broker.get_clock().timestamp
+    auditor = Auditor(db, "baseline")
+    reconciler = Reconciler(db, auditor)
+    placed = 0
+    for pending in db.execute_query(PENDING_DECISIONS_SQL):
+        with db.transaction():
+            row = db.execute_one(CLAIM_SQL, (pending["id"],))
+            if row is None:
+                continue
+            plan = parse_plan(row)
+            trade = reconciler.trades.create({**plan.as_values(), "initial_analysis_id": row["id"],
+                                              "planned_qty": plan.qty or Decimal(1)})
+            request = entry_request(plan, plan.qty or Decimal(1), entry_client_order_id(prefix, row))
+            intent_id = reconciler.orders.insert_intent(trade, "ENTRY", request)
+        order = broker.submit_order(request)
+        with db.transaction():
+            row = db.execute_one(CLAIM_SQL, (pending["id"],))
+            locked = reconciler.trades.lock(trade["id"])
+            intent = db.get_by_id("order_execution", intent_id)
+            assert row is not None and locked is not None and intent is not None
+            reconciler.sync(locked, intent, order, now=now)
+            db.update("analysis_decision", row["id"], {"executed": True, "execution_time": now,
+                                                       "existing_trade_journal_id": trade["id"],
+                                                       "existing_order_id": order.id})
+            auditor.record("decision", row["id"], "DECISION_ACCEPTED", symbol=row["ticker"], old="pending",
+                           new="accepted")
+        placed += 1
+    return placed
+
+
 def bench(db: TradingDB, url: str, n: int) -> Result:
+    prepare(db, url, n)
+    broker = AlpacaBroker(base_url=url, data_url=url, timeout=30)
+    statements = db.statement_count
+    started = time.perf_counter()
+    placed = baseline_run(db, broker)
+    baseline_seconds = time.perf_counter() - started
+    baseline_statements = db.statement_count - statements
+    if placed != n:
+        raise SystemExit(f"the baseline placed {placed} of {n}")
+
     prepare(db, url, n)
     settings = load_settings(test_mode=True, env=LIMITS)
     broker = AlpacaBroker(base_url=url, data_url=url, timeout=30)
+    statements = db.statement_count
     started = time.perf_counter()
     summary = run_once(db, broker, settings=settings)
     seconds = time.perf_counter() - started
+    statements = db.statement_count - statements
     if summary.outcome != "success" or summary.counts.get("placed") != n:
         raise SystemExit(f"the run did not place every decision: {summary.line()} {summary.notes[:5]}")
     client = dict(broker.calls.counts)
@@ -158,15 +222,30 @@ def bench(db: TradingDB, url: str, n: int) -> Result:
     rerun_seconds = time.perf_counter() - started
     if rerun.counts.get("placed"):
         raise SystemExit(f"the second run placed orders again: {rerun.line()}")
-    return Result(n, seconds, client, server, rerun_seconds, broker.calls.total)
+    return Result(n, seconds, client, server, rerun_seconds, broker.calls.total, statements, baseline_seconds,
+                  baseline_statements)
 
 
-def report(result: Result) -> None:
+def median_result(results: list[Result]) -> Result:
+    return sorted(results, key=lambda r: r.seconds)[len(results) // 2]
+
+
+def verdict(met: bool) -> str:
+    return "ok" if met else "MISSED"
+
+
+def report(result: Result, repeat: int) -> None:
     n = result.n
     submits = result.client_calls.get("submit_order", 0)
     overhead = result.client_total - submits
-    print(f"\n{n:,} decisions: {result.seconds:.2f} s = {n / result.seconds:,.0f} decisions/s "
-          f"(goal >= {GOAL_DECISIONS_PER_SECOND} decisions/s)")
+    rate = n / result.seconds
+    baseline_rate = n / result.baseline_seconds if result.baseline_seconds else 0.0
+    print(f"\n{n:,} decisions (median of {repeat}): {result.seconds:.2f} s = {rate:,.0f} decisions/s "
+          f"(goal >= {GOAL_DECISIONS_PER_SECOND}/s: {verdict(rate >= GOAL_DECISIONS_PER_SECOND)}); "
+          f"baseline {result.baseline_seconds:.2f} s = {baseline_rate:,.0f}/s, x{rate / baseline_rate:.1f}"
+          if baseline_rate else "")
+    print(f"  SQL statements: {result.statements:,} = {result.statements / n:.2f} per decision "
+          f"(baseline {result.baseline_statements / n:.2f} per decision)")
     print(f"  broker calls (client):   {result.client_total:,} = {result.client_total / n:.3f} per decision "
           f"({submits:,} submit_order + {overhead} per run: "
           + ", ".join(f"{k} {v}" for k, v in sorted(result.client_calls.items()) if k != "submit_order") + ")")
@@ -175,11 +254,23 @@ def report(result: Result) -> None:
     print(f"  second run, nothing to do: {result.rerun_seconds * 1000:.0f} ms, {result.rerun_calls} broker calls")
 
 
+def flatness(results: list[Result]) -> None:
+    if len(results) < 2:
+        return
+    rates = [r.n / r.seconds for r in results]
+    drop = 1 - rates[-1] / rates[0]
+    print(f"\nscaling: {', '.join(f'{r.n:,}: {rate:,.0f}/s' for r, rate in zip(results, rates, strict=True))}; "
+          f"{results[-1].n:,} is {drop:+.0%} slower per decision than {results[0].n:,} "
+          f"(goal: flat, within {GOAL_FLATNESS:.0%}: {verdict(drop <= GOAL_FLATNESS)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, action="append", help="decisions per run (repeatable; default 100 and 1000)")
+    parser.add_argument("--n", type=int, action="append",
+                        help="decisions per run (repeatable; default 100, 1,000 and 5,000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each size (the median is printed)")
     args = parser.parse_args(argv)
-    sizes = args.n or [100, 1000]
+    sizes = args.n or [100, 1000, 5000]
     if any(n < 1 for n in sizes):
         parser.error("--n must be at least 1")
 
@@ -191,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"database: {where} ({pg.host}:{pg.port}/{pg.dbname}); exchange: in-process at {handle.url}")
             with TradingDB(test_mode=True, config=pg, application_name="benchmark_executor") as db:
                 db.create_schema()
+                medians = []
                 for n in sizes:
-                    report(bench(db, handle.url, n))
+                    medians.append(median_result([bench(db, handle.url, n) for _ in range(max(args.repeat, 1))]))
+                    report(medians[-1], max(args.repeat, 1))
+                flatness(medians)
     finally:
         handle.stop()
     return 0

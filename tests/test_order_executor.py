@@ -1145,7 +1145,7 @@ def test_rerun_with_nothing_to_do_changes_nothing(db, exchange, broker):
     assert dict(again.counts) == {}
     assert snapshot(db) == before
     assert exchange.orders() == orders_before
-    assert exchange.stats()["requests"] == {"GET /v2/clock": 1, "GET /v2/calendar": 1}
+    assert exchange.stats()["requests"] == {"GET /v2/clock": 1}  # the calendar: kept in market_calendar
 
 
 # --------------------------------------------------------------------------- command line
@@ -1234,13 +1234,14 @@ def test_benchmark_script_places_one_order_per_decision_with_one_call_each(db, c
     monkeypatch.setitem(sys.modules, "benchmark_executor", benchmark)
     spec.loader.exec_module(benchmark)
 
-    assert benchmark.main(["--n", "8"]) == 0
+    assert benchmark.main(["--n", "8", "--repeat", "1"]) == 0
 
     out = capsys.readouterr().out
-    assert "8 decisions:" in out
+    assert "8 decisions (median of 1):" in out and "baseline" in out
     assert "broker calls (client):   13 = 1.625 per decision (8 submit_order + 5 per run" in out
     assert "broker calls (exchange): 13 = 1.625 per decision" in out
-    assert "second run, nothing to do" in out and "2 broker calls" in out
+    # the second run: the clock only (the date's calendar is kept in market_calendar)
+    assert "second run, nothing to do" in out and "1 broker calls" in out
 
 
 # --------------------------------------------------------------------------- issue 11: trade safety

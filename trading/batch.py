@@ -37,6 +37,8 @@ Row = dict[str, Any]
 
 #: The tables whose rows of the loaded trades are kept in memory (by ``trade_journal_id``).
 CACHED_TABLES = ("order_execution", "position_tracking")
+#: Unique keys of ``order_execution``: a row of the batch's trades is the only one with its value.
+UNIQUE_KEYS = frozenset({"alpaca_order_id", "client_order_id"})
 #: Ids reserved per ``reserve_ids`` call (grows to this from 256 as a batch writes more).
 MAX_ID_CHUNK = 2048
 
@@ -54,6 +56,13 @@ class TradeBatch:
         self._inserted: set[tuple[str, int]] = set()      # rows of the log's inserts
         self._ids: dict[str, list[int]] = {}
         self._chunk: dict[str, int] = {}
+        #: Rows of other tables this transaction has locked (``hold``): their updates wait in the log.
+        self._held: dict[str, set[int]] = {}
+
+    def hold(self, table: str, row_ids: Sequence[int]) -> None:
+        """Rows the caller locked in this transaction (for example claimed decisions): updates of
+        them are queued like the batch's own instead of being sent one by one."""
+        self._held.setdefault(table, set()).update(int(i) for i in row_ids)
 
     # ------------------------------------------------------------------ loading
 
@@ -91,9 +100,15 @@ class TradeBatch:
         values = dict(values)
         self._log.append(("insert", table, row_id, values))
         self._inserted.add((table, row_id))
-        if table in self.rows:
-            self.rows[table][row_id] = {**values, "id": row_id}
-            self._partial.setdefault(table, set()).add(row_id)
+        if table in self.rows or table == "trade_journal":
+            defaults, complete = _defaults(table)
+            row = {**defaults, **values, "id": row_id}
+            if table == "trade_journal":
+                self.trades[row_id] = row
+            else:
+                self.rows[table][row_id] = row
+            if not complete:
+                self._partial.setdefault(table, set()).add(row_id)
         return row_id
 
     def update(self, table: str, row_id: int, values: Mapping[str, Any]) -> int:
@@ -104,7 +119,7 @@ class TradeBatch:
         if "updated_at" in self.db.columns(table) and "updated_at" not in values:
             values["updated_at"] = dt.datetime.now(dt.UTC)
         cached = self._cached(table, row_id)
-        if cached is None and (table, row_id) not in self._inserted:
+        if cached is None and (table, row_id) not in self._inserted and row_id not in self._held.get(table, ()):
             # Not a row of the batch: whether it exists is the database's to say.
             self.flush()
             return int(self.db.update(table, row_id, values))
@@ -218,7 +233,7 @@ class TradeBatch:
             return
         self.flush()
         for row in self.db.execute_query(f"SELECT * FROM {table} WHERE id = ANY(%s)", (wanted,)):
-            self.rows[table][row["id"]] = row
+            (self.trades if table == "trade_journal" else self.rows[table])[row["id"]] = row
             partial.discard(row["id"])  # type: ignore[union-attr]
 
     def _query_memory(self, table: str, where: dict[str, Any], order_by: str | Sequence[str] | None,
@@ -235,11 +250,12 @@ class TradeBatch:
         rows = self.rows[table].values()
         if isinstance(trade_id, int) and trade_id in self.trades:
             candidates = [r for r in rows if r.get("trade_journal_id") == trade_id]
-        elif set(where) & {"alpaca_order_id", "client_order_id"} and table == "order_execution":
-            # Unique keys: a row of the batch with it is the only one; otherwise ask the database.
-            candidates = [r for r in rows if all(_matches(r.get(k), v) for k, v in where.items())]
-            if not candidates:
-                return None
+        elif set(where) & UNIQUE_KEYS and table == "order_execution":
+            # A unique key of an order of the batch's locked trades (a protective leg, a replacement):
+            # its row, if it exists, is one of theirs, all read under their locks. Should another
+            # trade hold it (a broken record), the insert that follows violates the unique index,
+            # the batch rolls back and the caller replays it trade by trade, reading the database.
+            candidates = list(rows)
         else:
             return None
         found = [r for r in candidates if all(_matches(r.get(k), v) for k, v in where.items())]
@@ -252,6 +268,33 @@ class TradeBatch:
         if limit is not None:
             found = found[:limit]
         return [dict(r) for r in found]
+
+
+def _defaults(table: str) -> tuple[dict[str, Any], bool]:
+    """The values PostgreSQL gives the columns an insert leaves out (from ``trading.schema``), and
+    whether all of them are known here (else the row is read back when it is next read)."""
+    from decimal import Decimal
+
+    from trading import schema
+
+    values: dict[str, Any] = {}
+    complete = True
+    for column in schema.TABLES_BY_NAME[table].columns:
+        default = column.default
+        if column.name == "id" or default is None:
+            values[column.name] = None
+        elif default == "now()":
+            values[column.name] = dt.datetime.now(dt.UTC)
+        elif default.startswith("'") and default.endswith("'"):
+            values[column.name] = default[1:-1]
+        elif default in ("true", "false"):
+            values[column.name] = default == "true"
+        elif default.lstrip("-").isdigit():
+            values[column.name] = Decimal(default) if column.type.startswith("NUMERIC") else int(default)
+        else:
+            values[column.name] = None
+            complete = False
+    return values, complete
 
 
 def _matches(value: Any, wanted: Any) -> bool:
