@@ -66,6 +66,7 @@ from trading.broker import (
     Clock,
     OrderRequest,
     Quote,
+    RateLimit,
     TradeUpdate,
     TradingDay,
 )
@@ -86,17 +87,34 @@ QUOTE_CHUNK = 1000
 
 
 class _BoundedSession(requests.Session):
-    """A requests session that always sets a timeout and parses JSON numbers as Decimal."""
+    """A requests session that always sets a timeout and parses JSON numbers as Decimal;
+    ``on_response`` sees every answer's headers (the rate limit)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, on_response: Callable[[requests.Response], None] | None = None) -> None:
         super().__init__()
         self.timeout = timeout
+        self.on_response = on_response
 
     def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
         response = super().request(method, url, *args, **kwargs)
         setattr(response, "json", partial(response.json, parse_float=Decimal))  # noqa: B010
+        if self.on_response is not None:
+            self.on_response(response)
         return response
+
+
+def parse_rate_limit(headers: Any) -> RateLimit | None:
+    """The allowance an answer's ``X-RateLimit-*`` headers state, or None when it has none."""
+    remaining = headers.get("X-RateLimit-Remaining")
+    if remaining is None:
+        return None
+    try:
+        reset = headers.get("X-RateLimit-Reset")
+        return RateLimit(limit=int(headers.get("X-RateLimit-Limit") or 0), remaining=int(remaining),
+                         reset_at=dt.datetime.fromtimestamp(int(reset), dt.UTC) if reset else None)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -219,11 +237,20 @@ class AlpacaBroker:
         self.timeout = timeout
         self.calls = CallCounter()
         self.last_account: Account | None = None
+        #: The trading API's allowance as its last answer stated it (None until one says): the
+        #: executor paces its submissions by it (``X-RateLimit-Remaining``).
+        self.rate_limit: RateLimit | None = None
         self._trading = TradingClient(api_key, secret_key, paper=paper, raw_data=True, url_override=self.base_url)
         self._data = StockHistoricalDataClient(api_key, secret_key, raw_data=True, url_override=self.data_url)
         for client in (self._trading, self._data):
-            client._session = _BoundedSession(timeout)  # every call bounded
+            # every call bounded; the trading API's answers tell the rate limit
+            client._session = _BoundedSession(timeout, self._note_rate_limit if client is self._trading else None)
             client._retry = 0  # no hidden sleeps: the program retries on its next cycle
+
+    def _note_rate_limit(self, response: requests.Response) -> None:
+        found = parse_rate_limit(response.headers)
+        if found is not None:
+            self.rate_limit = found
 
     def describe(self) -> str:
         """Where the broker is (no keys)."""

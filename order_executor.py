@@ -46,6 +46,7 @@ import trading.preflight  # noqa: F401  (first: one line, not a traceback, outsi
 import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import sys
 import time
@@ -98,6 +99,10 @@ CLAIM_MANY_SQL = ('SELECT * FROM analysis_decision WHERE id = ANY(%s) AND execut
                   "ORDER BY created_at, id FOR UPDATE SKIP LOCKED")
 #: Decisions claimed, recorded and answered together (``_new_trades_batch``).
 BATCH_DECISIONS = 100
+#: The longest wait for the broker's rate-limit window to renew (Alpaca's window is a minute).
+MAX_PACING_WAIT_SECONDS = 60.0
+#: Waited beyond ``X-RateLimit-Reset`` (whole seconds at the broker): the new window has begun.
+PACING_MARGIN_SECONDS = 0.5
 
 
 class _GateNeedsAnswers(Exception):
@@ -159,6 +164,9 @@ class OrderExecutor:
         self._quotes: dict[str, Quote] | None = None
         self._quotes_asked: set[str] = set()
         self._quote_problem: str | None = None
+        self._batching = True
+        self._paced_until: dt.datetime | None = None
+        self._summary: RunSummary | None = None
 
     def run(self) -> RunSummary:
         """One run under the executor's advisory lock."""
@@ -167,6 +175,7 @@ class OrderExecutor:
     # ------------------------------------------------------------------ the run
 
     def execute(self, ctx: RunContext) -> None:
+        self._summary = ctx.summary
         ids = [row["id"] for row in self.db.execute_query(PENDING_DECISIONS_SQL)]
         ctx.summary.add("decisions", len(ids))
         if not ids:
@@ -784,6 +793,7 @@ class OrderExecutor:
                 if not send:
                     raise _HeldUnsent() from None
                 logger.info("%s: intent %s not at the broker: sending it now", PROGRAM, request.client_order_id)
+        self._pace()
         try:
             return self.broker.submit_order(request)
         except DuplicateClientOrderIdError:
@@ -796,6 +806,28 @@ class OrderExecutor:
                 return find_order(self.broker, None, request.client_order_id)
             except (NotFoundError, TransientError):
                 raise exc from None
+
+    def _pace(self) -> None:
+        """Before a submission: when the broker's last answer said its allowance is nearly spent
+        (``X-RateLimit-Remaining`` at or below a twentieth of the limit, kept for the other
+        programs sharing the key), wait until it is renewed (``X-RateLimit-Reset``, at most a
+        minute) instead of running into a 429 that would end the run early. A broker that sends
+        no such headers is not paced."""
+        limit = getattr(self.broker, "rate_limit", None)
+        if limit is None or limit.reset_at is None or limit.remaining > max(1, limit.limit // 20):
+            return
+        if self._paced_until is not None and limit.reset_at <= self._paced_until:
+            return  # waited for this window already; the next answer tells the new one
+        wait = (limit.reset_at - dt.datetime.now(dt.UTC)).total_seconds() + PACING_MARGIN_SECONDS
+        self._paced_until = limit.reset_at
+        if wait <= 0:
+            return
+        wait = min(wait, MAX_PACING_WAIT_SECONDS)
+        logger.info("%s: %s of %s broker calls left until %s: waiting %.1f s before the next submission", PROGRAM,
+                    limit.remaining, limit.limit, limit.reset_at.isoformat(), wait)
+        if self._summary is not None:
+            self._summary.add("rate_limit_waits")
+        self.sleep(wait)
 
     # ------------------------------------------------------------------ CANCEL, AMEND, CLOSE
 
@@ -1072,6 +1104,25 @@ def _check_amendment(plan: TradePlan, old: Row) -> None:
     if plan.symbol != old["symbol"]:
         raise RejectedError(f"AMEND of trade {old['id']} ({old['symbol']}) names another symbol {plan.symbol}",
                             code="INVALID_DECISION")
+
+
+def unfinished_work(db: Any) -> str | None:
+    """Why the executor's latest run left approved decisions for later (one deferred by a broker
+    or database outage or the rate limit, or the run stopped early), or None. The scheduler's
+    ``order_executor_retry`` job runs the executor again only then, every few minutes during the
+    session, so a 429 or an outage at 09:45 does not leave the day's decisions for the next 09:45."""
+    last = db.execute_one("SELECT id, outcome, counts, error FROM program_run WHERE program = %s "
+                          "AND outcome IN ('success', 'warning', 'failed') ORDER BY id DESC LIMIT 1", (PROGRAM,))
+    if last is None:
+        return None
+    deferred = int((last["counts"] or {}).get("deferred") or 0)
+    if last["outcome"] != "failed" and not last["error"] and not deferred:
+        return None
+    pending = db.execute_one('SELECT count(*) AS n FROM analysis_decision WHERE executed = false AND "Approve" = true')
+    if not pending or not pending["n"]:
+        return None
+    why = f"{deferred} deferred" if deferred else (last["error"] or "it failed")
+    return f"run {last['id']} ended {last['outcome']} ({why}); {pending['n']} approved decision(s) wait"
 
 
 def run_once(db: Any, broker: Broker, now: MarketTime | None = None, settings: Settings | None = None, *,

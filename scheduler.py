@@ -14,6 +14,9 @@ times are America/New_York wall-clock times:
 job id                     program         when (Mon-Fri, NYSE trading days only)
 =========================  ==============  ============================================
 order_executor             order_executor  09:45 (``EXECUTOR_TIME``)
+order_executor_retry       order_executor  every 5 min from 09:50 to the close, only when the
+                                           last executor run left decisions (an outage or a
+                                           429 deferred them): ``unfinished_work``
 daytrade_exit              order_monitor   10 min before each session's close: 15:50,
                                            12:50 on early closes (``DAYTRADE_EXIT_...``)
 order_monitor              order_monitor   every 5 min 09:30-16:00 (to 13:00 on early closes)
@@ -71,7 +74,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from config import ScheduleConfig, Settings
 from db_layer import TradingDB
-from order_executor import OrderExecutor
+from order_executor import OrderExecutor, unfinished_work
 from order_monitor import OrderMonitor
 from position_monitor import PositionMonitor
 from trading.broker import Broker, TradingDay
@@ -307,6 +310,14 @@ class JobSpec:
     trigger: BaseTrigger
     misfire_grace_seconds: int
     description: str
+    #: Asked before each run (on a database connection): the reason to run, or None to let this
+    #: fire pass without running (no ``program_run`` row). None: the job always runs.
+    wanted: Callable[[Any], str | None] | None = None
+
+
+def _minutes_after(moment: dt.time, minutes: int) -> dt.time:
+    later = dt.datetime.combine(dt.date(2000, 1, 1), moment) + dt.timedelta(minutes=minutes)
+    return later.time()
 
 
 def build_job_table(schedule: ScheduleConfig, calendar: TradingCalendar) -> list[JobSpec]:
@@ -318,11 +329,20 @@ def build_job_table(schedule: ScheduleConfig, calendar: TradingCalendar) -> list
     def days(trigger: BaseTrigger, *, until_close: bool = False) -> BaseTrigger:
         return TradingDaysOnly(trigger, calendar, until_close=until_close)
 
+    interval = schedule.order_monitor_interval_minutes
     return [
         JobSpec("order_executor", "order_executor", days(daily_trigger(schedule.executor_time)),
                 # an hour late is still the same morning: today's approved decisions get placed
                 misfire_grace_seconds=3600,
                 description=f"daily at {schedule.executor_time:%H:%M} ET"),
+        JobSpec("order_executor_retry", "order_executor",
+                days(session_grid_trigger(_minutes_after(schedule.executor_time, interval), schedule.session_end,
+                                          interval), until_close=True),
+                misfire_grace_seconds=interval * 60,
+                description=f"every {interval} min after "
+                            f"{schedule.executor_time:%H:%M} ET until the close, only when the executor's last run "
+                            "left approved decisions (deferred by an outage or the rate limit)",
+                wanted=unfinished_work),
         JobSpec("daytrade_exit", "order_monitor", DayEndExitTrigger(calendar, exit_minutes),
                 # late is fine until the close; after it the monitor has nothing left to flatten
                 misfire_grace_seconds=exit_minutes * 60,
@@ -449,6 +469,12 @@ class JobRunner:
             self._closed_days_logged.add((spec.id, day))
             logger.log(level, "job %s: %s is not a trading day; %s not run", spec.id, day, spec.program)
             return None
+        if spec.wanted is not None:
+            reason = self._wanted(spec)
+            if reason is None:
+                logger.debug("job %s: nothing to do; %s not run", spec.id, spec.program)
+                return None
+            logger.info("job %s: %s", spec.id, reason)
         started = time.monotonic()
         summary = self._run_program(spec, now)
         elapsed = time.monotonic() - started
@@ -484,6 +510,18 @@ class JobRunner:
                                  else "failed", error=error)
             summary.run_id = self._record_crash(spec, summary, now)
             return summary
+        finally:
+            db.close()
+
+    def _wanted(self, spec: JobSpec) -> str | None:
+        """``spec.wanted``'s answer; a database that cannot answer runs the job (safe: idempotent)."""
+        assert spec.wanted is not None
+        db = self.db_factory(spec)
+        try:
+            db.connect()
+            return spec.wanted(db)
+        except TradingError as exc:
+            return f"could not tell whether it is needed ({exc}): run"
         finally:
             db.close()
 

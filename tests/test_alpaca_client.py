@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from alpaca_client import AlpacaBroker, parse_order
-from trading.broker import OrderRequest
+from trading.broker import OrderRequest, RateLimit
 from trading.errors import (
     BrokerRejectedError,
     BrokerUnavailableError,
@@ -102,6 +102,20 @@ def test_rate_limit_fails_fast_without_alpaca_py_sleeps(broker, exchange):
         broker.get_account()
     assert caught.value.status == 429
     assert time.monotonic() - started < 2  # alpaca-py alone would sleep 3 s three times
+
+
+def test_the_rate_limit_each_answer_states_is_kept_in_the_projects_own_type(broker, exchange):
+    assert broker.rate_limit is None  # nothing asked yet
+    broker.get_clock()
+    first = broker.rate_limit
+    assert isinstance(first, RateLimit) and first.limit >= 200 and first.remaining == first.limit - 1
+    assert first.reset_at is not None and first.reset_at.tzinfo is not None
+    broker.get_account()
+    assert broker.rate_limit.remaining == first.remaining - 1  # the latest answer's figure
+    exchange.fault(status=429, count=1, path="/v2/account")
+    with pytest.raises(BrokerUnavailableError):
+        broker.get_account()
+    assert broker.rate_limit.remaining == 0  # a 429 says the allowance is spent
 
 
 def test_a_hung_broker_is_bounded_by_the_timeout(exchange):

@@ -1662,3 +1662,66 @@ def test_an_entry_that_never_reached_the_broker_waits_while_halted_and_goes_once
     _set_state(db, "ACTIVE", reason="all clear")
     assert run(db, broker).counts["placed"] == 1
     assert len(exchange_entries(exchange)) == 1 and decision(db, decision_id)["executed"] is True
+
+
+# --------------------------------------------------------------------------- issue 16: speed at scale
+
+
+def test_many_decisions_are_claimed_and_recorded_in_batches_each_one_order_recorded_before_it_was_sent(
+        db, exchange, broker):
+    ids = [add_decision(db, "AAPL", planned_qty=1) for _ in range(120)]  # more than one batch
+    before = db.statement_count
+
+    summary = run(db, broker, ALLOW_SAME_SYMBOL="true")
+
+    statements = db.statement_count - before
+    assert summary.outcome == "success" and summary.counts["placed"] == 120
+    assert statements < 2 * len(ids), f"{statements} statements for {len(ids)} decisions"  # one by one: ~25 each
+    assert broker.calls.counts["submit_order"] == 120  # one broker call per NEW_TRADE
+    entries = db.query("order_execution", {"order_type": "ENTRY"}, order_by="id")
+    assert len({e["client_order_id"] for e in entries}) == 120 and all(e["alpaca_order_id"] for e in entries)
+    assert len([o for o in exchange.orders() if o["client_order_id"].startswith("tm-d")]) == 120  # entries
+    for decision_id in ids:  # each decision's trail: the intent recorded before the acceptance
+        events = [e["event"] for e in db.query("audit_event", {"entity_type": "decision", "entity_id": decision_id},
+                                               order_by="id")]
+        assert events == ["ORDER_INTENT", "DECISION_ACCEPTED"]
+        assert decision(db, decision_id)["executed"] is True
+
+
+def test_submissions_wait_for_the_rate_limit_window_instead_of_running_into_a_429(
+        db, exchange, exchange_server, broker, monkeypatch):
+    from paper_exchange.ratelimit import RateLimiter
+
+    elapsed = [0.0]  # the limiter's clock: moves only when the executor waits
+    started = time.time()
+    monkeypatch.setattr(exchange_server, "rate_limits",
+                        RateLimiter(20, monotonic=lambda: elapsed[0], wall=lambda: started + elapsed[0]))
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        elapsed[0] += seconds
+
+    for _ in range(30):  # 30 submissions and the run's own calls: more than one window of 20
+        add_decision(db, "AAPL", planned_qty=1)
+
+    summary = run_once(db, broker, settings=make_settings(ALLOW_SAME_SYMBOL="true"), sleep=sleep)
+
+    assert summary.outcome == "success" and summary.counts["placed"] == 30
+    assert broker.calls.errors == {}  # never a 429
+    assert summary.counts["rate_limit_waits"] >= 1 and all(0 < w <= 60 for w in waits)
+    assert broker.rate_limit is not None and broker.rate_limit.limit == 20
+
+
+def test_a_run_cut_short_by_a_429_leaves_the_decision_for_the_retry_job_which_places_it_once(db, exchange, broker):
+    exchange.fault(status=429, message="rate limit exceeded", method="POST", path="/v2/orders", count=1)
+    decision_id = add_decision(db, "AAPL")
+
+    first = run(db, broker)
+
+    assert first.outcome == "warning" and first.counts["deferred"] == 1
+    assert order_executor.unfinished_work(db) is not None  # what the scheduler's retry job asks
+    second = run(db, broker)
+    assert second.counts["placed"] == 1 and decision(db, decision_id)["executed"] is True
+    assert len([o for o in exchange.orders() if o["client_order_id"].startswith("tm-d")]) == 1  # one entry
+    assert order_executor.unfinished_work(db) is None  # done: the retry job lets its next fires pass

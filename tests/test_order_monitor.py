@@ -101,6 +101,61 @@ def test_many_open_orders_are_synced_with_one_listing_and_no_per_order_calls(db,
     assert {t["status"] for t in db.query("trade_journal")} == {"POSITION"}
 
 
+def many_filled_entries(db, exchange, broker, count: int) -> list[dict]:
+    """``count`` approved decisions placed in one executor run, then every entry filled at the exchange."""
+    from tests.factories import add_decision
+    from tests.monitor_support import execute
+
+    symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AMD"]
+    for index in range(count):
+        add_decision(db, symbols[index % len(symbols)], planned_entry=100, planned_sl=95, planned_tp=110,
+                     planned_qty=1)
+    execute(db, broker, make_settings(ALLOW_SAME_SYMBOL="true"))
+    exchange.quotes(**{symbol: ("99.90", "100.00") for symbol in symbols})
+    return db.query("trade_journal", order_by="id")
+
+
+def test_a_fill_cycle_of_many_trades_is_written_in_a_few_statements_and_agrees_with_the_broker(
+        db, exchange, broker):
+    trades = many_filled_entries(db, exchange, broker, 40)
+    before = db.statement_count
+
+    summary = run_monitor(db, broker, check=False)
+
+    statements = db.statement_count - before  # the driver's count on this connection, reads included
+    assert summary.counts["positions_opened"] == len(trades) == 40
+    assert statements <= 4 * len(trades), f"{statements} statements for {len(trades)} filled trades"
+    check_invariants(db, broker)
+    assert {t["status"] for t in db.query("trade_journal")} == {"POSITION"}
+    fills = db.query("trade_fill", order_by="id")
+    assert [(f["trade_journal_id"], f["side"], f["qty"]) for f in fills] == [(t["id"], "buy", 1) for t in trades]
+    for trade in trades:  # each trade's own trail, in order: filled, then its position
+        events = [e["event"] for e in db.query("audit_event", {"entity_type": "trade", "entity_id": trade["id"]},
+                                               order_by="id")]
+        assert events == ["TRADE_STATUS", "TRADE_STATUS"]
+    assert len(db.query("notification_outbox", {"kind": "entry_filled"})) == 40
+    again = snapshot(db)
+    run_monitor(db, broker)
+    assert snapshot(db) == again  # nothing new: nothing written
+
+
+def test_a_batch_with_a_broken_record_rolls_back_whole_and_is_applied_trade_by_trade(db, exchange, broker, caplog):
+    trades = many_filled_entries(db, exchange, broker, 6)
+    # A broken record: trade 3's stop-loss leg row filed under an old closed trade (not in the batch),
+    # so the batch, not seeing it among trade 3's rows, inserts it again: the unique key refuses.
+    other = db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING", "status": "CANCELLED"})
+    [leg] = db.query("order_execution", {"trade_journal_id": trades[2]["id"], "order_type": "STOP_LOSS"})
+    db.update("order_execution", leg["id"], {"trade_journal_id": other})
+
+    summary = run_monitor(db, broker, check=False)
+
+    assert "rolled back" in caplog.text and "applied one trade at a time" in caplog.text
+    assert summary.counts["positions_opened"] == 6  # the one-by-one replay applied every trade
+    assert {t["status"] for t in db.query("trade_journal", {"id": [t["id"] for t in trades]})} == {"POSITION"}
+    assert len(db.query("trade_fill")) == 6  # each fill booked once: nothing of the failed batch stayed
+    assert len(db.query("order_execution", {"alpaca_order_id": leg["alpaca_order_id"]})) == 1
+
+
 def test_swing_entry_fill_opens_position_with_bracket_legs_recorded(db, exchange, broker):
     trade = place_entry(db, broker)
     exchange.quotes(AAPL=("149.70", "149.80"))  # the ask is below the 150 limit: filled at 149.80

@@ -92,6 +92,7 @@ def simulated_clock(broker):
 def test_job_table_holds_the_designed_jobs_in_new_york_time(jobs):
     assert [(spec.id, spec.program) for spec in jobs] == [
         ("order_executor", "order_executor"),
+        ("order_executor_retry", "order_executor"),
         ("daytrade_exit", "order_monitor"),
         ("order_monitor", "order_monitor"),
         ("position_monitor", "position_monitor"),
@@ -108,7 +109,8 @@ def test_job_table_holds_the_designed_jobs_in_new_york_time(jobs):
         else:
             assert isinstance(spec.trigger, DayEndExitTrigger)
     assert {spec.id: spec.misfire_grace_seconds for spec in jobs} == {
-        "order_executor": 3600, "daytrade_exit": 600, "order_monitor": 300, "position_monitor": 600,
+        "order_executor": 3600, "order_executor_retry": 300, "daytrade_exit": 600, "order_monitor": 300,
+        "position_monitor": 600,
         "order_monitor_evening": 3600, "position_monitor_evening": 3600, "eod_report": 6 * 3600}
 
 
@@ -123,6 +125,8 @@ def test_a_normal_friday_fires_every_job_at_its_designed_times(jobs):
     assert monitor[0] == "09:30" and monitor[-1] == "16:00" and len(monitor) == 79  # every 5 min, both ends
     position = fired["position_monitor"]
     assert position[:3] == ["09:30", "09:40", "09:50"] and position[-1] == "16:00" and len(position) == 40
+    retry = fired["order_executor_retry"]  # fires every 5 min after the executor; runs only when needed
+    assert retry[0] == "09:50" and retry[-1] == "16:00" and len(retry) == 75
 
 
 def test_thanksgiving_runs_nothing_and_the_next_day_exits_at_1250_before_the_early_close(jobs):
@@ -229,7 +233,7 @@ def test_the_real_scheduler_is_a_blocking_scheduler_in_new_york_with_one_coalesc
         assert job.trigger is spec.trigger and job.args == (spec,)
 
 
-def test_a_late_start_runs_the_missed_job_at_once(settings, broker, calendar):
+def test_a_late_start_runs_the_missed_job_at_once(settings, broker, calendar, db):  # db: no earlier test's runs
     trading = TradingScheduler(settings, broker, calendar=calendar)
     by_id = {spec.id: spec for spec in trading.jobs}
     late = et(FRIDAY, "10:15")
@@ -447,13 +451,13 @@ def test_list_prints_the_job_table_and_exits(cli_env, capsys):
     assert scheduler.main(["--list", "--test-mode"]) == 0
     out = capsys.readouterr().out
     assert "calendar from the broker" in out
-    for job_id in ("order_executor", "daytrade_exit", "order_monitor", "position_monitor", "order_monitor_evening",
-                   "position_monitor_evening", "eod_report"):
+    for job_id in ("order_executor", "order_executor_retry", "daytrade_exit", "order_monitor", "position_monitor",
+                   "order_monitor_evening", "position_monitor_evening", "eod_report"):
         assert f"\n{job_id} " in out
     assert scheduler.main(["--list", "--json", "--test-mode"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert table["timezone"] == "America/New_York"
-    assert [job["id"] for job in table["jobs"]][:2] == ["order_executor", "daytrade_exit"]
+    assert [job["id"] for job in table["jobs"]][:3] == ["order_executor", "order_executor_retry", "daytrade_exit"]
     assert all(job["next_run"] for job in table["jobs"])
 
 
@@ -525,3 +529,24 @@ def test_the_service_files_run_the_scheduler_as_an_unprivileged_user_and_restart
     assert job["Label"] == "com.trading.monitor" and job["UserName"] not in ("", "root")
     assert job["ProgramArguments"][-1].endswith("/scheduler.py")
     assert job["KeepAlive"] == {"SuccessfulExit": False} and job["ExitTimeOut"] >= 60
+
+
+def test_the_retry_job_runs_the_executor_only_after_a_run_that_left_decisions_behind(
+        settings, broker, calendar, db, exchange):
+    from tests.factories import add_decision
+
+    retry = {spec.id: spec for spec in build_job_table(settings.schedule, calendar)}["order_executor_retry"]
+    runner = JobRunner(settings, broker, calendar, clock=simulated_clock(broker))
+    decision_id = add_decision(db, "AAPL")
+    assert runner.run(retry) is None  # no executor run yet: the 09:45 job places it
+    # The 09:45 run met a 429 on the decision's entry: deferred, the run ended as warning.
+    exchange.fault(status=429, message="rate limit exceeded", method="POST", path="/v2/orders", count=1)
+    cut_short = runner.run({spec.id: spec for spec in build_job_table(settings.schedule, calendar)}["order_executor"])
+    assert cut_short.outcome == "warning" and cut_short.counts["deferred"] == 1
+
+    retried = runner.run(retry)  # minutes later, not at the next 09:45
+
+    assert retried is not None and retried.counts["placed"] == 1
+    assert db.get_by_id("analysis_decision", decision_id)["executed"] is True
+    runs = len(db.query("program_run"))
+    assert runner.run(retry) is None and len(db.query("program_run")) == runs  # finished: the fire passes

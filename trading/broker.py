@@ -169,6 +169,17 @@ class TradeUpdate:
     position_qty: Decimal | None = None
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """The broker's request allowance as its last answer stated it (``X-RateLimit-Limit``,
+    ``X-RateLimit-Remaining``, ``X-RateLimit-Reset``): what a program paces its calls by."""
+
+    limit: int
+    remaining: int
+    #: When the allowance is renewed (wall clock, UTC); None when the broker did not say.
+    reset_at: dt.datetime | None
+
+
 @dataclass
 class CallCounter:
     """Broker calls made, by operation: what the benchmarks and rate budgets read."""
