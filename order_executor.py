@@ -6,8 +6,13 @@ Runs once a day at 09:45 ET under the scheduler, or by hand::
 
     .venv/bin/python order_executor.py [--test-mode] [--dry-run] [--json]
 
-Decisions are read with ``executed = false AND "Approve" = true`` and claimed one at a time
-with ``FOR UPDATE SKIP LOCKED``; the whole run holds the executor's advisory lock.
+Decisions are read with ``executed = false AND "Approve" = true`` and claimed with ``FOR UPDATE
+SKIP LOCKED``; the whole run holds the executor's advisory lock. Plain NEW_TRADE decisions are
+claimed, recorded and answered 100 at a time (``_new_trades_batch``: a few statements per batch,
+the intents committed before any is sent, one broker call per decision); every other decision,
+and any a batch cannot finish, goes one at a time. Submissions are paced by the broker's rate
+limit (``X-RateLimit-Remaining``); decisions deferred by an outage or a 429 are retried by the
+scheduler's ``order_executor_retry`` job within minutes (``unfinished_work``).
 
 NEW_TRADE: validate the plan, size it, pass the risk gate, then record the trade (ORDERED) and
 the entry's intent (``order_execution`` ``pending`` with the decision's deterministic
@@ -266,6 +271,7 @@ class OrderExecutor:
                 batch.hold("analysis_decision", [row["id"] for row in eligible])
                 brec = Reconciler(batch, bctx.audit)
                 for row in eligible:
+                    bind_log_fields(decision_id=row["id"])  # the lines about it say so (the loop rebinds)
                     try:
                         placed = self._record_intent(bctx, row, brec, outcomes, unsent=bool(sent))
                     except _GateNeedsAnswers:
@@ -284,6 +290,7 @@ class OrderExecutor:
             return {}
         answers: list[tuple[Row, Row, OrderRequest, Reservation | None, BrokerOrder | BrokerRejectedError]] = []
         for row, trade, request, reservation in sent:
+            bind_log_fields(decision_id=row["id"])
             try:
                 answers.append((row, trade, request, reservation, self._submit_or_find(request, None)))
             except BrokerRejectedError as exc:
@@ -379,6 +386,7 @@ class OrderExecutor:
                 locked = batch.load([trade["id"] for _, trade, *_ in answers])
                 brec = Reconciler(batch, bctx.audit)
                 for row, trade, request, reservation, answer in answers:
+                    bind_log_fields(decision_id=row["id"])
                     current = claimed.get(row["id"])
                     if current is None:
                         finished[row["id"]] = Outcome("skipped", "claimed by another run")

@@ -14,7 +14,10 @@ One run, under the monitor's advisory lock (a second run at the same time exits 
    ``ORDER_NOT_FOUND_MAX_MISSES`` runs, with the reason, and is still looked up later, less
    often (``next_lookup_at``, doubling per miss): if it reappears its fills are applied.
    Each order is compared with its row in memory; only trades where something changed are
-   written, each in one transaction holding the trade's lock, through the transition table (``trading.lifecycle``).
+   written, through the transition table (``trading.lifecycle``): 250 trades per transaction,
+   each trade's row locked before it changes, their rows read in three queries and their writes
+   sent as multi-row statements (``trading.batch.TradeBatch``); a batch that fails is rolled back
+   and applied again one trade per transaction.
    Consequences: an entry fill opens (or grows) the position; an entry that ends with
    nothing filled cancels the trade; an exit fill books P&L and closes the trade when no share
    is left, and its remaining sibling orders are canceled.
