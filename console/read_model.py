@@ -185,3 +185,373 @@ def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     start = EASTERN.localize(dt.datetime.combine(day, dt.time(0, 0)))
     end = EASTERN.localize(dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0, 0)))
     return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
+# --------------------------------------------------------------------------- the equity curve
+
+HISTORY_SQL = """
+SELECT taken_at, equity, cash, positions_value, unrealized_pnl, realized_pnl_today, open_positions
+FROM portfolio_snapshot
+WHERE (%(start)s::timestamptz IS NULL OR taken_at >= %(start)s) AND (%(end)s::timestamptz IS NULL OR taken_at < %(end)s)
+ORDER BY taken_at, id
+"""
+#: The S&P 500 stand-in whose bars make the benchmark series.
+BENCHMARK_SYMBOL = "SPY"
+
+
+def bar_minutes(span: dt.timedelta) -> int:
+    """The bar size for a curve spanning ``span``: 10-minute bars for a day or two, hourly for a
+    month, daily beyond (a few hundred points at most)."""
+    if span <= dt.timedelta(days=2):
+        return 10
+    if span <= dt.timedelta(days=31):
+        return 60
+    return 1440
+
+
+def history(db: Any, broker: Any, broker_problem: str | None, start: dt.datetime | None,
+            end: dt.datetime | None) -> Row:
+    """The snapshots (the equity curve) with the benchmark: SPY's closes scaled so that it starts
+    at the curve's first equity (``benchmark`` at each snapshot: the last close at or before it).
+    Without a broker (or bars) the benchmark is absent and ``benchmark_note`` says why."""
+    points = db.execute_query(HISTORY_SQL, {"start": start, "end": end})
+    series = [{"at": p["taken_at"], "equity": p["equity"], "cash": p["cash"], "positions_value": p["positions_value"],
+               "unrealized_pnl": p["unrealized_pnl"], "realized_pnl_today": p["realized_pnl_today"],
+               "open_positions": p["open_positions"], "benchmark": None} for p in points]
+    result: Row = {"points": series, "count": len(series), "benchmark_symbol": BENCHMARK_SYMBOL,
+                   "benchmark_note": None}
+    with_equity = [p for p in series if p["equity"] is not None]
+    if not with_equity:
+        result["benchmark_note"] = "no snapshot with equity: nothing to compare"
+        return result
+    if broker is None:
+        result["benchmark_note"] = f"no benchmark: {broker_problem or 'no broker'}"
+        return result
+    from trading.errors import TradingError
+
+    first, last = with_equity[0]["at"], with_equity[-1]["at"]
+    minutes = bar_minutes(last - first)
+    try:
+        # From one bar before the first snapshot, so the first point has a close to start from.
+        lead = dt.timedelta(days=4) if minutes >= 1440 else dt.timedelta(minutes=minutes)
+        bars = broker.get_bars(BENCHMARK_SYMBOL, first - lead, last + dt.timedelta(minutes=1), minutes=minutes)
+    except TradingError as exc:
+        result["benchmark_note"] = f"no benchmark: the broker's {BENCHMARK_SYMBOL} bars could not be read ({exc})"
+        return result
+    # A bar's close is known at its end (a daily bar's at the session's close, 16:00 ET).
+    known_after = dt.timedelta(minutes=minutes) if minutes < 1440 else dt.timedelta(hours=16)
+    closes = [(bar.start + known_after, bar.close) for bar in bars if bar.close > ZERO]
+    if not closes:
+        result["benchmark_note"] = f"no benchmark: the broker has no {BENCHMARK_SYMBOL} bars for these dates"
+        return result
+    index, base_close, base_equity = 0, None, Decimal(with_equity[0]["equity"])
+    for point in series:
+        while index + 1 < len(closes) and closes[index + 1][0] <= point["at"]:
+            index += 1
+        close = closes[index][1]
+        if base_close is None:
+            base_close = close
+        point["benchmark"] = (base_equity * close / base_close).quantize(CENT)
+    result["benchmark_bar_minutes"] = minutes
+    return result
+
+
+# --------------------------------------------------------------------------- P&L
+
+PNL_TOTALS_SQL = """
+SELECT (SELECT coalesce(sum(realized_pnl), 0) FROM trade_fill WHERE side = 'sell') AS realized,
+       (SELECT coalesce(sum(unrealized_pnl), 0) FROM position_tracking) AS unrealized,
+       (SELECT count(*) FROM trade_journal WHERE status = 'CLOSED') AS closed_trades,
+       (SELECT count(*) FROM trade_journal WHERE status = 'CLOSED' AND actual_pnl > 0) AS winners,
+       (SELECT count(*) FROM trade_journal WHERE status = 'CLOSED' AND actual_pnl < 0) AS losers
+"""
+PNL_BY_DAY_SQL = """
+SELECT (filled_at AT TIME ZONE 'America/New_York')::date AS day, coalesce(sum(realized_pnl), 0) AS realized,
+       count(*) AS sells
+FROM trade_fill WHERE side = 'sell' GROUP BY 1 ORDER BY 1
+"""
+PNL_BY_REASON_SQL = """
+SELECT coalesce(exit_reason, 'UNKNOWN') AS exit_reason, count(*) AS trades, coalesce(sum(actual_pnl), 0) AS pnl,
+       count(*) FILTER (WHERE actual_pnl > 0) AS winners, count(*) FILTER (WHERE actual_pnl < 0) AS losers
+FROM trade_journal WHERE status = 'CLOSED' GROUP BY 1 ORDER BY 1
+"""
+
+
+def pnl(db: Any) -> Row:
+    """Realised P&L (the ``trade_fill`` ledger of every sell, partial exits included), unrealised
+    (the open positions as last valued), by US/Eastern day and by exit reason of closed trades."""
+    totals = db.execute_one(PNL_TOTALS_SQL) or {}
+    realized, unrealized = Decimal(totals.get("realized") or 0), Decimal(totals.get("unrealized") or 0)
+    return {"realized": realized, "unrealized": unrealized, "total": realized + unrealized,
+            "closed_trades": totals.get("closed_trades", 0), "winners": totals.get("winners", 0),
+            "losers": totals.get("losers", 0),
+            "by_day": [{"day": r["day"], "realized": r["realized"], "sells": r["sells"]}
+                       for r in db.execute_query(PNL_BY_DAY_SQL)],
+            "by_exit_reason": db.execute_query(PNL_BY_REASON_SQL)}
+
+
+# --------------------------------------------------------------------------- orders
+
+ORDER_COLUMNS = """
+o.id, o.trade_journal_id AS trade_id, t.initial_analysis_id AS decision_id, o.symbol, o.order_type AS type, o.side,
+o.order_status AS status, o.qty, o.limit_price, o.stop_price, o.filled_qty, o.filled_avg_price, o.submitted_at,
+o.filled_at, o.canceled_at, o.created_at, o.updated_at, o.client_order_id, o.alpaca_order_id,
+o.parent_alpaca_order_id, o.order_class, o.order_kind, o.time_in_force, o.exit_reason, o.error_message
+"""
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    """The filters of ``GET /api/orders`` (already validated)."""
+
+    statuses: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    symbol: str | None = None
+    trade_id: int | None = None
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    def where(self) -> tuple[str, Row]:
+        conditions: list[str] = []
+        params: Row = {}
+        if self.statuses:
+            conditions.append("o.order_status = ANY(%(statuses)s)")
+            params["statuses"] = list(self.statuses)
+        if self.types:
+            conditions.append("o.order_type = ANY(%(types)s)")
+            params["types"] = list(self.types)
+        if self.symbol:
+            conditions.append("o.symbol = %(symbol)s")
+            params["symbol"] = self.symbol
+        if self.trade_id is not None:
+            conditions.append("o.trade_journal_id = %(trade_id)s")
+            params["trade_id"] = self.trade_id
+        # The order's time: when it was sent (its intent's creation when never sent).
+        if self.start is not None:
+            conditions.append("coalesce(o.submitted_at, o.created_at) >= %(start)s")
+            params["start"] = self.start
+        if self.end is not None:
+            conditions.append("coalesce(o.submitted_at, o.created_at) < %(end)s")
+            params["end"] = self.end
+        return (" WHERE " + " AND ".join(conditions)) if conditions else "", params
+
+
+def orders(db: Any, where: OrderFilter, page: Page) -> Row:
+    """One page of orders, newest first, each with its trade and decision ids, and the total."""
+    clause, params = where.where()
+    rows = db.execute_query(
+        f"SELECT {ORDER_COLUMNS} FROM order_execution o LEFT JOIN trade_journal t ON t.id = o.trade_journal_id"
+        f"{clause} ORDER BY o.id DESC LIMIT %(limit)s OFFSET %(offset)s",
+        {**params, "limit": page.limit, "offset": page.offset})
+    total = db.execute_one(f"SELECT count(*) AS n FROM order_execution o{clause}", params)
+    return {"orders": rows, "page": page.describe(int(total["n"]) if total else 0)}
+
+
+AUDIT_COLUMNS = "id, occurred_at, program, program_run_id, entity_type, entity_id, symbol, event, old_value, " \
+                "new_value, reason, details"
+
+
+def order(db: Any, order_id: int) -> Row | None:
+    """One order with its audit events (intent, submission, status changes, fills)."""
+    row = db.execute_one(f"SELECT {ORDER_COLUMNS} FROM order_execution o LEFT JOIN trade_journal t "
+                         "ON t.id = o.trade_journal_id WHERE o.id = %s", (order_id,))
+    if row is None:
+        return None
+    row["audit"] = db.execute_query(f"SELECT {AUDIT_COLUMNS} FROM audit_event WHERE entity_type = 'order' "
+                                    "AND entity_id = %s ORDER BY id", (order_id,))
+    return row
+
+
+# --------------------------------------------------------------------------- trades
+
+TRADE_COLUMNS = """
+t.id, t.initial_analysis_id AS decision_id, t.symbol, t.trade_style, t.status, t.planned_entry, t.planned_sl,
+t.planned_tp, t.planned_qty, t.actual_entry, t.actual_qty, t.entry_date, t.exit_date, t.exit_price, t.actual_pnl,
+t.realized_pnl, t.exited_qty, t.exit_reason, t.days_open, t.trailing_stop_pct, t.trail_price, t.high_water_mark,
+t.replaces_trade_journal_id, t.created_at, t.updated_at,
+p.current_price, p.market_value, p.unrealized_pnl, p.unrealized_pnl_pct
+"""
+
+
+def _with_pnl(row: Row) -> Row:
+    """The trade's P&L: realised so far plus the open shares' unrealised P&L."""
+    realized = row["actual_pnl"] if row["status"] == "CLOSED" and row["actual_pnl"] is not None \
+        else Decimal(row.get("realized_pnl") or 0)
+    unrealized = row.get("unrealized_pnl")
+    row["pnl"] = {"realized": realized, "unrealized": unrealized,
+                  "total": realized + (Decimal(unrealized) if unrealized is not None else ZERO)}
+    return row
+
+
+def trades(db: Any, statuses: tuple[str, ...], symbol: str | None, page: Page) -> Row:
+    """One page of trades, newest first, each with its P&L."""
+    conditions: list[str] = []
+    params: Row = {"limit": page.limit, "offset": page.offset}
+    if statuses:
+        conditions.append("t.status = ANY(%(statuses)s)")
+        params["statuses"] = list(statuses)
+    if symbol:
+        conditions.append("t.symbol = %(symbol)s")
+        params["symbol"] = symbol
+    clause = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    rows = db.execute_query(f"SELECT {TRADE_COLUMNS} FROM trade_journal t LEFT JOIN position_tracking p "
+                            f"ON p.trade_journal_id = t.id{clause} ORDER BY t.id DESC "
+                            "LIMIT %(limit)s OFFSET %(offset)s", params)
+    total = db.execute_one(f"SELECT count(*) AS n FROM trade_journal t{clause}", params)
+    return {"trades": [_with_pnl(row) for row in rows], "page": page.describe(int(total["n"]) if total else 0)}
+
+
+DECISION_COLUMNS = "id, created_at, ticker, primary_action, approved, executed, execution_time, trade_journal_id " \
+                   "AS trade_id, outcome, code, reason, outcome_at, program"
+
+
+def trade(db: Any, trade_id: int) -> Row | None:
+    """The whole story of one trade: its decision (and every decision naming it), its orders,
+    its fills, and every audit event about the trade, its orders, its position and its decisions."""
+    row = db.execute_one(f"SELECT {TRADE_COLUMNS} FROM trade_journal t LEFT JOIN position_tracking p "
+                         "ON p.trade_journal_id = t.id WHERE t.id = %s", (trade_id,))
+    if row is None:
+        return None
+    _with_pnl(row)
+    row["decisions"] = db.execute_query(
+        f"SELECT {DECISION_COLUMNS}, (SELECT d.decision FROM analysis_decision d WHERE d.id = v.id) AS plan "
+        "FROM decision_outcome v WHERE v.id = %(decision)s OR v.trade_journal_id = %(trade)s ORDER BY v.id",
+        {"decision": row["decision_id"], "trade": trade_id})
+    row["orders"] = db.execute_query(
+        f"SELECT {ORDER_COLUMNS} FROM order_execution o LEFT JOIN trade_journal t ON t.id = o.trade_journal_id "
+        "WHERE o.trade_journal_id = %s ORDER BY o.id", (trade_id,))
+    row["fills"] = db.execute_query(
+        "SELECT id, order_execution_id AS order_id, side, qty, price, realized_pnl, filled_at, source "
+        "FROM trade_fill WHERE trade_journal_id = %s ORDER BY filled_at, id", (trade_id,))
+    order_ids = [o["id"] for o in row["orders"]]
+    decision_ids = [d["id"] for d in row["decisions"]]
+    row["audit"] = db.execute_query(
+        f"SELECT {AUDIT_COLUMNS} FROM audit_event WHERE (entity_type = 'trade' AND entity_id = %(trade)s) "
+        "OR (entity_type = 'order' AND entity_id = ANY(%(orders)s)) "
+        "OR (entity_type = 'decision' AND entity_id = ANY(%(decisions)s)) "
+        "OR (entity_type = 'position' AND entity_id IN (SELECT id FROM position_tracking "
+        "WHERE trade_journal_id = %(trade)s)) ORDER BY id",
+        {"trade": trade_id, "orders": order_ids, "decisions": decision_ids})
+    return row
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def decisions(db: Any, outcomes: tuple[str, ...], actions: tuple[str, ...], ticker: str | None, page: Page) -> Row:
+    """One page of decisions, newest first, with their outcome and, for refusals, the reason and code."""
+    conditions: list[str] = []
+    params: Row = {"limit": page.limit, "offset": page.offset}
+    if outcomes:
+        conditions.append("outcome = ANY(%(outcomes)s)")
+        params["outcomes"] = list(outcomes)
+    if actions:
+        conditions.append("upper(primary_action) = ANY(%(actions)s)")
+        params["actions"] = list(actions)
+    if ticker:
+        conditions.append("upper(ticker) = %(ticker)s")
+        params["ticker"] = ticker
+    clause = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    rows = db.execute_query(f"SELECT {DECISION_COLUMNS} FROM decision_outcome{clause} ORDER BY id DESC "
+                            "LIMIT %(limit)s OFFSET %(offset)s", params)
+    total = db.execute_one(f"SELECT count(*) AS n FROM decision_outcome{clause}", params)
+    return {"decisions": rows, "page": page.describe(int(total["n"]) if total else 0)}
+
+
+# --------------------------------------------------------------------------- triggers
+
+TRIGGERS_SQL = """
+SELECT t.id AS trade_id, t.symbol, t.status, t.trade_style, t.planned_sl, t.planned_tp, t.trailing_stop_pct,
+       t.trail_price, t.high_water_mark, p.qty,
+       o.stop_order_id, o.stop_price, o.stop_status, o.target_order_id, o.target_price, o.target_status
+FROM trade_journal t
+LEFT JOIN position_tracking p ON p.trade_journal_id = t.id
+LEFT JOIN (
+    SELECT trade_journal_id,
+           max(id) FILTER (WHERE order_type = 'STOP_LOSS') AS stop_order_id,
+           max(stop_price) FILTER (WHERE order_type = 'STOP_LOSS') AS stop_price,
+           max(order_status) FILTER (WHERE order_type = 'STOP_LOSS') AS stop_status,
+           max(id) FILTER (WHERE order_type = 'TAKE_PROFIT') AS target_order_id,
+           max(limit_price) FILTER (WHERE order_type = 'TAKE_PROFIT') AS target_price,
+           max(order_status) FILTER (WHERE order_type = 'TAKE_PROFIT') AS target_status
+    FROM order_execution
+    WHERE order_status = ANY(%(protecting)s) AND order_type IN ('STOP_LOSS', 'TAKE_PROFIT')
+      AND trade_journal_id IN (SELECT id FROM trade_journal WHERE status IN ('ORDERED', 'POSITION'))
+    GROUP BY trade_journal_id
+) o ON o.trade_journal_id = t.id
+WHERE t.status IN ('ORDERED', 'POSITION')
+ORDER BY t.symbol, t.id
+"""
+#: Approved level changes not carried out yet (the order monitor's next run does).
+PENDING_CHANGES_SQL = """
+SELECT id, existing_trade_journal_id AS trade_id, primary_action, decision, created_at FROM analysis_decision
+WHERE executed = false AND "Approve" = true AND primary_action IN ('AMEND', 'CLOSE')
+  AND existing_trade_journal_id IS NOT NULL ORDER BY id
+"""
+TRIGGER_KINDS = ("stop", "target", "trailing")
+
+
+def triggers(db: Any) -> Row:
+    """The stop, target and trailing levels of every open trade: ``id`` is ``<trade>:<kind>``,
+    ``level`` the plan's, ``held`` the price of the broker-held order; changes approved but not
+    yet carried out are listed under ``pending``."""
+    items = []
+    for row in db.execute_query(TRIGGERS_SQL, {"protecting": PROTECTING_STATUSES}):
+        base = {"trade_id": row["trade_id"], "symbol": row["symbol"], "trade_status": row["status"],
+                "trade_style": row["trade_style"], "qty": row["qty"]}
+        items.append({**base, "id": f"{row['trade_id']}:stop", "kind": "stop", "level": row["planned_sl"],
+                      "held": row["stop_price"], "order_id": row["stop_order_id"], "order_status": row["stop_status"]})
+        if row["planned_tp"] is not None or row["target_order_id"] is not None:
+            items.append({**base, "id": f"{row['trade_id']}:target", "kind": "target", "level": row["planned_tp"],
+                          "held": row["target_price"], "order_id": row["target_order_id"],
+                          "order_status": row["target_status"]})
+        if row["trailing_stop_pct"] is not None or row["trail_price"] is not None:
+            items.append({**base, "id": f"{row['trade_id']}:trailing", "kind": "trailing",
+                          "level": row["trailing_stop_pct"], "trail_price": row["trail_price"],
+                          "high_water_mark": row["high_water_mark"], "held": row["stop_price"],
+                          "order_id": row["stop_order_id"], "order_status": row["stop_status"]})
+    pending = [{"decision_id": r["id"], "trade_id": r["trade_id"], "action": r["primary_action"],
+                "change": (r["decision"] or {}).get("console") if isinstance(r["decision"], dict) else None,
+                "created_at": r["created_at"]} for r in db.execute_query(PENDING_CHANGES_SQL)]
+    return {"triggers": items, "count": len(items), "pending": pending}
+
+
+# --------------------------------------------------------------------------- runs
+
+RUNS_SQL = """
+SELECT id, program, started_at, finished_at, market_time, outcome, counts, error, host, pid
+FROM program_run WHERE (%(program)s::text IS NULL OR program = %(program)s) ORDER BY id DESC LIMIT %(limit)s
+"""
+LAST_RUNS_SQL = """
+SELECT DISTINCT ON (program) id, program, started_at, finished_at, market_time, outcome, error
+FROM program_run ORDER BY program, id DESC
+"""
+
+
+def runs(db: Any, program: str | None, limit: int) -> Row:
+    """The latest program runs (newest first) and each program's last run."""
+    return {"runs": db.execute_query(RUNS_SQL, {"program": program, "limit": limit}),
+            "last_by_program": db.execute_query(LAST_RUNS_SQL)}
+
+
+# --------------------------------------------------------------------------- trading mode
+
+
+def trading_mode(db: Any, settings: Any) -> Row:
+    """The trading state (the account's mode and every symbol's) and the broker mode, which only
+    the environment chooses: live needs ``ALPACA_PAPER=false`` and ``ALPACA_LIVE_CONFIRM``."""
+    from trading.state import read_trading_state
+
+    state = read_trading_state(db)
+
+    def scope(item: Any) -> Row:
+        return {"scope": item.scope, "mode": item.mode.value, "reason": item.reason, "changed_by": item.changed_by,
+                "changed_at": item.changed_at, "source": item.source, "resume_after": item.resume_after}
+
+    alpaca = settings.alpaca
+    return {"mode": state.account.mode.value, "account": scope(state.account),
+            "symbols": [scope(state.symbols[name]) for name in sorted(state.symbols)],
+            "summary": state.summary(),
+            "broker": {"mode": alpaca.mode, "paper": alpaca.paper, "live_allowed": alpaca.mode == "live",
+                       "how_live_is_chosen": "only by the environment: ALPACA_PAPER=false and ALPACA_LIVE_CONFIRM "
+                                             "with live keys, read when a program starts"}}

@@ -205,8 +205,9 @@ def add_snapshot(db: TradingDB, taken_at: str, equity: Decimal | str, cash: Deci
 
 def seed_console_book(db: TradingDB) -> dict[str, int]:
     """A small book for the console: AAPL protected (stop and target held), MSFT a day trade whose
-    stop is missing, NVDA closed with a profit, TSLA closed at its stop, and equity snapshots of
-    Thursday's close and Friday 2026-11-20."""
+    stop is missing, NVDA closed with a profit (+25.00), TSLA closed at its stop (-50.00), their
+    fills and accepted decisions, one refused decision (ZZZZ), and equity snapshots of Thursday's
+    close and Friday 2026-11-20."""
     aapl = add_trade(db, "AAPL")
     add_order(db, aapl, "ENTRY", "filled", order_class="bracket")
     add_order(db, aapl, "TAKE_PROFIT", "new", limit_price=Decimal("160"))
@@ -229,8 +230,34 @@ def seed_console_book(db: TradingDB) -> dict[str, int]:
     add_order(db, tsla, "ENTRY", "filled")
     add_order(db, tsla, "STOP_LOSS", "filled", stop_price=Decimal("145"), filled_avg_price=Decimal("145"),
               filled_at=dt.datetime(2026, 11, 19, 18, 0, tzinfo=dt.UTC))
+    fills = ((aapl, "buy", "10", "150", None, "2026-11-19T15:00:00Z"),
+             (msft, "buy", "5", "400", None, "2026-11-20T15:00:00Z"),
+             (nvda, "buy", "10", "150", None, "2026-11-19T15:00:00Z"),
+             (nvda, "sell", "10", "152.50", "25.00", "2026-11-20T16:00:00Z"),
+             (tsla, "buy", "10", "150", None, "2026-11-19T15:00:00Z"),
+             (tsla, "sell", "10", "145", "-50.00", "2026-11-19T18:00:00Z"))
+    symbols = {aapl: "AAPL", msft: "MSFT", nvda: "NVDA", tsla: "TSLA"}
+    for trade_id, side, qty, price, pnl, at in fills:
+        db.insert("trade_fill", {"trade_journal_id": trade_id, "symbol": symbols[trade_id], "side": side,
+                                 "qty": Decimal(qty), "price": Decimal(price),
+                                 "realized_pnl": None if pnl is None else Decimal(pnl),
+                                 "filled_at": dt.datetime.fromisoformat(at.replace("Z", "+00:00")), "source": "seed"})
+    for trade_id, symbol in symbols.items():
+        decision = add_decision(db, symbol, created_at=dt.datetime(2026, 11, 19, 13, 0, tzinfo=dt.UTC))
+        db.update("analysis_decision", decision, {"executed": True, "existing_trade_journal_id": trade_id})
+        db.update("trade_journal", trade_id, {"initial_analysis_id": decision})
+        db.insert("audit_event", {"program": "order_executor", "entity_type": "decision", "entity_id": decision,
+                                  "symbol": symbol, "event": "DECISION_ACCEPTED", "old_value": "pending",
+                                  "new_value": "accepted", "reason": f"bracket entry placed for {symbol}",
+                                  "details": {"trade_journal_id": trade_id}})
+    refused = add_decision(db, "ZZZZ", created_at=dt.datetime(2026, 11, 20, 14, 0, tzinfo=dt.UTC))
+    db.update("analysis_decision", refused, {"executed": True})
+    db.insert("audit_event", {"program": "order_executor", "entity_type": "decision", "entity_id": refused,
+                              "symbol": "ZZZZ", "event": "DECISION_REFUSED", "old_value": "pending",
+                              "new_value": "refused", "reason": "unknown symbol ZZZZ: the broker does not list it",
+                              "details": {"code": "UNKNOWN_SYMBOL"}})
     add_snapshot(db, "2026-11-19T21:00:00Z", "100000.00", "98500.00", open_positions=1)
     add_snapshot(db, "2026-11-20T15:00:00Z", "100010.00", "96500.00", open_positions=2)
     add_snapshot(db, "2026-11-20T20:00:00Z", "100123.45", "96580.45", positions_value=Decimal("3543.00"),
                  unrealized_pnl=Decimal("43.00"), realized_pnl_today=Decimal("25.00"), open_positions=2)
-    return {"AAPL": aapl, "MSFT": msft, "NVDA": nvda, "TSLA": tsla}
+    return {"AAPL": aapl, "MSFT": msft, "NVDA": nvda, "TSLA": tsla, "refused_decision": refused}

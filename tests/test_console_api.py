@@ -7,7 +7,9 @@ script) would, and checks the answer to the cent: money as exact strings, times 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -143,3 +145,170 @@ def test_python_m_console_help_says_how_to_start_it_and_which_variables_it_reads
                           check=False)
     assert done.returncode == 0
     assert "CONSOLE_TOKEN" in done.stdout and "--database" in done.stdout and "docs/console.md" in done.stdout
+
+
+# --------------------------------------------------------------------------- history and P&L
+
+
+def test_the_equity_curve_lists_the_snapshots_with_the_spy_benchmark_scaled_to_the_first_equity(
+        db: TradingDB, broker: Any, exchange: Any, make_client: Callable[..., TestClient]) -> None:
+    seed_console_book(db)
+    exchange.clock("2026-11-20T21:00:00Z")
+    body = make_client(broker=broker).get("/api/portfolio/history").json()
+    assert [p["equity"] for p in body["points"]] == ["100000.00", "100010.00", "100123.45"]
+    assert body["points"][0]["at"] == "2026-11-19T21:00:00+00:00"
+    assert body["benchmark_symbol"] == "SPY" and body["benchmark_note"] is None
+    assert body["points"][0]["benchmark"] == "100000.00"  # the benchmark starts where the curve starts
+    closes = {bar.start: bar.close for bar in broker.get_bars(
+        "SPY", dt.datetime(2026, 11, 19, 18, tzinfo=dt.UTC), dt.datetime(2026, 11, 20, 21, tzinfo=dt.UTC),
+        minutes=body["benchmark_bar_minutes"])}
+    minutes = dt.timedelta(minutes=body["benchmark_bar_minutes"])
+    first = closes[dt.datetime(2026, 11, 19, 21, tzinfo=dt.UTC) - minutes]
+    last = closes[dt.datetime(2026, 11, 20, 20, tzinfo=dt.UTC) - minutes]
+    assert Decimal(body["points"][-1]["benchmark"]) == (Decimal("100000.00") * last / first).quantize(Decimal("0.01"))
+
+
+def test_the_equity_curve_without_a_broker_says_why_it_has_no_benchmark(db: TradingDB, client: TestClient) -> None:
+    seed_console_book(db)
+    body = client.get("/api/portfolio/history", params={"from": "2026-11-20"}).json()
+    assert [p["equity"] for p in body["points"]] == ["100010.00", "100123.45"]
+    assert all(p["benchmark"] is None for p in body["points"])
+    assert body["benchmark_note"].startswith("no benchmark: the console was started without a broker")
+
+
+def test_pnl_is_realised_from_the_fill_ledger_by_day_and_by_exit_reason_to_the_cent(
+        db: TradingDB, client: TestClient) -> None:
+    seed_console_book(db)
+    body = client.get("/api/portfolio/pnl").json()
+    assert (body["realized"], body["unrealized"], body["total"]) == ("-25.00", "43.00", "18.00")
+    assert (body["closed_trades"], body["winners"], body["losers"]) == (2, 1, 1)
+    assert body["by_day"] == [{"day": "2026-11-19", "realized": "-50.00", "sells": 1},
+                              {"day": "2026-11-20", "realized": "25.00", "sells": 1}]
+    assert body["by_exit_reason"] == [
+        {"exit_reason": "PROFIT_TAKEN", "trades": 1, "pnl": "25.00", "winners": 1, "losers": 0},
+        {"exit_reason": "STOPPED_OUT", "trades": 1, "pnl": "-50.00", "winners": 0, "losers": 1}]
+
+
+# --------------------------------------------------------------------------- orders and trades
+
+
+def test_orders_are_filtered_by_status_type_symbol_trade_and_dates_and_paged(db: TradingDB, client: TestClient) -> None:
+    ids = seed_console_book(db)
+    everything = client.get("/api/orders").json()
+    assert everything["page"]["total"] == 8 and len(everything["orders"]) == 8
+    assert [o["id"] for o in everything["orders"]] == sorted((o["id"] for o in everything["orders"]), reverse=True)
+    filled = client.get("/api/orders", params={"status": "filled", "type": "stop_loss"}).json()
+    assert [(o["symbol"], o["type"], o["stop_price"]) for o in filled["orders"]] == [("TSLA", "STOP_LOSS", "145")]
+    aapl = client.get("/api/orders", params={"symbol": "aapl"}).json()["orders"]
+    assert {o["type"] for o in aapl} == {"ENTRY", "TAKE_PROFIT", "STOP_LOSS"}
+    assert all(o["trade_id"] == ids["AAPL"] and o["decision_id"] is not None for o in aapl)
+    assert client.get("/api/orders", params={"trade": ids["NVDA"]}).json()["page"]["total"] == 2
+    page = client.get("/api/orders", params={"limit": 3, "offset": 3}).json()
+    assert page["page"] == {"limit": 3, "offset": 3, "total": 8, "next_offset": 6} and len(page["orders"]) == 3
+    assert client.get("/api/orders", params={"limit": 3, "offset": 6}).json()["page"]["next_offset"] is None
+    db.update("order_execution", aapl[0]["id"], {"submitted_at": dt.datetime(2026, 11, 21, 15, tzinfo=dt.UTC)})
+    later = client.get("/api/orders", params={"from": "2026-11-21", "to": "2026-11-21"}).json()
+    assert [o["id"] for o in later["orders"]] == [aapl[0]["id"]]
+    zoned = client.get("/api/orders", params={"from": "2026-11-21T09:00:00-05:00"}).json()
+    assert [o["id"] for o in zoned["orders"]] == [aapl[0]["id"]]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"status": "filed"}, "status: unknown value(s) filed"),
+    ({"type": "BUY"}, "type: unknown value(s) BUY"),
+    ({"symbol": "AAPL;DROP"}, "is not a ticker symbol"),
+    ({"from": "yesterday"}, "is not a date"),
+    ({"from": "2026-11-20T10:00:00"}, "has no time zone"),
+    ({"from": "2026-11-21", "to": "2026-11-20"}, "must be before"),
+    ({"limit": 0}, "limit"),
+    ({"limit": 501}, "limit"),
+    ({"offset": -1}, "offset"),
+    ({"trade": "x"}, "trade"),
+    ({"trade": 2**70}, "trade"),
+])
+def test_a_bad_order_filter_is_a_422_that_names_what_is_wrong(client: TestClient, params: dict[str, Any],
+                                                              message: str) -> None:
+    response = client.get("/api/orders", params=params)
+    assert response.status_code == 422
+    assert message in response.json()["error"]
+
+
+def test_unknown_or_malformed_ids_are_4xx_never_5xx(client: TestClient) -> None:
+    for path in ("/api/orders/999", "/api/trades/999"):
+        response = client.get(path)
+        assert response.status_code == 404 and "does not exist" in response.json()["error"]
+    for path in ("/api/orders/abc", "/api/trades/0", f"/api/trades/{2**64}", "/api/nothing"):
+        assert 400 <= client.get(path).status_code < 500
+
+
+def test_one_order_shows_its_audit_events(db: TradingDB, client: TestClient) -> None:
+    ids = seed_console_book(db)
+    stop = db.query("order_execution", {"trade_journal_id": ids["AAPL"], "order_type": "STOP_LOSS"})[0]
+    db.insert("audit_event", {"program": "order_monitor", "entity_type": "order", "entity_id": stop["id"],
+                              "symbol": "AAPL", "event": "ORDER_STATUS", "old_value": "new", "new_value": "held",
+                              "reason": "leg armed"})
+    body = client.get(f"/api/orders/{stop['id']}").json()
+    assert (body["type"], body["status"], body["stop_price"], body["trade_id"]) == \
+        ("STOP_LOSS", "held", "145", ids["AAPL"])
+    assert [(e["event"], e["new_value"]) for e in body["audit"]] == [("ORDER_STATUS", "held")]
+
+
+def test_trades_list_their_pnl_and_one_trade_tells_its_whole_story(db: TradingDB, client: TestClient) -> None:
+    ids = seed_console_book(db)
+    listing = client.get("/api/trades", params={"status": "closed"}).json()
+    assert [(t["symbol"], t["pnl"]["realized"]) for t in listing["trades"]] == [("TSLA", "-50.00"), ("NVDA", "25.00")]
+    open_aapl = client.get("/api/trades", params={"symbol": "AAPL"}).json()["trades"][0]
+    assert open_aapl["pnl"] == {"realized": "0", "unrealized": "52.50", "total": "52.50"}
+    story = client.get(f"/api/trades/{ids['NVDA']}").json()
+    assert (story["status"], story["exit_reason"], story["exit_price"], story["pnl"]["total"]) == \
+        ("CLOSED", "PROFIT_TAKEN", "152.50", "25.00")
+    assert [d["outcome"] for d in story["decisions"]] == ["accepted"]
+    assert story["decisions"][0]["plan"]["planned_entry"] == 150  # the upstream plan as written
+    assert [(o["type"], o["status"]) for o in story["orders"]] == [("ENTRY", "filled"), ("TAKE_PROFIT", "filled")]
+    assert [(f["side"], f["price"], f["realized_pnl"]) for f in story["fills"]] == \
+        [("buy", "150", None), ("sell", "152.50", "25.00")]
+    assert [e["event"] for e in story["audit"]] == ["DECISION_ACCEPTED"]
+
+
+# --------------------------------------------------------------------------- decisions, triggers, mode, runs
+
+
+def test_decisions_show_their_outcome_and_a_refusal_its_reason(db: TradingDB, client: TestClient) -> None:
+    ids = seed_console_book(db)
+    body = client.get("/api/decisions", params={"outcome": "refused"}).json()
+    assert [(d["id"], d["ticker"], d["code"], d["reason"]) for d in body["decisions"]] == \
+        [(ids["refused_decision"], "ZZZZ", "UNKNOWN_SYMBOL", "unknown symbol ZZZZ: the broker does not list it")]
+    assert client.get("/api/decisions").json()["page"]["total"] == 5
+    assert client.get("/api/decisions", params={"outcome": "maybe"}).status_code == 422
+
+
+def test_triggers_list_the_stop_target_and_trailing_levels_of_open_trades(db: TradingDB, client: TestClient) -> None:
+    ids = seed_console_book(db)
+    db.update("trade_journal", ids["MSFT"], {"trailing_stop_pct": Decimal("2.5"), "high_water_mark": Decimal("402")})
+    body = client.get("/api/triggers").json()
+    found = {t["id"]: (t["kind"], t["level"], t["held"]) for t in body["triggers"]}
+    assert found == {f"{ids['AAPL']}:stop": ("stop", "145", "145"), f"{ids['AAPL']}:target": ("target", "160", "160"),
+                     f"{ids['MSFT']}:stop": ("stop", "390", None), f"{ids['MSFT']}:trailing": ("trailing", "2.5", None)}
+    assert body["pending"] == []
+
+
+def test_the_trading_mode_shows_the_state_and_that_only_the_environment_chooses_live(
+        db: TradingDB, client: TestClient) -> None:
+    from trading.state import TradingMode, record_trading_state
+
+    record_trading_state(db, TradingMode.REDUCE_ONLY, scope="TSLA", reason="earnings", changed_by="tester")
+    body = client.get("/api/trading/mode").json()
+    assert body["mode"] == "ACTIVE" and body["account"]["scope"] == "ACCOUNT"
+    assert [(s["scope"], s["mode"], s["reason"]) for s in body["symbols"]] == [("TSLA", "REDUCE_ONLY", "earnings")]
+    assert body["broker"]["live_allowed"] is False and body["broker"]["paper"] is True
+
+
+def test_runs_list_the_latest_runs_and_the_last_run_of_each_program(db: TradingDB, client: TestClient) -> None:
+    for program, outcome in (("order_executor", "success"), ("order_monitor", "failed"), ("order_monitor", "success")):
+        db.insert("program_run", {"program": program, "outcome": outcome, "counts": {"decisions": 1}})
+    body = client.get("/api/runs").json()
+    assert [r["program"] for r in body["runs"]] == ["order_monitor", "order_monitor", "order_executor"]
+    assert {r["program"]: r["outcome"] for r in body["last_by_program"]} == \
+        {"order_executor": "success", "order_monitor": "success"}
+    assert len(client.get("/api/runs", params={"program": "order_monitor", "limit": 1}).json()["runs"]) == 1
+    assert client.get("/api/runs", params={"program": "rm -rf"}).status_code == 422
