@@ -7,12 +7,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
 
-from console import read_model
-from console.app import ApiError, BrokerSource, answer
+from console import read_model, writes
+from console.app import WRITE, ApiError, BrokerSource, answer
 from console.read_model import OrderFilter, Page
 from console.settings import ConsoleSettings
 from trading import lifecycle
@@ -77,6 +79,62 @@ def time_range(start: str | None, end: str | None) -> tuple[dt.datetime | None, 
     return lower, upper
 
 
+# --------------------------------------------------------------------------- request bodies
+
+Reason = Annotated[str, Field(min_length=1, max_length=500, description="why: kept in the decision and audit trail")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CloseRequest(Strict):
+    """``POST /api/positions/{symbol}/close``."""
+
+    confirm: Literal[True] = Field(description="must be true: the position is sold at the market")
+    reason: Reason = "closed from the operator console"
+    trade_id: int | None = Field(default=None, ge=1, le=MAX_ID,
+                                 description="only this trade of the symbol (default: every open trade of it)")
+
+
+class TriggerRequest(Strict):
+    """``POST /api/triggers``: set a stop, target or trailing percent of an open position."""
+
+    trade_id: int = Field(ge=1, le=MAX_ID)
+    kind: Literal["stop", "target", "trailing"]
+    level: Decimal = Field(gt=0, le=Decimal(1_000_000), max_digits=18, decimal_places=6,
+                           description="a price (stop, target) or a percent below the high (trailing)")
+    reason: Reason = "changed from the operator console"
+
+
+class ModeRequest(Strict):
+    """``PUT /api/trading/mode``."""
+
+    mode: Literal["ACTIVE", "REDUCE_ONLY", "HALTED", "FLATTEN"]
+    confirm: Literal[True] = Field(description="must be true: the programs obey the new mode at their next run")
+    reason: Reason
+    scope: str = Field(default="ACCOUNT", max_length=12, description="ACCOUNT or a ticker symbol")
+    broker_mode: Literal["paper", "live"] | None = Field(
+        default=None, description="only accepted as it already is: live is chosen by the environment alone")
+
+
+def _clean(text: str) -> str:
+    """A reason as one printable line."""
+    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if not cleaned:
+        raise ApiError(422, "reason: must not be blank")
+    return cleaned
+
+
+def parse_trigger_id(text: str) -> tuple[int, str]:
+    """``<trade id>:<stop|target|trailing>``."""
+    trade, _, kind = text.partition(":")
+    if not trade.isdigit() or kind not in writes.TRIGGER_KEYS or not 1 <= int(trade) <= MAX_ID:
+        raise ApiError(422, f"trigger id {text!r}: expected <trade id>:stop, :target or :trailing (see GET "
+                            "/api/triggers)")
+    return int(trade), kind
+
+
 def add_routes(app: FastAPI, database: Callable[..., Any], settings: ConsoleSettings, brokers: BrokerSource) -> None:
     """Register every endpoint on ``app``."""
     db_dependency = Depends(database)
@@ -105,6 +163,14 @@ def add_routes(app: FastAPI, database: Callable[..., Any], settings: ConsoleSett
     def get_positions(db: Any = db_dependency) -> Any:
         items = read_model.positions(db)
         return answer({"positions": items, "count": len(items)})
+
+    @app.post("/api/positions/{symbol_path}/close", tags=["positions"], status_code=202, dependencies=WRITE,
+              summary="Close a position: recorded as an approved CLOSE decision for the order monitor's next run")
+    def close_position(symbol_path: Annotated[str, Path(alias="symbol_path", max_length=12)], body: CloseRequest,
+                       db: Any = db_dependency) -> Any:
+        ticker = symbol(symbol_path)
+        assert ticker is not None
+        return answer(writes.request_close(db, settings, ticker, body.trade_id, _clean(body.reason)), 202)
 
     # ------------------------------------------------------------------ orders
 
@@ -163,11 +229,32 @@ def add_routes(app: FastAPI, database: Callable[..., Any], settings: ConsoleSett
     def get_triggers(db: Any = db_dependency) -> Any:
         return answer(read_model.triggers(db))
 
+    @app.post("/api/triggers", tags=["triggers"], status_code=202, dependencies=WRITE,
+              summary="Set a stop, target or trailing percent: an approved levels-only AMEND decision")
+    def set_trigger(body: TriggerRequest, db: Any = db_dependency) -> Any:
+        return answer(writes.request_level(db, settings, body.trade_id, body.kind, body.level, _clean(body.reason)),
+                      202)
+
+    @app.delete("/api/triggers/{trigger_id}", tags=["triggers"], status_code=202, dependencies=WRITE,
+                summary="Remove a target or trailing percent (a stop is never removed)")
+    def remove_trigger(trigger_id: Annotated[str, Path(max_length=40)],
+                       reason: Annotated[str, Query(max_length=500)] = "removed from the operator console",
+                       db: Any = db_dependency) -> Any:
+        trade_id, kind = parse_trigger_id(trigger_id)
+        return answer(writes.request_level(db, settings, trade_id, kind, None, _clean(reason)), 202)
+
     # ------------------------------------------------------------------ state, runs, health
 
     @app.get("/api/trading/mode", tags=["trading"], summary="The trading state and the broker mode")
     def get_mode(db: Any = db_dependency) -> Any:
         return answer(read_model.trading_mode(db, settings.trading))
+
+    @app.put("/api/trading/mode", tags=["trading"], dependencies=WRITE,
+             summary="Switch the trading state (confirmed; audited); never enables live trading")
+    def put_mode(body: ModeRequest, db: Any = db_dependency) -> Any:
+        scope = "ACCOUNT" if body.scope.strip().upper() == "ACCOUNT" else symbol(body.scope, "scope")
+        assert scope is not None
+        return answer(writes.set_mode(db, settings, body.mode, scope, _clean(body.reason), body.broker_mode))
 
     @app.get("/api/runs", tags=["health"], summary="Recent program runs and each program's last run")
     def get_runs(program: Annotated[str | None, Query(description=", ".join(PROGRAMS))] = None,

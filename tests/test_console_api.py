@@ -312,3 +312,247 @@ def test_runs_list_the_latest_runs_and_the_last_run_of_each_program(db: TradingD
         {"order_executor": "success", "order_monitor": "success"}
     assert len(client.get("/api/runs", params={"program": "order_monitor", "limit": 1}).json()["runs"]) == 1
     assert client.get("/api/runs", params={"program": "rm -rf"}).status_code == 422
+
+
+# --------------------------------------------------------------------------- security
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_every_write_needs_the_bearer_token_and_without_a_configured_token_writes_are_off(
+        db: TradingDB, make_client: Callable[..., TestClient]) -> None:
+    seed_console_book(db)
+    client = make_client()
+    body = {"confirm": True}
+    assert client.post("/api/positions/AAPL/close", json=body).status_code == 401
+    assert client.post("/api/positions/AAPL/close", json=body,
+                       headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+    assert client.put("/api/trading/mode", json={"mode": "HALTED", "confirm": True, "reason": "x"}).status_code == 401
+    assert client.delete("/api/triggers/1:target").status_code == 401
+    assert client.get("/api/positions").status_code == 200  # reads on localhost need no token
+    read_only = make_client(token=Secret(""))
+    refused = read_only.post("/api/positions/AAPL/close", json=body, headers=AUTH)
+    assert refused.status_code == 403 and "set CONSOLE_TOKEN" in refused.json()["error"]
+    assert db.query("analysis_decision", {"primary_action": "CLOSE"}) == []
+
+
+def test_beyond_localhost_every_request_needs_the_token(db: TradingDB, make_client: Callable[..., TestClient]) -> None:
+    client = make_client(host="192.0.2.10")
+    refused = client.get("/api/portfolio")
+    assert refused.status_code == 401 and "beyond localhost" in refused.json()["error"]
+    assert client.get("/api/portfolio", headers=AUTH).status_code == 200
+
+
+def test_the_token_never_appears_in_answers_or_logs(db: TradingDB, client: TestClient) -> None:
+    import io
+    import logging
+
+    from trading.logs import make_handler
+
+    ids = seed_console_book(db)
+    stream = io.StringIO()
+    handler = make_handler(stream, "text")  # the programs' own handler, with its secret scrubber
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        answers = [client.post("/api/positions/AAPL/close", json={"confirm": True}, headers=AUTH),
+                   client.get("/api/trading/mode", headers=AUTH),
+                   client.post("/api/triggers", json={"trade_id": ids["AAPL"], "kind": "stop", "level": "146"},
+                               headers={"Authorization": f"Bearer {TOKEN}x"})]
+        logging.getLogger("console").warning("a line quoting the token %s is scrubbed", TOKEN)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert [a.status_code for a in answers] == [202, 200, 401]
+    assert all(TOKEN not in a.text for a in answers)
+    assert "a line quoting the token *** is scrubbed" in stream.getvalue()
+    assert TOKEN not in stream.getvalue()
+
+
+# --------------------------------------------------------------------------- Close, carried out by the order monitor
+
+
+def test_a_close_through_the_api_is_carried_out_by_the_next_order_monitor_run_and_the_broker_ends_flat(
+        db: TradingDB, exchange: Any, broker: Any, client: TestClient) -> None:
+    from tests.monitor_support import open_position, run_monitor
+
+    trade = open_position(db, exchange, broker)  # 10 AAPL @ 150.00, bracket stop 145 / target 160
+    exchange.quotes(AAPL=("151.20", "151.30"))
+    response = client.post("/api/positions/aapl/close", json={"confirm": True, "reason": "taking profits"},
+                           headers=AUTH)
+
+    assert response.status_code == 202
+    [close] = response.json()["closes"]
+    assert (close["trade_id"], close["already_requested"]) == (trade["id"], False)
+    decision = db.get_by_id("analysis_decision", close["decision_id"])
+    assert (decision["primary_action"], decision["Approve"], decision["executed"]) == ("CLOSE", True, False)
+    assert decision["decision"]["source"] == "console" and decision["decision"]["reason"] == "taking profits"
+    assert exchange.positions() == {"AAPL": Decimal("10")}  # the web request sent nothing to the broker
+    [request] = db.query("audit_event", {"event": "CONSOLE_REQUEST"})
+    assert (request["entity_id"], request["program"]) == (close["decision_id"], "console")
+
+    summary = run_monitor(db, broker)
+
+    assert summary.counts["decision_closing"] == 1
+    assert exchange.positions() == {}
+    closed = db.get_by_id("trade_journal", trade["id"])
+    assert (closed["status"], closed["exit_reason"]) == ("CLOSED", "CLOSE_REQUESTED")
+    outcome = db.execute_one("SELECT outcome, program FROM decision_outcome WHERE id = %s", (close["decision_id"],))
+    assert outcome == {"outcome": "accepted", "program": "order_monitor"}
+    assert client.get("/api/positions").json()["count"] == 0
+
+
+def test_a_second_close_of_the_same_position_is_not_recorded_twice(db: TradingDB, client: TestClient) -> None:
+    ids = seed_console_book(db)
+    first = client.post("/api/positions/AAPL/close", json={"confirm": True}, headers=AUTH).json()
+    again = client.post("/api/positions/AAPL/close", json={"confirm": True}, headers=AUTH).json()
+    assert again["closes"] == [{"trade_id": ids["AAPL"], "decision_id": first["closes"][0]["decision_id"],
+                                "already_requested": True}]
+    assert len(db.query("analysis_decision", {"primary_action": "CLOSE"})) == 1
+    pending = client.get("/api/triggers").json()["pending"]
+    assert [(p["trade_id"], p["action"]) for p in pending] == [(ids["AAPL"], "CLOSE")]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "message"), [
+    ("/api/positions/NVDA/close", {"confirm": True}, 404, "no open position of NVDA"),
+    ("/api/positions/AAPL/close", {"confirm": False}, 422, "confirm"),
+    ("/api/positions/AAPL/close", {}, 422, "confirm"),
+    ("/api/positions/AAPL/close", {"confirm": True, "reason": " \n "}, 422, "reason"),
+    ("/api/positions/AAPL/close", {"confirm": True, "sell": "all"}, 422, "sell"),
+    ("/api/positions/A$PL/close", {"confirm": True}, 422, "not a ticker"),
+])
+def test_a_bad_close_request_is_refused_with_a_clear_message(db: TradingDB, client: TestClient, path: str,
+                                                             body: dict[str, Any], status: int, message: str) -> None:
+    seed_console_book(db)
+    response = client.post(path, json=body, headers=AUTH)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+# --------------------------------------------------------------------------- triggers, carried out by the order monitor
+
+
+def test_a_stop_moved_through_the_api_is_moved_at_the_broker_by_the_next_monitor_run(
+        db: TradingDB, exchange: Any, broker: Any, client: TestClient) -> None:
+    from tests.monitor_support import open_position, run_monitor
+
+    trade = open_position(db, exchange, broker)
+    exchange.quotes(AAPL=("151.20", "151.30"))
+    response = client.post("/api/triggers", json={"trade_id": trade["id"], "kind": "stop", "level": "147.5"},
+                           headers=AUTH)
+    assert response.status_code == 202, response.text
+    assert (response.json()["level"], response.json()["previous"]) == ("147.50", "145.00")
+
+    summary = run_monitor(db, broker, check=False)  # the stop is replaced: answered pending_replace
+    assert summary.counts["decision_amended"] == 1
+    # The next run adopts the completed replacement (and the invariants hold); nothing is done twice.
+    assert run_monitor(db, broker).counts.get("decision_amended") is None
+
+    stops = [o for o in exchange.orders() if o["side"] == "sell" and o["type"] == "stop"
+             and o["status"] not in ("canceled", "replaced", "filled")]
+    assert [(Decimal(o["stop_price"]), o["status"]) for o in stops] == [(Decimal("147.50"), "held")]
+    assert db.get_by_id("trade_journal", trade["id"])["planned_sl"] == Decimal("147.50")
+    [stop] = [t for t in client.get("/api/triggers").json()["triggers"] if t["kind"] == "stop"]
+    assert (Decimal(stop["level"]), Decimal(stop["held"])) == (Decimal("147.50"), Decimal("147.50"))
+    [decision] = client.get("/api/decisions", params={"action": "AMEND"}).json()["decisions"]
+    assert decision["outcome"] == "accepted" and "planned_sl 147.50" in decision["reason"]
+
+
+def test_a_target_removed_through_the_api_leaves_a_stop_for_every_share(
+        db: TradingDB, exchange: Any, broker: Any, client: TestClient) -> None:
+    from tests.monitor_support import open_position, run_monitor
+
+    trade = open_position(db, exchange, broker)
+    exchange.quotes(AAPL=("151.20", "151.30"))
+    assert client.delete(f"/api/triggers/{trade['id']}:target", headers=AUTH).status_code == 202
+
+    run_monitor(db, broker)  # the invariants hold: one stop for all 10 shares, no target
+
+    assert db.get_by_id("trade_journal", trade["id"])["planned_tp"] is None
+    working = [o for o in exchange.orders() if o["side"] == "sell" and o["status"] not in
+               ("canceled", "replaced", "filled", "expired")]
+    assert [(o["type"], Decimal(o["qty"])) for o in working] == [("stop", Decimal("10"))]
+    assert [t["kind"] for t in client.get("/api/triggers").json()["triggers"]] == ["stop"]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"kind": "stop", "level": "156"}, 422, "at or above the current price"),
+    ({"kind": "stop", "level": "0"}, 422, "level"),
+    ({"kind": "stop", "level": "abc"}, 422, "level"),
+    ({"kind": "target", "level": "150"}, 422, "at or below the current price"),
+    ({"kind": "trailing", "level": "75"}, 422, "below 50"),
+    ({"kind": "limit", "level": "150"}, 422, "kind"),
+])
+def test_a_bad_trigger_change_is_refused_before_anything_is_recorded(
+        db: TradingDB, client: TestClient, body: dict[str, Any], status: int, message: str) -> None:
+    ids = seed_console_book(db)
+    response = client.post("/api/triggers", json={"trade_id": ids["AAPL"], **body}, headers=AUTH)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert db.query("analysis_decision", {"primary_action": "AMEND"}) == []
+
+
+def test_a_stop_can_never_be_removed_and_closed_or_unknown_trades_have_no_levels_to_change(
+        db: TradingDB, client: TestClient) -> None:
+    ids = seed_console_book(db)
+    refused = client.delete(f"/api/triggers/{ids['AAPL']}:stop", headers=AUTH)
+    assert refused.status_code == 409 and "always keeps its stop" in refused.json()["error"]
+    assert client.delete(f"/api/triggers/{ids['MSFT']}:target", headers=AUTH).status_code == 404
+    assert client.delete("/api/triggers/abc", headers=AUTH).status_code == 422
+    closed = client.post("/api/triggers", json={"trade_id": ids["NVDA"], "kind": "stop", "level": "140"},
+                         headers=AUTH)
+    assert closed.status_code == 409 and "CLOSED" in closed.json()["error"]
+    missing = client.post("/api/triggers", json={"trade_id": 999, "kind": "stop", "level": "140"}, headers=AUTH)
+    assert missing.status_code == 404
+
+
+def test_a_trailing_percent_set_through_the_api_is_recorded_on_the_trade_by_the_monitor(
+        db: TradingDB, exchange: Any, broker: Any, client: TestClient) -> None:
+    from tests.monitor_support import open_position, run_monitor
+
+    trade = open_position(db, exchange, broker)
+    assert client.post("/api/triggers", json={"trade_id": trade["id"], "kind": "trailing", "level": 3},
+                       headers=AUTH).status_code == 202
+    run_monitor(db, broker)
+    assert db.get_by_id("trade_journal", trade["id"])["trailing_stop_pct"] == Decimal("3")
+    [event] = db.query("audit_event", {"event": "TRADE_UPDATED", "entity_id": trade["id"]})
+    assert event["new_value"] == "trailing_stop_pct=3" and event["program"] == "order_monitor"
+
+
+# --------------------------------------------------------------------------- the trading mode
+
+
+def test_a_mode_switch_needs_confirmation_and_a_reason_and_is_recorded_in_the_audit_trail(
+        db: TradingDB, client: TestClient) -> None:
+    unconfirmed = client.put("/api/trading/mode", json={"mode": "HALTED", "reason": "news"}, headers=AUTH)
+    assert unconfirmed.status_code == 422 and "confirm" in unconfirmed.json()["error"]
+    done = client.put("/api/trading/mode", json={"mode": "HALTED", "confirm": True, "reason": "news at noon"},
+                      headers=AUTH)
+    assert done.status_code == 200
+    assert (done.json()["mode"], done.json()["changed_by"]) == ("HALTED", "console:operator")
+    [event] = db.query("audit_event", {"event": "TRADING_STATE_CHANGED"})
+    assert (event["old_value"], event["new_value"], event["reason"], event["program"]) == \
+        ("ACTIVE", "HALTED", "news at noon", "console")
+    resumed = client.put("/api/trading/mode", json={"mode": "ACTIVE", "confirm": True, "reason": "news digested"},
+                         headers=AUTH)
+    assert resumed.json()["mode"] == "ACTIVE"
+    symbol = client.put("/api/trading/mode", json={"mode": "REDUCE_ONLY", "confirm": True, "reason": "earnings",
+                                                   "scope": "tsla"}, headers=AUTH)
+    assert symbol.json()["scope"] == "TSLA"
+    assert client.get("/api/trading/mode").json()["symbols"][0]["mode"] == "REDUCE_ONLY"
+
+
+def test_live_trading_is_never_enabled_from_the_console(db: TradingDB, client: TestClient) -> None:
+    response = client.put("/api/trading/mode", json={"mode": "ACTIVE", "confirm": True, "reason": "go live",
+                                                     "broker_mode": "live"}, headers=AUTH)
+    assert response.status_code == 409
+    assert "never enabled from the console" in response.json()["error"]
+    assert "ALPACA_LIVE_CONFIRM" in response.json()["error"]
+    assert db.query("audit_event", {"event": "TRADING_STATE_CHANGED"}) == []
+    same = client.put("/api/trading/mode", json={"mode": "ACTIVE", "confirm": True, "reason": "paper it is",
+                                                 "broker_mode": "paper"}, headers=AUTH)
+    assert same.status_code == 200 and client.get("/api/trading/mode").json()["broker"]["mode"] != "live"
+    bad = client.put("/api/trading/mode", json={"mode": "YOLO", "confirm": True, "reason": "x"}, headers=AUTH)
+    assert bad.status_code == 422

@@ -400,6 +400,66 @@ class Protector:
                 also(replacement)
         return replacement
 
+    @_one_program_per_trade("deferred")
+    def change_levels(self, trade_id: int, changes: dict[str, Decimal | None], *, reason: str) -> str:
+        """Set a position's stop, target or trailing distance (a levels-only AMEND) and move the
+        broker-held protection to them: the working stop and take-profit are replaced in place
+        (``replace_and_record``: no moment without a stop); a target removed or added changes the
+        order group, so the protection is canceled, confirmed and placed again for the whole
+        quantity by ``ensure``. Returns ``changed``, ``unchanged``, ``not_open``, ``exiting`` (an
+        exit works on the shares), ``deferred`` or ``failed`` (the broker refused; protection
+        checked again, the levels recorded)."""
+        view = self.view(trade_id)
+        trade = view.trade
+        if trade["status"] != TradeStatus.POSITION.value or view.position_qty <= ZERO:
+            return "not_open"
+        if view.exits_open:
+            return "exiting"
+        old = {key: trade.get(key) for key in changes}
+        new = {key: value for key, value in changes.items() if value != trade.get(key)}
+        if new:
+            with self.db.transaction():
+                self.db.update("trade_journal", trade_id, new)
+                self.audit.record("trade", trade_id, audit.TRADE_UPDATED, symbol=trade["symbol"],
+                                  old=", ".join(f"{k}={old[k]}" for k in new),
+                                  new=", ".join(f"{k}={v}" for k, v in new.items()), reason=reason,
+                                  details={"levels": {k: None if v is None else str(v) for k, v in new.items()}})
+        after = self.reconciler.trades.get(trade_id)
+        assert after is not None
+        trade = after
+        stop = round_to_tick(Decimal(trade["planned_sl"]))
+        target = None if trade.get("planned_tp") is None else round_to_tick(Decimal(trade["planned_tp"]))
+        wants_target = trade["trade_style"] == "SWING" and target is not None
+        has_target = bool(view.take_profit_rows)
+        try:
+            if view.protective_open and wants_target != has_target:
+                # The group itself changes (OCO <-> stop): cancel it, then ensure places the new one.
+                if not self.cancel_and_confirm(trade_id, view.protective_open, reason=f"{reason}: protection "
+                                               "placed again with the new levels"):
+                    return "deferred"
+                outcome = self.ensure(trade_id)
+                return "changed" if outcome in ("repaired", "protected") else outcome
+            moved = False
+            for row in view.stop_rows:
+                if row.get("stop_price") is not None and Decimal(row["stop_price"]) != stop:
+                    self.replace_and_record(trade_id, row, stop_price=stop)
+                    moved = True
+            if target is not None and wants_target:
+                for row in view.take_profit_rows:
+                    if row.get("limit_price") is not None and Decimal(row["limit_price"]) != target:
+                        self.replace_and_record(trade_id, row, limit_price=target)
+                        moved = True
+        except BrokerRejectedError as exc:
+            # Filled, canceled or refused meanwhile (a stop above the market, say): the levels stay
+            # recorded, and the protection is checked now so the shares keep a stop.
+            self.warn(f"trade {trade_id} {trade['symbol']}: protection not moved to the new levels: {exc}")
+            self.ensure(trade_id)
+            return "failed"
+        if not view.stop_rows:
+            self.ensure(trade_id)  # no stop held yet: placed with the new levels
+        self.point_position(self.view(trade_id))
+        return "changed" if new or moved else "unchanged"
+
     # -- canceling ----------------------------------------------------------------------------
 
     @_one_program_per_trade(False)
