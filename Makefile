@@ -34,11 +34,12 @@ stream: $(STAMP)   ## the trade-updates listener: fills recorded as they happen 
 console: $(STAMP) ## the operator console (REST API, OpenAPI at /docs) on http://127.0.0.1:8080/ (see docs/console.md)
 	$(BIN)/python -m console $(ARGS)
 
-bench: $(STAMP)    ## print the speed figures (paper exchange, executor, monitors)
+bench: $(STAMP)    ## print the speed figures (paper exchange, executor, monitors, console)
 	$(BIN)/python scripts/benchmark_paper_exchange.py
 	$(BIN)/python scripts/benchmark_executor.py
 	$(BIN)/python scripts/benchmark_order_monitor.py
 	$(BIN)/python scripts/benchmark_position_monitor.py
+	$(BIN)/python scripts/bench_console.py
 
 NOCODB_DIR := var/nocodb
 $(NOCODB_DIR)/.installed: scripts/nocodb/package.json

@@ -26,7 +26,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from console.settings import ConsoleSettings
@@ -66,6 +66,11 @@ class ConsoleJSONResponse(JSONResponse):
 def answer(content: Any, status_code: int = 200) -> ConsoleJSONResponse:
     """An endpoint's answer (returned as a Response, so FastAPI does not re-encode it)."""
     return ConsoleJSONResponse(content, status_code=status_code)
+
+
+def raw_answer(json_text: str, status_code: int = 200) -> Response:
+    """An answer whose JSON text PostgreSQL already built (``json_agg``): passed on unparsed."""
+    return Response(content=json_text.encode(), status_code=status_code, media_type="application/json")
 
 
 class ApiError(Exception):

@@ -9,6 +9,7 @@ dicts with ``Decimal`` money and timezone-aware UTC times; ``console.app`` turns
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -103,12 +104,26 @@ def _allocation(rows: list[Row], cash: Decimal | None, equity: Decimal | None) -
 
 # --------------------------------------------------------------------------- positions
 
-POSITIONS_SQL = """
-SELECT p.id AS position_id, p.trade_journal_id AS trade_id, p.symbol, p.qty, p.avg_entry_price, p.cost_basis,
-       p.current_price, p.market_value, p.unrealized_pnl, p.unrealized_pnl_pct, p.last_updated,
-       t.trade_style, t.status AS trade_status, t.planned_entry, t.planned_sl, t.planned_tp, t.trailing_stop_pct,
-       t.trail_price, t.high_water_mark, t.entry_date, t.days_open, t.realized_pnl, t.exit_urgency,
-       o.stop_price, coalesce(o.stop_qty, 0) AS stop_qty, o.target_price, coalesce(o.exits_open, 0) AS exits_open
+#: One JSON text built by PostgreSQL: 500 positions of thirty values each are rendered there in a
+#: few milliseconds instead of being converted to Python objects and back (money as ``::text``:
+#: the exact NUMERIC text, which is what ``str(Decimal)`` gives too; times as ISO with the zone).
+POSITIONS_JSON_SQL = """
+SELECT count(*) AS n, coalesce(json_agg(json_build_object(
+    'symbol', p.symbol, 'trade_id', p.trade_journal_id, 'position_id', p.id, 'trade_style', t.trade_style,
+    'qty', p.qty::text, 'entry_price', p.avg_entry_price::text, 'cost_basis', p.cost_basis::text,
+    'current_price', p.current_price::text, 'market_value', p.market_value::text,
+    'unrealized_pnl', p.unrealized_pnl::text, 'unrealized_pnl_pct', p.unrealized_pnl_pct::text,
+    'last_updated', p.last_updated, 'entry_date', t.entry_date, 'days_open', t.days_open,
+    'stop', json_build_object('planned', t.planned_sl::text, 'held', o.stop_price::text,
+                              'held_qty', coalesce(o.stop_qty, 0)::text),
+    'target', json_build_object('planned', t.planned_tp::text, 'held', o.target_price::text),
+    'trailing', CASE WHEN t.trailing_stop_pct IS NULL AND t.trail_price IS NULL THEN NULL ELSE json_build_object(
+        'pct', t.trailing_stop_pct::text, 'price', t.trail_price::text,
+        'high_water_mark', t.high_water_mark::text) END,
+    'protection', CASE WHEN coalesce(o.exits_open, 0) > 0 THEN 'exiting'
+                       WHEN p.qty > 0 AND coalesce(o.stop_qty, 0) >= p.qty THEN 'protected'
+                       WHEN coalesce(o.stop_qty, 0) > 0 THEN 'partial' ELSE 'unprotected' END,
+    'exit_urgency', t.exit_urgency) ORDER BY p.symbol, p.id), '[]')::text AS positions
 FROM position_tracking p
 JOIN trade_journal t ON t.id = p.trade_journal_id
 LEFT JOIN (
@@ -124,43 +139,20 @@ LEFT JOIN (
       AND trade_journal_id IN (SELECT trade_journal_id FROM position_tracking)
     GROUP BY trade_journal_id
 ) o ON o.trade_journal_id = p.trade_journal_id
-ORDER BY p.symbol, p.id
 """
 
 
-def protection_state(qty: Decimal, stop_qty: Decimal, exits_open: int) -> str:
-    """``protected`` (a live stop covers every share), ``exiting`` (an exit order works on the
-    shares), ``partial`` (a stop covers some) or ``unprotected``; the order monitor repairs the
-    last two at its next run."""
-    if exits_open:
-        return "exiting"
-    if qty > ZERO and stop_qty >= qty:
-        return "protected"
-    return "partial" if stop_qty > ZERO else "unprotected"
+def positions_json(db: Any) -> tuple[str, int]:
+    """Every open position with its live values, its stop and target levels (as planned and as
+    held at the broker) and its protection state: the JSON array's text and the count."""
+    row = db.execute_one(POSITIONS_JSON_SQL, {"open": OPEN_STATUSES, "protecting": PROTECTING_STATUSES})
+    assert row is not None
+    return row["positions"], int(row["n"])
 
 
 def positions(db: Any) -> list[Row]:
-    """Every open position with its live values, its stop and target levels (as planned and as
-    held at the broker) and its protection state."""
-    rows = db.execute_query(POSITIONS_SQL, {"open": OPEN_STATUSES, "protecting": PROTECTING_STATUSES})
-    answer = []
-    for row in rows:
-        answer.append({
-            "symbol": row["symbol"], "trade_id": row["trade_id"], "position_id": row["position_id"],
-            "trade_style": row["trade_style"], "qty": row["qty"], "entry_price": row["avg_entry_price"],
-            "cost_basis": row["cost_basis"], "current_price": row["current_price"],
-            "market_value": row["market_value"], "unrealized_pnl": row["unrealized_pnl"],
-            "unrealized_pnl_pct": row["unrealized_pnl_pct"], "last_updated": row["last_updated"],
-            "entry_date": row["entry_date"], "days_open": row["days_open"],
-            "stop": {"planned": row["planned_sl"], "held": row["stop_price"], "held_qty": row["stop_qty"]},
-            "target": {"planned": row["planned_tp"], "held": row["target_price"]},
-            "trailing": None if row["trailing_stop_pct"] is None and row["trail_price"] is None else {
-                "pct": row["trailing_stop_pct"], "price": row["trail_price"],
-                "high_water_mark": row["high_water_mark"]},
-            "protection": protection_state(Decimal(row["qty"]), Decimal(row["stop_qty"]), int(row["exits_open"])),
-            "exit_urgency": row["exit_urgency"],
-        })
-    return answer
+    """``positions_json`` as Python values (money as ``Decimal``-exact strings)."""
+    return list(json.loads(positions_json(db)[0]))
 
 
 # --------------------------------------------------------------------------- paging
@@ -336,15 +328,29 @@ class OrderFilter:
         return (" WHERE " + " AND ".join(conditions)) if conditions else "", params
 
 
-def orders(db: Any, where: OrderFilter, page: Page) -> Row:
-    """One page of orders, newest first, each with its trade and decision ids, and the total."""
+#: The listing's columns as JSON-ready values (money as exact text), for ``json_agg`` in SQL.
+ORDER_JSON_COLUMNS = """
+o.id, o.trade_journal_id AS trade_id, t.initial_analysis_id AS decision_id, o.symbol, o.order_type AS type, o.side,
+o.order_status AS status, o.qty::text AS qty, o.limit_price::text AS limit_price, o.stop_price::text AS stop_price,
+o.filled_qty::text AS filled_qty, o.filled_avg_price::text AS filled_avg_price, o.submitted_at, o.filled_at,
+o.canceled_at, o.created_at, o.updated_at, o.client_order_id, o.alpaca_order_id, o.parent_alpaca_order_id,
+o.order_class, o.order_kind, o.time_in_force, o.exit_reason, o.error_message
+"""
+
+
+def orders_json(db: Any, where: OrderFilter, page: Page) -> str:
+    """One page of orders, newest first, each with its trade and decision ids, and the total: the
+    answer's JSON text (rendered by PostgreSQL: a hundred rows of 25 values in a millisecond)."""
     clause, params = where.where()
-    rows = db.execute_query(
-        f"SELECT {ORDER_COLUMNS} FROM order_execution o LEFT JOIN trade_journal t ON t.id = o.trade_journal_id"
-        f"{clause} ORDER BY o.id DESC LIMIT %(limit)s OFFSET %(offset)s",
+    row = db.execute_one(
+        f"SELECT coalesce(json_agg(x ORDER BY x.id DESC), '[]')::text AS orders FROM (SELECT {ORDER_JSON_COLUMNS} "
+        f"FROM order_execution o LEFT JOIN trade_journal t ON t.id = o.trade_journal_id{clause} "
+        "ORDER BY o.id DESC LIMIT %(limit)s OFFSET %(offset)s) x",
         {**params, "limit": page.limit, "offset": page.offset})
     total = db.execute_one(f"SELECT count(*) AS n FROM order_execution o{clause}", params)
-    return {"orders": rows, "page": page.describe(int(total["n"]) if total else 0)}
+    described = page.describe(int(total["n"]) if total else 0)
+    assert row is not None
+    return f'{{"orders":{row["orders"]},"page":{json.dumps(described)}}}'
 
 
 AUDIT_COLUMNS = "id, occurred_at, program, program_run_id, entity_type, entity_id, symbol, event, old_value, " \

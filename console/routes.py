@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from console import read_model, writes
-from console.app import WRITE, ApiError, BrokerSource, answer
+from console.app import WRITE, ApiError, BrokerSource, answer, raw_answer
 from console.read_model import OrderFilter, Page
 from console.settings import ConsoleSettings
 from trading import lifecycle
@@ -161,8 +161,8 @@ def add_routes(app: FastAPI, database: Callable[..., Any], settings: ConsoleSett
 
     @app.get("/api/positions", tags=["positions"], summary="Open positions with stop, target and protection")
     def get_positions(db: Any = db_dependency) -> Any:
-        items = read_model.positions(db)
-        return answer({"positions": items, "count": len(items)})
+        items, count = read_model.positions_json(db)
+        return raw_answer(f'{{"positions":{items},"count":{count}}}')
 
     @app.post("/api/positions/{symbol_path}/close", tags=["positions"], status_code=202, dependencies=WRITE,
               summary="Close a position: recorded as an approved CLOSE decision for the order monitor's next run")
@@ -186,7 +186,7 @@ def add_routes(app: FastAPI, database: Callable[..., Any], settings: ConsoleSett
         where = OrderFilter(statuses=words(status, lifecycle.ORDER_STATUSES, "status"),
                             types=words(type, tuple(t.value for t in lifecycle.OrderType), "type", upper=True),
                             symbol=symbol(symbol_), trade_id=trade, start=lower, end=upper)
-        return answer(read_model.orders(db, where, Page(limit, offset)))
+        return raw_answer(read_model.orders_json(db, where, Page(limit, offset)))
 
     @app.get("/api/orders/{order_id}", tags=["orders"], summary="One order with its audit events")
     def get_order(order_id: Id, db: Any = db_dependency) -> Any:
