@@ -516,9 +516,15 @@ def triggers(db: Any) -> Row:
                           "level": row["trailing_stop_pct"], "trail_price": row["trail_price"],
                           "high_water_mark": row["high_water_mark"], "held": row["stop_price"],
                           "order_id": row["stop_order_id"], "order_status": row["stop_status"]})
-    pending = [{"decision_id": r["id"], "trade_id": r["trade_id"], "action": r["primary_action"],
-                "change": (r["decision"] or {}).get("console") if isinstance(r["decision"], dict) else None,
-                "created_at": r["created_at"]} for r in db.execute_query(PENDING_CHANGES_SQL)]
+    from trading.plan import LEVEL_KEYS
+
+    pending = []
+    for r in db.execute_query(PENDING_CHANGES_SQL):
+        plan = r["decision"] if isinstance(r["decision"], dict) else {}
+        pending.append({"decision_id": r["id"], "trade_id": r["trade_id"], "action": r["primary_action"],
+                        "change": {key: plan[key] for key in LEVEL_KEYS if key in plan},
+                        "source": plan.get("source"), "operator": plan.get("operator"), "reason": plan.get("reason"),
+                        "created_at": r["created_at"]})
     return {"triggers": items, "count": len(items), "pending": pending}
 
 

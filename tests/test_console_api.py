@@ -412,7 +412,8 @@ def test_a_second_close_of_the_same_position_is_not_recorded_twice(db: TradingDB
                                 "already_requested": True}]
     assert len(db.query("analysis_decision", {"primary_action": "CLOSE"})) == 1
     pending = client.get("/api/triggers").json()["pending"]
-    assert [(p["trade_id"], p["action"]) for p in pending] == [(ids["AAPL"], "CLOSE")]
+    assert [(p["trade_id"], p["action"], p["source"], p["operator"]) for p in pending] == \
+        [(ids["AAPL"], "CLOSE", "console", "operator")]
 
 
 @pytest.mark.parametrize(("path", "body", "status", "message"), [
@@ -443,6 +444,8 @@ def test_a_stop_moved_through_the_api_is_moved_at_the_broker_by_the_next_monitor
     response = client.post("/api/triggers", json={"trade_id": trade["id"], "kind": "stop", "level": "147.5"},
                            headers=AUTH)
     assert response.status_code == 202, response.text
+    [pending] = client.get("/api/triggers").json()["pending"]
+    assert (pending["action"], pending["change"]) == ("AMEND", {"planned_sl": "147.50"})
     assert (response.json()["level"], response.json()["previous"]) == ("147.50", "145.00")
 
     summary = run_monitor(db, broker, check=False)  # the stop is replaced: answered pending_replace
@@ -556,3 +559,56 @@ def test_live_trading_is_never_enabled_from_the_console(db: TradingDB, client: T
     assert same.status_code == 200 and client.get("/api/trading/mode").json()["broker"]["mode"] != "live"
     bad = client.put("/api/trading/mode", json={"mode": "YOLO", "confirm": True, "reason": "x"}, headers=AUTH)
     assert bad.status_code == 422
+
+
+def test_the_console_service_files_run_it_unprivileged_on_the_configured_database_and_restart_it():
+    import configparser
+    import plistlib
+    from pathlib import Path
+
+    deployment = Path(__file__).resolve().parent.parent / "deployment"
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(deployment / "trading-monitor-console.service")
+    service = unit["Service"]
+    assert service["User"] not in ("", "root") and service["EnvironmentFile"] == "/etc/trading-monitor/env"
+    assert service["Restart"] == "on-failure"
+    assert service["ExecStart"].endswith(".venv/bin/python -m console --database main")
+    with open(deployment / "com.trading.monitor.console.plist", "rb") as handle:
+        job = plistlib.load(handle)
+    assert job["Label"] == "com.trading.monitor.console" and job["UserName"] not in ("", "root")
+    assert job["ProgramArguments"][1:] == ["-m", "console", "--database", "main"]
+    assert job["KeepAlive"] == {"SuccessfulExit": False}
+
+
+def test_python_m_console_serves_the_api_at_the_url_it_prints(db: TradingDB, pg_config: PostgresConfig) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    seed_console_book(db)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "CONSOLE_PORT": str(port), "CONSOLE_TOKEN": TOKEN}
+    server = subprocess.Popen([sys.executable, "-m", "console", "--test-mode", "--no-broker"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        assert first.startswith(f"operator console: http://127.0.0.1:{port}/"), first
+        body = None
+        for _ in range(100):  # uvicorn binds a moment after the line is printed
+            try:
+                body = requests.get(f"http://127.0.0.1:{port}/api/portfolio", timeout=5).json()
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert body is not None and body["equity"] == "100123.45"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert TOKEN not in (server.stdout.read() if server.stdout else "")
