@@ -66,7 +66,7 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     assert "Realized P&L" in output and "Unrealized P&L" in output
     assert f"psql -h {pg_config.host} -p {pg_config.port} -U {pg_config.user} {pg_config.dbname}" in output
     health = output.split("Health check at 18:15 ET")[1]
-    assert health.count("\n  OK ") == 10
+    assert health.count("\n  OK ") == 11
     # the end-of-day report ran at 16:30 and is stored (sent once NOTIFY_URLS names a service)
     assert re.search(r"^16:30 ET  eod_report +success  reports=1$", output, re.M)
     assert output.rstrip().endswith('Next: run the programs yourself, step by step: README.md, '
