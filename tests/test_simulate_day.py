@@ -133,3 +133,13 @@ def test_the_default_day_is_today_or_the_next_trading_day():
 def test_the_demo_uses_its_own_database_of_the_embedded_cluster():
     config = simulate_day.demo_postgres_config()
     assert config.dbname == "trading_monitor_demo" and config.host == "127.0.0.1" and config.embedded
+
+
+def test_a_whole_day_on_the_default_schedule_never_moves_the_clock_back(pg_config):
+    """The day-trade exit's waits passed the simulated clock beyond 15:50:00, and the order
+    monitor due at 15:50 then asked the exchange to move back: the demo died with a traceback."""
+    out = io.StringIO()
+    result = run_day(dt.date(2026, 11, 20), seed=42, postgres=pg_config, out=out)
+    assert result.runs["daytrade_exit"] == 1 and result.runs["order_monitor"] >= 78
+    assert result.outcomes == {"success": sum(result.runs.values())}
+    assert re.search(r"^15:50 ET  daytrade_exit +success", out.getvalue(), re.M)
