@@ -508,12 +508,22 @@ class Protector:
         already works), ``closed``, ``deferred`` or ``failed`` (recorded; protection is restored).
 
         ``step``/``keep_escalation``: the escalator sending a later step of an exit it tracks."""
-        from trading.exits import Urgency, exit_step, latest_quote  # exits builds on the protector
+        from trading.exits import Urgency, exit_step, latest_quote, more_urgent  # exits builds on the protector
         view = self.view(trade_id)
         if view.trade["status"] in (TradeStatus.CLOSED.value, TradeStatus.CANCELLED.value):
             return "closed"
         if view.exits_open:
-            return "exiting"
+            working_urgency = view.trade.get("exit_urgency")
+            if keep_escalation or not more_urgent(urgency, working_urgency):
+                return "exiting"
+            # A gentler exit is walking (a CLOSE's limit at the mid) and this one may not wait (the
+            # kill switch's flatten, the day-end exit): its limit goes, this exit takes over.
+            if not self.cancel_and_confirm(trade_id, view.exits_open, reason=f"{exit_reason}: a {urgency} exit "
+                                           f"takes over the {working_urgency} one"):
+                return "deferred"
+            view = self.view(trade_id)
+            if view.trade["status"] in (TradeStatus.CLOSED.value, TradeStatus.CANCELLED.value):
+                return "closed"  # the limit filled before it could be canceled
         working = view.entry_working + view.protective_open
         if working and not self.cancel_and_confirm(trade_id, working, reason=f"{exit_reason}: exit requested",
                                                    entry_reason=entry_reason):
