@@ -48,6 +48,7 @@ from trading.accounts import ACCOUNT_MISMATCH
 from trading.audit import Auditor
 from trading.broker import Account
 from trading.market_time import MarketTime
+from trading.notify import record_breaker_trip
 from trading.pricing import money
 from trading.state import (
     ACCOUNT_SCOPE,
@@ -255,13 +256,17 @@ class Breakers:
                                 new=mode if changed else account.mode, reason=reason,
                                 details={"breaker": breaker.value, "state_changed": changed, "mode": mode.value,
                                          **figures})
+            # The message goes out with the trip (same transaction; sent after the commit).
+            value, limit = TRIP_FIGURES[breaker](figures)
+            record_breaker_trip(self.db, breaker.value, figure_value=value, limit=limit,
+                                new_mode=(mode if changed else account.mode).value, reason=reason,
+                                program=self.auditor.program, run_id=self.auditor.run_id)
         if changed:
             logger.warning("%s breaker tripped: %s", breaker.value, reason)
             self.warn(f"breaker {breaker.value} tripped: {mode.value}: {reason}")
         else:
             logger.warning("%s breaker: %s (trading already %s)", breaker.value, reason, account.mode.value)
             self.warn(f"breaker {breaker.value}: {reason} (trading already {account.mode.value})")
-        # Notifications (issue 13 item 4) are to be sent for BREAKER_TRIPPED rows.
         return Trip(breaker, mode, reason, changed)
 
     def _set(self, breaker: Breaker, mode: TradingMode, account: ScopeState, reason: str, *,
@@ -283,6 +288,15 @@ class Breakers:
         logger.warning("%s breaker cleared: %s", breaker.value, reason)
         self.warn(f"breaker {breaker.value} cleared: {reason}")
         return Trip(breaker, TradingMode.ACTIVE, reason, True)
+
+
+#: Each breaker's figure and limit for its notification, from the figures recorded with the trip.
+TRIP_FIGURES: dict[Breaker, Callable[[dict[str, Any]], tuple[Any, Any]]] = {
+    Breaker.DAILY_LOSS: lambda f: (f["loss"], f["limit"]),
+    Breaker.BROKER_ERRORS: lambda f: (f["errors"], f["limit"]),
+    Breaker.DATABASE_ERRORS: lambda f: (f["errors"], f["limit"]),
+    Breaker.RECONCILIATION: lambda f: (f"{len(f['findings'])} finding(s)", None),
+}
 
 
 def _minutes(delta: dt.timedelta) -> int:
