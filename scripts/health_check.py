@@ -19,7 +19,8 @@ Checks:
   their interval (10 and 20 minutes by default), the executor today once its time plus 30
   minutes has passed. A stale program is a warning. Outside market hours these are ok.
 - ``protection``: every open position has live stop orders for its whole quantity
-  (``order_execution`` against ``position_tracking``); one that does not is critical.
+  (``order_execution`` against ``position_tracking``); one that does not is critical. A position
+  being closed counts its working exit sell (its stop was canceled for exactly those shares).
 - ``orphan_positions``: the broker holds no symbol that no open trade explains (warning).
 - ``short_selling``: the broker account is long-only (Alpaca account configuration
   ``no_shorting`` true). An account that allows short selling is a warning: a sell beyond the
@@ -210,11 +211,16 @@ def check_protection(db: TradingDB) -> Check:
     orders: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in db.query("order_execution", {"trade_journal_id": ids}, order_by="id"):
         orders[row["trade_journal_id"]].append(row)
-    unprotected, over = [], []
+    unprotected, over, closing = [], [], []
     for trade in trades:
         view = ProtectionView(trade, positions.get(trade["id"]), orders[trade["id"]])
+        # A trade being closed has its stop canceled for exactly the exit's shares (Alpaca refuses a
+        # second sell of the same shares): the working exit sell covers them (trading/exits.py).
+        exiting = sum((Decimal(r["qty"] or 0) - Decimal(r["filled_qty"] or 0) for r in view.exits_open), Decimal(0))
         if view.position is None:
             unprotected.append(f"trade {trade['id']} {trade['symbol']} has no position_tracking row")
+        elif exiting and view.stop_qty + exiting >= view.position_qty:
+            closing.append(f"trade {trade['id']} {trade['symbol']}")
         elif view.stop_qty < view.position_qty:
             unprotected.append(f"trade {trade['id']} {trade['symbol']}: {view.position_qty:f} shares, live stops "
                                f"cover {view.stop_qty:f}")
@@ -226,7 +232,9 @@ def check_protection(db: TradingDB) -> Check:
                      " (order_monitor repairs protection on its next run)")
     if over:
         return Check("protection", WARNING, "more stop than shares: " + "; ".join(over))
-    return Check("protection", OK, f"{len(trades)} open position{'s' if len(trades) != 1 else ''}, all protected")
+    being_closed = f" ({len(closing)} being closed by its exit order: {', '.join(closing)})" if closing else ""
+    return Check("protection", OK, f"{len(trades)} open position{'s' if len(trades) != 1 else ''}, all protected"
+                 + being_closed)
 
 
 def check_orphans(db: TradingDB, broker: Broker) -> Check:

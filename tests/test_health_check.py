@@ -93,6 +93,24 @@ def test_an_unprotected_position_is_critical(healthy, settings, pg_config, broke
     assert "trade 1 AAPL: 10 shares, live stops cover 0" in checks["protection"].message
 
 
+def test_a_position_being_closed_is_covered_by_its_exit_sell_and_not_by_a_stop(healthy, settings, pg_config, broker):
+    """A CLOSE's exit limit that did not fill by the close waits for the open as a queued sell: its
+    stop was canceled for exactly those shares, and the check said CRIT unprotected."""
+    from tests.factories import ExchangeAdmin
+
+    exchange = ExchangeAdmin(broker.base_url)
+    add_decision(healthy, "AAPL", "CLOSE", trade_id=1)
+    exchange.quotes(AAPL=("150.00", "151.00"))  # a wide market: the NORMAL exit's limit at the mid rests
+    closing = dataclasses.replace(settings, monitor=make_settings(EXIT_URGENCY_CLOSE="NORMAL").monitor)
+    assert OrderExecutor(healthy, broker, closing, sleep=exchange.sleeper()).run().counts["closing"] == 1
+    checks, code = check(settings, pg_config, broker)
+    assert (checks["protection"].status, code) == (OK, 0), checks
+    assert "(1 being closed by its exit order: trade 1 AAPL)" in checks["protection"].message
+    healthy.execute_update("UPDATE order_execution SET order_status = 'canceled' WHERE order_type = 'EXIT'")
+    checks, _ = check(settings, pg_config, broker)
+    assert checks["protection"].status == CRITICAL  # the exit gone too: nothing covers the shares
+
+
 def test_a_stale_scheduler_is_a_warning_during_market_hours(healthy, settings, pg_config, broker, exchange):
     exchange.clock(eastern(DAY, "11:00"))  # no run since 09:45
     checks, code = check(settings, pg_config, broker)
