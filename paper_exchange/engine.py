@@ -30,7 +30,6 @@ long-only cash account.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import uuid
@@ -40,7 +39,9 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from . import fills
+from .account import ACCOUNT_TYPES, Account
 from .bars import TimeFrame, aggregate, iter_symbols
+from .book import ONE_MICROSECOND
 from .calendar import NyseCalendar
 from .configurations import AccountConfigurations, AccountConfigurationsApi
 from .errors import (
@@ -53,7 +54,7 @@ from .errors import (
     unprocessable,
 )
 from .history import EquityHistory, PortfolioHistoryApi
-from .market import Market, Quote, check_symbol, parse_quote_side, seeded_rng
+from .market import Market, Quote, check_symbol, parse_quote_side
 from .money import ZERO, cents, check_price, fmt, fmt_money, to_decimal
 from .orders import (
     ACCEPTED,
@@ -62,7 +63,6 @@ from .orders import (
     FILLED,
     HELD,
     NEW,
-    OPEN_LISTED_STATUSES,
     PARTIALLY_FILLED,
     PENDING_CANCEL,
     PENDING_NEW,
@@ -106,21 +106,14 @@ GTC_LIFETIME = timedelta(days=90)
 MAX_STEPPED_SPAN = timedelta(days=31)
 # How often a partially filled order's remainder is re-evaluated without a new quote.
 REEVALUATE_EVERY = timedelta(seconds=1)
-MAX_ORDER_LIMIT = 500
 CALENDAR_FIRST = date(1970, 1, 1)
 CALENDAR_LAST = date(2029, 12, 31)
-ONE_MICROSECOND = timedelta(microseconds=1)
 #: Wall-clock time before a new order is acknowledged (``pending_new`` -> ``new``) and before
 #: a requested cancel or replace completes.
 DEFAULT_ACK_LATENCY_SECONDS = 0.05
-ACCOUNT_TYPES = ("margin", "cash")
-#: Reg T: 50% initial margin (so buying power is twice the excess equity), 30% maintenance.
-INITIAL_MARGIN_RATE = Decimal("0.5")
-MAINTENANCE_MARGIN_RATE = Decimal("0.3")
-MARGIN_MULTIPLIER = Decimal(2)
 
 
-class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHistoryApi):
+class PaperExchange(Account, AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHistoryApi):
     """An Alpaca-compatible paper exchange engine (no HTTP; see :mod:`paper_exchange.server`).
 
     Args:
@@ -202,28 +195,6 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
         self.revision = 0
 
     # ================================================================== state basics
-    def _init_book(self) -> None:
-        self._orders: dict[str, Order] = {}
-        self._order_list: list[Order] = []  # ascending (submitted_at, seq)
-        self._stamps: list[datetime] = []
-        self._by_client_id: dict[str, str] = {}
-        self._open_by_symbol: dict[str, dict[str, Order]] = {}
-        self._positions: dict[str, Position] = {}
-        self.configurations = AccountConfigurations()
-        self.cash: Decimal = self.starting_cash
-        self.equity_history = EquityHistory(self._now, self.cash)
-        self.last_equity: Decimal = self.starting_cash
-        self._seq = 0
-        self._last_stamp: datetime | None = None
-        self._fill_rng = seeded_rng(f"{self.seed}:fills")
-        self._last_reevaluation = self._now
-        # Orders with a pending step (pending_new, pending_cancel, pending_replace).
-        self._pending: dict[str, Order] = {}
-        self.last_maintenance_margin: Decimal = ZERO
-
-    def _touch(self) -> None:
-        self.revision += 1
-
     def now(self) -> datetime:
         """The exchange's current time (UTC)."""
         with self._lock:
@@ -235,25 +206,6 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
         with self._lock:
             self._sync()
             return self._market_open()
-
-    def _market_open(self) -> bool:
-        return self.always_open or self.calendar.is_open(self._now)
-
-    def _event_time(self) -> datetime:
-        """Time of an order event: never before the last submission stamp, so that
-        ``created_at <= submitted_at <= filled_at/canceled_at`` even when many orders
-        arrive while the simulated clock stands still."""
-        if self._last_stamp is not None and self._last_stamp > self._now:
-            return self._last_stamp
-        return self._now
-
-    def _stamp(self) -> datetime:
-        """A submission time strictly later than every earlier one (bumped by 1 µs)."""
-        stamp = self._now
-        if self._last_stamp is not None and stamp <= self._last_stamp:
-            stamp = self._last_stamp + ONE_MICROSECOND
-        self._last_stamp = stamp
-        return stamp
 
     # ================================================================== time
     def _sync(self) -> None:
@@ -387,161 +339,6 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
         self.market.mark_close()
         self.last_equity = self._equity()
         self.last_maintenance_margin = self._maintenance_margin()
-
-    # ================================================================== order index
-    def _open_orders(self) -> list[Order]:
-        return [o for book in self._open_by_symbol.values() for o in list(book.values())]
-
-    def _add_order(self, order: Order) -> None:
-        self._orders[order.id] = order
-        self._order_list.append(order)
-        self._stamps.append(order.submitted_at)
-        self._by_client_id[order.client_order_id] = order.id
-        self._open_by_symbol.setdefault(order.symbol, {})[order.id] = order
-
-    def _finish(self, order: Order, status: str, moment: datetime) -> None:
-        """Move an order to a final status and drop it from the working book."""
-        if order.is_final:
-            return
-        if order.status == PENDING_REPLACE:
-            self._drop_replacement(order, moment)
-        self._pending.pop(order.id, None)
-        order.status = status
-        order.updated_at = moment
-        if status == CANCELED:
-            order.canceled_at = moment
-        elif status == EXPIRED:
-            order.expired_at = moment
-        elif status == REPLACED:
-            order.replaced_at = moment
-        book = self._open_by_symbol.get(order.symbol)
-        if book is not None:
-            book.pop(order.id, None)
-
-    def _legs(self, order: Order) -> list[Order]:
-        return [self._orders[i] for i in order.leg_ids if i in self._orders]
-
-    def _root(self, order: Order) -> Order:
-        if order.parent_id and order.parent_id in self._orders:
-            return self._orders[order.parent_id]
-        return order
-
-    def _group(self, order: Order) -> list[Order]:
-        root = self._root(order)
-        return [root, *self._legs(root)]
-
-    def _exits(self, order: Order) -> list[Order]:
-        """The exit orders of ``order``'s group (bracket legs, or both sides of an OCO)."""
-        root = self._root(order)
-        if root.order_class == "oco":
-            return [root, *self._legs(root)]
-        if root.order_class == "bracket":
-            return self._legs(root)
-        return []
-
-    def _get(self, order_id: str) -> Order:
-        order = self._orders.get(str(order_id).lower())
-        if order is None:
-            raise not_found("order not found")
-        return order
-
-    # ================================================================== money views
-    @property
-    def shorting_enabled(self) -> bool:
-        """Short sales are possible in the margin account only."""
-        return self.account_type == "margin"
-
-    def _reserves(self, order: Order, exclude: Order | None) -> bool:
-        """Whether an open order holds shares or buying power: held legs do not, nor does an
-        order being replaced (its pending replacement holds them instead)."""
-        return order is not exclude and order.live_status != HELD and order.status != PENDING_REPLACE
-
-    def _reserved_shares(self, symbol: str, exclude: Order | None = None, side: str = "sell") -> Decimal:
-        """Shares held for open orders of ``side`` (held legs do not hold shares): sells hold a
-        long position's shares, buys a short position's."""
-        total = ZERO
-        for order in self._open_by_symbol.get(symbol, {}).values():
-            if order.side == side and self._reserves(order, exclude):
-                total += order.remaining
-        return total
-
-    def _qty_available(self, symbol: str, exclude: Order | None = None) -> Decimal:
-        """Shares free for a closing order: long qty minus open sells, or (negative) short qty
-        plus open buys."""
-        position = self._positions.get(symbol)
-        held = position.qty if position else ZERO
-        if held < 0:
-            return held + self._reserved_shares(symbol, exclude, side="buy")
-        return held - self._reserved_shares(symbol, exclude)
-
-    def _reserved_cash(self, exclude: Order | None = None) -> Decimal:
-        """Notional held for open orders that open positions: remaining qty times the
-        reservation price (buys: limit, ask or stop; short sales: limit, stop or bid)."""
-        total = ZERO
-        for book in self._open_by_symbol.values():
-            for order in book.values():
-                if not order.opens_position or not self._reserves(order, exclude):
-                    continue
-                quote, last = self.market.quote(order.symbol), self._last_price(order.symbol)
-                if order.side == "buy":
-                    price = fills.reservation_price(order, quote, last)
-                else:
-                    price = fills.short_reservation_price(order, quote, last)
-                total += order.remaining * price
-        return total
-
-    def _buying_power(self, exclude: Order | None = None) -> Decimal:
-        """Cash account: cash minus open buys. Margin account (Reg T, multiplier 2): twice the
-        equity above the initial margin (50% of the gross position value), minus open orders
-        that open positions."""
-        if self.account_type == "cash":
-            return max(ZERO, self.cash - self._reserved_cash(exclude))
-        excess = max(ZERO, self._equity() - self._initial_margin())
-        return max(ZERO, excess * MARGIN_MULTIPLIER - self._reserved_cash(exclude))
-
-    def _non_marginable_buying_power(self) -> Decimal:
-        if self.account_type == "cash":
-            return self._buying_power()
-        excess = max(ZERO, self._equity() - self._initial_margin())
-        return max(ZERO, excess - self._reserved_cash())
-
-    def _gross_position_value(self) -> Decimal:
-        long_value, short_value = self._market_values()
-        return long_value - short_value
-
-    def _initial_margin(self) -> Decimal:
-        if self.account_type == "cash":
-            return self._gross_position_value()
-        return self._gross_position_value() * INITIAL_MARGIN_RATE
-
-    def _maintenance_margin(self) -> Decimal:
-        if self.account_type == "cash":
-            return self._gross_position_value()
-        return self._gross_position_value() * MAINTENANCE_MARGIN_RATE
-
-    def _last_price(self, symbol: str) -> Decimal | None:
-        state = self.market.state(symbol)
-        if state is None:
-            return None
-        if state.last_trade is not None:
-            return state.last_trade.price
-        return self.market.current_price(symbol)
-
-    def _market_values(self) -> tuple[Decimal, Decimal]:
-        """(long market value, short market value); the short value is negative."""
-        long_value = short_value = ZERO
-        for symbol, position in self._positions.items():
-            price = self.market.current_price(symbol)
-            value = position.qty * (price if price is not None else position.avg_entry_price)
-            if value < 0:
-                short_value += value
-            else:
-                long_value += value
-        return long_value, short_value
-
-    def _equity(self) -> Decimal:
-        long_value, short_value = self._market_values()
-        return self.cash + long_value + short_value
 
     # ================================================================== submit
     def submit_order(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -1181,15 +978,6 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
         self._link_replacement(old, new, moment)
         return new
 
-    def _drop_replacement(self, old: Order, moment: datetime) -> None:
-        """``old`` ended (filled by a sibling's rule, expired) while its replace was pending:
-        the replacement never starts."""
-        new = self._orders.get(old.replacement_id or "")
-        old.status = old.prior_status or NEW
-        if new is not None and not new.is_final:
-            new.becomes = None
-            self._finish(new, CANCELED, moment)
-
     def _link_replacement(self, old: Order, new: Order, now: datetime) -> None:
         """``old`` becomes ``replaced`` by ``new``, which takes its place in the group."""
         self._finish(old, REPLACED, now)
@@ -1203,69 +991,6 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
             leg.parent_id = new.id
             if not leg.activated and leg.qty != new.qty:
                 leg.qty = new.qty
-
-    # ================================================================== queries
-    def get_order(self, order_id: str, nested: bool = False) -> dict[str, Any]:
-        """``GET /v2/orders/{id}`` (``nested`` puts the legs under the parent)."""
-        with self._lock:
-            self._sync()
-            order = self._get(order_id)
-            return order.to_json(legs=self._legs(order) if nested and order.leg_ids else None)
-
-    def get_order_by_client_id(self, client_order_id: str, nested: bool = False) -> dict[str, Any]:
-        """``GET /v2/orders:by_client_order_id``."""
-        with self._lock:
-            self._sync()
-            order_id = self._by_client_id.get(client_order_id)
-            if order_id is None:
-                raise not_found("order not found")
-            order = self._orders[order_id]
-            return order.to_json(legs=self._legs(order) if nested and order.leg_ids else None)
-
-    def list_orders(
-        self,
-        *,
-        status: str = "open",
-        limit: int = 50,
-        after: datetime | None = None,
-        until: datetime | None = None,
-        direction: str = "desc",
-        nested: bool = False,
-        symbols: Iterable[str] | None = None,
-        side: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """``GET /v2/orders``: filtered by status, paged by ``after``/``until`` (exclusive,
-        on ``submitted_at``), sorted by submission time in ``direction``."""
-        if status not in ("open", "closed", "all"):
-            raise unprocessable(f"invalid status: {status!r}")
-        if direction not in ("asc", "desc"):
-            raise unprocessable(f"invalid direction: {direction!r}")
-        if not 1 <= limit <= MAX_ORDER_LIMIT:
-            raise unprocessable(f"invalid limit {limit}: must be between 1 and {MAX_ORDER_LIMIT}")
-        if side is not None and side not in ("buy", "sell"):
-            raise unprocessable(f"invalid side: {side!r}")
-        wanted = {s.upper() for s in symbols} if symbols else None
-        with self._lock:
-            self._sync()
-            lo = bisect.bisect_right(self._stamps, after) if after is not None else 0
-            hi = bisect.bisect_left(self._stamps, until) if until is not None else len(self._stamps)
-            indices = range(lo, hi) if direction == "asc" else range(hi - 1, lo - 1, -1)
-            result: list[dict[str, Any]] = []
-            for index in indices:
-                order = self._order_list[index]
-                if nested and order.parent_id:
-                    continue
-                if wanted is not None and order.symbol not in wanted:
-                    continue
-                if side is not None and order.side != side:
-                    continue
-                legs = self._legs(order) if nested and order.leg_ids else None
-                if not _status_matches(order, legs, status):
-                    continue
-                result.append(order.to_json(legs=legs))
-                if len(result) >= limit:
-                    break
-            return result
 
     # ================================================================== positions
     def _position_json(self, position: Position) -> dict[str, Any]:
@@ -1373,63 +1098,6 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
             return result
 
     # ================================================================== account, clock, calendar
-    def get_account(self) -> dict[str, Any]:
-        """``GET /v2/account``.
-
-        Margin account (the default, like an Alpaca paper account): ``multiplier`` "2",
-        ``shorting_enabled`` true; ``initial_margin`` is 50% and ``maintenance_margin`` 30% of
-        the gross position value (long plus absolute short market value); ``buying_power`` =
-        ``regt_buying_power`` = max(equity - initial_margin, 0) x 2, minus the notional held by
-        open orders that open positions (Alpaca's rule for multiplier 2);
-        ``non_marginable_buying_power`` is the same at 1x. Cash account: multiplier "1", no
-        shorting, buying power = cash minus the notional held by open buy orders.
-        """
-        with self._lock:
-            self._sync()
-            long_value, short_value = self._market_values()
-            equity = self.cash + long_value + short_value
-            buying_power = self._buying_power()
-            margin = self.account_type == "margin"
-            previous = self.calendar.previous_session(self._now)
-            account = {
-                "id": self.account_id,
-                "account_number": self.account_number,
-                "status": "ACTIVE",
-                "crypto_status": "INACTIVE",
-                "currency": "USD",
-                "buying_power": fmt_money(buying_power),
-                "regt_buying_power": fmt_money(buying_power),
-                "non_marginable_buying_power": fmt_money(self._non_marginable_buying_power()),
-                "options_buying_power": fmt_money(self._non_marginable_buying_power()),
-                "cash": fmt_money(self.cash),
-                "accrued_fees": "0",
-                "pending_transfer_in": "0",
-                "pending_transfer_out": "0",
-                "portfolio_value": fmt_money(equity),
-                "equity": fmt_money(equity),
-                "last_equity": fmt_money(self.last_equity),
-                "long_market_value": fmt_money(long_value),
-                "short_market_value": fmt_money(short_value),
-                "position_market_value": fmt_money(long_value - short_value),
-                "initial_margin": fmt_money(self._initial_margin()),
-                "maintenance_margin": fmt_money(self._maintenance_margin()),
-                "last_maintenance_margin": fmt_money(self.last_maintenance_margin),
-                "sma": "0",
-                "multiplier": "2" if margin else "1",
-                "shorting_enabled": self.shorting_enabled,
-                "trading_blocked": False,
-                "transfers_blocked": False,
-                "account_blocked": False,
-                "trade_suspended_by_user": False,
-                "created_at": iso_utc(self.account_created_at),
-                "balance_asof": (previous.day if previous else self._now.date()).isoformat(),
-                "intraday_adjustments": "0",
-                "pending_reg_taf_fees": "0",
-                "options_approved_level": 0,
-                "options_trading_level": 0,
-            }
-            return self.configurations.apply_to_account(account)
-
     def _clock_json(self) -> dict[str, Any]:
         now = self._now
         return {
@@ -1750,21 +1418,6 @@ class PaperExchange(AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHisto
 
 
 # ====================================================================== helpers
-def _status_matches(order: Order, legs: list[Order] | None, status: str) -> bool:
-    """Status filter of ``GET /v2/orders``.
-
-    Flat listing: each order by its own status; ``open`` leaves out ``held`` legs.
-    Nested listing: a group is ``open`` while its parent or any leg is still working
-    (so a filled entry with live exits is still found), and ``closed`` once all ended.
-    """
-    if status == "all":
-        return True
-    if legs is None:
-        if status == "open":
-            return order.status in OPEN_LISTED_STATUSES
-        return order.is_final
-    group_open = not order.is_final or any(not leg.is_final for leg in legs)
-    return group_open if status == "open" else not group_open
 
 
 def _symbol_list(symbols: str | Iterable[str]) -> list[str]:
