@@ -39,7 +39,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from . import fills
-from .account import ACCOUNT_TYPES, Account
+from .account import ACCOUNT_TYPES
 from .bars import TimeFrame, aggregate, iter_symbols
 from .book import ONE_MICROSECOND
 from .calendar import NyseCalendar
@@ -54,8 +54,9 @@ from .errors import (
     unprocessable,
 )
 from .history import EquityHistory, PortfolioHistoryApi
-from .market import Market, Quote, check_symbol, parse_quote_side
-from .money import ZERO, cents, check_price, fmt, fmt_money, to_decimal
+from .market import Market, check_symbol, parse_quote_side
+from .money import ZERO, check_price, fmt, fmt_money, to_decimal
+from .order_life import OrderLife
 from .orders import (
     ACCEPTED,
     CANCELED,
@@ -63,14 +64,11 @@ from .orders import (
     FILLED,
     HELD,
     NEW,
-    PARTIALLY_FILLED,
     PENDING_CANCEL,
     PENDING_NEW,
     PENDING_REPLACE,
     REPLACEABLE_STATUSES,
-    REPLACED,
     SUPPORTED_TIF,
-    WORKING_STATUSES,
     LegSpec,
     Order,
     OrderSpec,
@@ -113,7 +111,7 @@ CALENDAR_LAST = date(2029, 12, 31)
 DEFAULT_ACK_LATENCY_SECONDS = 0.05
 
 
-class PaperExchange(Account, AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHistoryApi):
+class PaperExchange(OrderLife, AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHistoryApi):
     """An Alpaca-compatible paper exchange engine (no HTTP; see :mod:`paper_exchange.server`).
 
     Args:
@@ -566,225 +564,6 @@ class PaperExchange(Account, AccountConfigurationsApi, MarketSnapshotsApi, Portf
         parent.leg_ids.append(leg.id)
         return leg
 
-    # ================================================================== pending steps
-    def _due(self) -> datetime | None:
-        """When a pending step (acknowledgement, cancel, replace) may complete: after the
-        latency on the wall clock; at the next pass on the simulated clock (None)."""
-        if self.simulated_clock:
-            return None
-        return self._now + self.ack_latency
-
-    def _is_due(self, order: Order) -> bool:
-        return order.pending_due is None or order.pending_due <= self._now
-
-    def _set_live_status(self, order: Order, status: str) -> None:
-        """Set a working status; an order with a pending cancel keeps showing
-        ``pending_cancel`` and remembers the status it works under."""
-        if order.status == PENDING_CANCEL:
-            order.prior_status = status
-        else:
-            order.status = status
-
-    def _pass(self, symbol: str) -> None:
-        """One matching pass of ``symbol``: due acknowledgements and replaces complete, the
-        working orders match against the quote, then due cancels complete (so a fill that
-        lands before the cancel completes wins the race, as at Alpaca)."""
-        if self._pending:
-            self._settle_new(symbol)
-        self._match_symbol(symbol)
-        if self._pending:
-            self._settle_cancels(symbol)
-
-    def _settle_new(self, symbol: str) -> None:
-        moment = self._event_time()
-        for order in sorted(self._pending.values(), key=lambda o: o.seq):
-            if order.symbol != symbol or not self._is_due(order):
-                continue
-            if order.status == PENDING_NEW:
-                self._pending.pop(order.id, None)
-                order.status = NEW if self._market_open() else ACCEPTED
-                order.updated_at = moment
-            elif order.status == PENDING_REPLACE:
-                self._complete_replace(order, moment)
-
-    def _settle_cancels(self, symbol: str) -> None:
-        moment = self._event_time()
-        ready = [
-            o for o in self._pending.values()
-            if o.symbol == symbol and o.status == PENDING_CANCEL and self._is_due(o)
-            # Legs follow their parent: they complete at a pass after the parent's cancel.
-            and (o.parent_id is None or self._orders[o.parent_id].is_final)
-        ]
-        for order in ready:
-            self._finish(order, CANCELED, moment)
-
-    def _request_cancel(self, order: Order) -> None:
-        if order.is_final or order.status == PENDING_CANCEL:
-            return
-        if order.status == PENDING_REPLACE:
-            # A cancel arriving while a replace is pending applies to the replacement.
-            replacement = self._complete_replace(order, self._event_time())
-            if replacement is not None:
-                self._request_cancel(replacement)
-            return
-        order.prior_status = order.status
-        order.status = PENDING_CANCEL
-        order.pending_due = self._due()
-        order.updated_at = self._event_time()
-        self._pending[order.id] = order
-
-    # ================================================================== matching
-    def _match_all(self) -> None:
-        for symbol in [s for s, book in self._open_by_symbol.items() if book]:
-            self._pass(symbol)
-
-    def _match_symbol(self, symbol: str, only: set[str] | None = None) -> None:
-        """Evaluate the working orders of ``symbol`` once against the current quote.
-
-        ``only`` limits the pass to those orders (and whatever they activate). Orders
-        that become workable during the pass (legs activated by an entry fill) are
-        evaluated too; an order already evaluated waits for the next pass, which is how
-        the remainder of a partial fill is "re-evaluated" later, as in Alpaca's paper.
-        """
-        if not self._market_open():
-            return
-        quote = self.market.quote(symbol)
-        if quote is None:
-            return
-        evaluated: set[str] = set()
-        scope = None if only is None else set(only)
-        while True:
-            book = self._open_by_symbol.get(symbol, {})
-            pending = sorted(
-                (
-                    o
-                    for o in book.values()
-                    if o.id not in evaluated
-                    and (scope is None or o.id in scope or (o.parent_id is not None and o.parent_id in scope))
-                ),
-                key=lambda o: o.seq,
-            )
-            if not pending:
-                return
-            progressed = False
-            for order in pending:
-                evaluated.add(order.id)
-                if self._evaluate(order, quote):
-                    progressed = True
-            if not progressed:
-                return
-
-    def _evaluate(self, order: Order, quote: Quote) -> bool:
-        if order.is_final:
-            return False
-        status = order.live_status if order.status == PENDING_CANCEL else order.status
-        if status == HELD:
-            # A bracket/OCO stop-loss waits in `held` but is still watched: the broker
-            # elects it when the quote reaches the stop, then the take-profit goes away.
-            if not (order.activated and order.leg_role == "stop_loss"):
-                return False
-            if not fills.stop_reached(order, quote):
-                return False
-            self._elect_stop(order)
-        elif status not in WORKING_STATUSES:
-            return False
-        price = fills.execution_price(order, quote)
-        if price is None:
-            return False
-        if order.notional is not None and order.filled_qty == 0:
-            order.qty = notional_qty(order.notional, price, on_submit=False)
-        qty = self._fill_quantity(order)
-        if qty <= 0:
-            return False
-        self._execute(order, qty, price)
-        return True
-
-    def _elect_stop(self, stop: Order) -> None:
-        for sibling in self._exits(stop):
-            if sibling is not stop:
-                self._finish(sibling, CANCELED, self._event_time())
-        self._set_live_status(stop, NEW)
-        stop.triggered = True
-        stop.updated_at = self._event_time()
-
-    def _fill_quantity(self, order: Order) -> Decimal:
-        remaining = order.remaining
-        if not order.opens_position:
-            # A closing order never sells (or covers) more than the position still holds.
-            position = self._positions.get(order.symbol)
-            held = position.qty if position else ZERO
-            closable = held if order.side == "sell" else -held
-            remaining = min(remaining, max(closable, ZERO))
-        probability = self.partial_fill_probability
-        if probability <= 0 or remaining < 2 or self._fill_rng.random() >= probability:
-            return remaining
-        whole = int(remaining.to_integral_value(rounding=ROUND_FLOOR))
-        return Decimal(self._fill_rng.randint(1, whole - 1))
-
-    def _execute(self, order: Order, qty: Decimal, price: Decimal) -> None:
-        now = self._event_time()
-        notional = qty * price
-        position = self._positions.get(order.symbol)
-        if position is None:
-            position = Position(order.symbol, ZERO, ZERO, now)
-            self._positions[order.symbol] = position
-        if order.side == "buy":
-            position.buy(qty, price, now)
-            self.cash -= cents(notional)
-        else:
-            position.sell(qty, price, now)
-            self.cash += cents(notional)
-        if position.qty == 0:
-            del self._positions[order.symbol]
-        order.filled_qty += qty
-        order.filled_notional += notional
-        order.updated_at = now
-        order.last_fill_at = now
-        self.market.record_fill(order.symbol, price, qty, now)
-        log.debug("fill %s %s %s %s @ %s", order.id, order.side, fmt(qty), order.symbol, price)
-        if order.filled_qty >= order.qty:
-            # A fill that lands while a cancel is pending wins: the order ends filled.
-            self._pending.pop(order.id, None)
-            order.status = FILLED
-            order.filled_at = now
-            book = self._open_by_symbol.get(order.symbol)
-            if book is not None:
-                book.pop(order.id, None)
-        else:
-            self._set_live_status(order, PARTIALLY_FILLED)
-        self._after_fill(order)
-
-    def _after_fill(self, order: Order) -> None:
-        if order.leg_ids and order.order_class in ("bracket", "oto"):
-            if order.status == FILLED:
-                self._activate_legs(order)
-            return
-        exits = self._exits(order)
-        if not exits:
-            return
-        for sibling in exits:
-            if sibling is order or sibling.is_final:
-                continue
-            if order.status == FILLED:
-                self._finish(sibling, CANCELED, self._event_time())
-            elif order.leg_role == "take_profit":
-                # The stop protects only what the take-profit has not sold yet.
-                sibling.qty = order.remaining
-                sibling.updated_at = self._event_time()
-
-    def _activate_legs(self, entry: Order) -> None:
-        """The entry is completely filled: the legs start working (take-profit `new`,
-        a bracket's stop-loss stays `held` but watched; an OTO's single leg is `new`)."""
-        legs = self._legs(entry)
-        for leg in legs:
-            if leg.is_final:
-                continue
-            leg.activated = True
-            leg.updated_at = self._event_time()
-            if entry.order_class == "bracket" and leg.leg_role == "stop_loss":
-                continue
-            self._set_live_status(leg, NEW)
-
     # ================================================================== cancel / replace
     def cancel_order(self, order_id: str) -> None:
         """``DELETE /v2/orders/{id}``: cancel the order and the rest of its group.
@@ -960,37 +739,6 @@ class PaperExchange(Account, AccountConfigurationsApi, MarketSnapshotsApi, Portf
         if self._market_open():
             self._match_symbol(new.symbol, only={new.id})
         return new
-
-    def _complete_replace(self, old: Order, moment: datetime) -> Order | None:
-        """The pending replace of ``old`` completes: ``old`` is ``replaced``, its replacement
-        takes its place in the group and starts working."""
-        new = self._orders.get(old.replacement_id or "")
-        self._pending.pop(old.id, None)
-        old.status = old.prior_status or NEW
-        old.prior_status = None
-        if new is None or new.is_final:
-            return None
-        status = new.becomes or NEW
-        if status != HELD:
-            status = NEW if self._market_open() else ACCEPTED
-        new.status, new.becomes = status, None
-        new.updated_at = moment
-        self._link_replacement(old, new, moment)
-        return new
-
-    def _link_replacement(self, old: Order, new: Order, now: datetime) -> None:
-        """``old`` becomes ``replaced`` by ``new``, which takes its place in the group."""
-        self._finish(old, REPLACED, now)
-        old.replaced_by = new.id
-        if new.id not in self._orders:
-            self._add_order(new)
-        if old.parent_id:
-            parent = self._orders[old.parent_id]
-            parent.leg_ids = [new.id if i == old.id else i for i in parent.leg_ids]
-        for leg in self._legs(new):
-            leg.parent_id = new.id
-            if not leg.activated and leg.qty != new.qty:
-                leg.qty = new.qty
 
     # ================================================================== positions
     def _position_json(self, position: Position) -> dict[str, Any]:
