@@ -38,15 +38,14 @@ from datetime import date, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from . import fills
 from .account import ACCOUNT_TYPES
 from .bars import TimeFrame, aggregate, iter_symbols
 from .book import ONE_MICROSECOND
 from .calendar import NyseCalendar
+from .cancel_replace import CancelReplace
 from .configurations import AccountConfigurations, AccountConfigurationsApi
 from .errors import (
     CODE_CONFLICT,
-    CODE_UNPROCESSABLE_INPUT,
     ExchangeError,
     bad_request,
     forbidden,
@@ -55,30 +54,18 @@ from .errors import (
 )
 from .history import EquityHistory, PortfolioHistoryApi
 from .market import Market, check_symbol, parse_quote_side
-from .money import ZERO, check_price, fmt, fmt_money, to_decimal
-from .order_life import OrderLife
+from .money import ZERO, fmt, fmt_money, to_decimal
 from .orders import (
     ACCEPTED,
     CANCELED,
     EXPIRED,
     FILLED,
-    HELD,
     NEW,
     PENDING_CANCEL,
     PENDING_NEW,
     PENDING_REPLACE,
-    REPLACEABLE_STATUSES,
-    SUPPORTED_TIF,
-    LegSpec,
     Order,
     OrderSpec,
-    check_exit_prices,
-    check_replaceable,
-    new_order_id,
-    notional_qty,
-    parse_client_order_id,
-    parse_order_request,
-    parse_qty,
 )
 from .positions import Position
 from .snapshots import MarketSnapshotsApi
@@ -98,7 +85,6 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 DEFAULT_STARTING_CASH = Decimal("100000")
-GTC_LIFETIME = timedelta(days=90)
 # Stepping the random walk minute by minute over a very long clock jump would take
 # minutes of CPU; only the last 31 days of a jump are simulated step by step.
 MAX_STEPPED_SPAN = timedelta(days=31)
@@ -111,7 +97,7 @@ CALENDAR_LAST = date(2029, 12, 31)
 DEFAULT_ACK_LATENCY_SECONDS = 0.05
 
 
-class PaperExchange(OrderLife, AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHistoryApi):
+class PaperExchange(CancelReplace, AccountConfigurationsApi, MarketSnapshotsApi, PortfolioHistoryApi):
     """An Alpaca-compatible paper exchange engine (no HTTP; see :mod:`paper_exchange.server`).
 
     Args:
@@ -337,408 +323,6 @@ class PaperExchange(OrderLife, AccountConfigurationsApi, MarketSnapshotsApi, Por
         self.market.mark_close()
         self.last_equity = self._equity()
         self.last_maintenance_margin = self._maintenance_margin()
-
-    # ================================================================== submit
-    def submit_order(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /v2/orders``: validate, accept and match an order; return it (nested legs)."""
-        spec = parse_order_request(body)
-        with self._lock:
-            self._sync()
-            order, legs = self._submit(spec)
-            self._touch()
-            return order.to_json(legs=legs if order.leg_ids else None)
-
-    def _check_asset(self, symbol: str) -> str:
-        asset = self.market.find_asset(symbol)
-        if asset is None or asset.symbol != symbol:
-            raise unprocessable(f'asset "{symbol}" not found', code=CODE_UNPROCESSABLE_INPUT)
-        if not asset.tradable or asset.status != "active":
-            raise unprocessable(f"asset {symbol} is not tradable")
-        return asset.id
-
-    def _check_client_order_id(self, client_order_id: str | None) -> str:
-        if client_order_id is None:
-            return str(uuid.uuid4())
-        if client_order_id in self._by_client_id:
-            raise unprocessable("client_order_id must be unique", code=CODE_UNPROCESSABLE_INPUT)
-        return client_order_id
-
-    def _check_sell(self, symbol: str, qty: Decimal, exclude: Order | None = None) -> None:
-        available = self._qty_available(symbol, exclude)
-        if qty > available:
-            position = self._positions.get(symbol)
-            existing = position.qty if position else ZERO
-            raise forbidden(
-                f"insufficient qty available for order (requested: {fmt(qty)}, "
-                f"available: {fmt(max(available, ZERO))})",
-                available=fmt(max(available, ZERO)),
-                existing_qty=fmt(existing),
-                held_for_orders=fmt(self._reserved_shares(symbol, exclude)),
-                symbol=symbol,
-            )
-
-    def _check_cover(self, symbol: str, qty: Decimal, exclude: Order | None = None) -> None:
-        """A buy on a short position may cover at most the shares not yet covered by open
-        buys; buying beyond the short (a flip to long in one order) is refused like a sell
-        beyond a long."""
-        position = self._positions.get(symbol)
-        short = -position.qty if position else ZERO
-        reserved = self._reserved_shares(symbol, exclude, side="buy")
-        available = max(short - reserved, ZERO)
-        if qty > available:
-            raise forbidden(
-                f"insufficient qty available for order (requested: {fmt(qty)}, available: {fmt(available)})",
-                available=fmt(available),
-                existing_qty=fmt(-short),
-                held_for_orders=fmt(reserved),
-                symbol=symbol,
-            )
-
-    def _position_intent(self, symbol: str, side: str, qty: Decimal, exclude: Order | None = None) -> str:
-        """What an order does to the position, checking the shares it may trade.
-
-        Sells on a long position (and every sell in a cash account) must fit the free shares
-        (403 otherwise; so a sell that would flip long to short is refused, as at Alpaca).
-        With shorting enabled, a sell with no long position opens or increases a short (whole
-        shares only). A buy on a short position covers it (up to the uncovered shares).
-        """
-        position = self._positions.get(symbol)
-        held = position.qty if position else ZERO
-        if side == "sell":
-            if held > 0 or not self.shorting_enabled:
-                self._check_sell(symbol, qty, exclude)
-                return "sell_to_close"
-            if qty != qty.to_integral_value():
-                raise forbidden("fractional orders cannot be sold short", symbol=symbol)
-            return "sell_to_open"
-        if held < 0:
-            self._check_cover(symbol, qty, exclude)
-            return "buy_to_close"
-        return "buy_to_open"
-
-    def _opening_cost(self, order: Order) -> Decimal:
-        """Buying power an opening order needs: qty times its reservation price."""
-        quote, last = self.market.quote(order.symbol), self._last_price(order.symbol)
-        if order.side == "buy":
-            return order.qty * fills.reservation_price(order, quote, last)
-        return order.qty * fills.short_reservation_price(order, quote, last)
-
-    def _check_buying_power(self, cost: Decimal, exclude: Order | None = None) -> None:
-        buying_power = self._buying_power(exclude)
-        if cost > buying_power:
-            raise forbidden(
-                "insufficient buying power",
-                buying_power=fmt_money(buying_power),
-                cost_basis=fmt_money(cost),
-            )
-
-    def _base_price(self, spec: OrderSpec) -> Decimal | None:
-        """Alpaca's base price for bracket/OTO exits: the entry limit, else the quote side."""
-        if spec.type == "limit":
-            return spec.limit_price
-        quote = self.market.quote(spec.symbol)
-        if quote is not None:
-            side_price = quote.ask if spec.side == "buy" else quote.bid
-            if side_price > 0:
-                return side_price
-        return self._last_price(spec.symbol)
-
-    def _session_fields(self, tif: str, submitted: datetime) -> tuple[str | None, datetime | None]:
-        """(session_day, expires_at) for a new order."""
-        if self.always_open:
-            return None, (submitted + GTC_LIFETIME if tif == "gtc" else None)
-        session = self.calendar.current_or_next_session(submitted)
-        if tif == "day":
-            return session.day.isoformat(), session.close
-        later = self.calendar.current_or_next_session(submitted + GTC_LIFETIME)
-        return None, later.close
-
-    def _submit(self, spec: OrderSpec, replaces: Order | None = None) -> tuple[Order, list[Order]]:
-        asset_id = self._check_asset(spec.symbol)
-        client_order_id = self._check_client_order_id(spec.client_order_id)
-        if spec.notional is not None:  # sized here for the checks, again at the fill price
-            spec.qty = notional_qty(spec.notional, self._base_price(spec))
-        held = self._positions.get(spec.symbol)
-        self.configurations.check_new_order(spec.side, spec.qty, held.qty if held else ZERO)
-        if spec.order_class in ("bracket", "oto"):
-            check_exit_prices(
-                spec.side,
-                spec.take_profit.limit_price if spec.take_profit else None,
-                spec.stop_loss.stop_price if spec.stop_loss else None,
-                base_price=self._base_price(spec),
-            )
-        quote = self.market.quote(spec.symbol)
-        probe = Order(  # only for pricing the reservation
-            id="", client_order_id="", symbol=spec.symbol, asset_id=asset_id, side=spec.side,
-            type=spec.type, time_in_force=spec.time_in_force, order_class=spec.order_class,
-            qty=spec.qty, created_at=self._now, submitted_at=self._now, updated_at=self._now,
-            status=NEW, seq=0, limit_price=spec.limit_price, stop_price=spec.stop_price,
-        )
-        probe.position_intent = self._position_intent(spec.symbol, spec.side, spec.qty, exclude=replaces)
-        if probe.opens_position:
-            self._check_buying_power(self._opening_cost(probe), exclude=replaces)
-
-        stamp = self._stamp()
-        now = stamp
-        session_day, expires_at = self._session_fields(spec.time_in_force, stamp)
-        # Closed market: accepted (new at the open). Open: pending_new until acknowledged.
-        status = ACCEPTED if not self._market_open() else NEW if self.instant else PENDING_NEW
-        self._seq += 1
-        parent = Order(
-            id=new_order_id(),
-            client_order_id=client_order_id,
-            symbol=spec.symbol,
-            asset_id=asset_id,
-            side=spec.side,
-            type=spec.type,
-            time_in_force=spec.time_in_force,
-            order_class=spec.order_class,
-            qty=spec.qty,
-            created_at=now,
-            submitted_at=stamp,
-            updated_at=now,
-            status=status,
-            seq=self._seq,
-            limit_price=spec.limit_price,
-            stop_price=spec.stop_price,
-            trail_price=spec.trail_price,
-            trail_percent=spec.trail_percent,
-            session_day=session_day,
-            expires_at=expires_at,
-            position_intent=probe.position_intent,
-        )
-        if status == PENDING_NEW:
-            parent.pending_due = self._due()
-        if spec.type == "trailing_stop" and quote is not None:
-            fills.update_trailing_stop(parent, quote)
-        parent.notional = spec.notional
-        legs: list[Order] = []
-        exit_side = "sell" if spec.side == "buy" else "buy"
-        if spec.order_class == "oco":
-            parent.leg_role = "take_profit"
-            assert spec.stop_loss is not None
-            legs.append(self._new_leg(parent, spec.stop_loss, spec.side, activated=True))
-        else:
-            for leg_spec in (spec.take_profit, spec.stop_loss):
-                if leg_spec is not None:
-                    legs.append(self._new_leg(parent, leg_spec, exit_side, activated=False))
-        self._add_order(parent)
-        for leg in legs:
-            self._add_order(leg)
-        if parent.status == PENDING_NEW:
-            self._pending[parent.id] = parent
-        if self.instant and self._market_open():
-            # The quote did not change: only the new orders can have become marketable.
-            self._match_symbol(spec.symbol, only={parent.id, *(leg.id for leg in legs)})
-        return parent, legs
-
-    def _new_leg(self, parent: Order, spec: LegSpec, side: str, activated: bool) -> Order:
-        self._seq += 1
-        leg = Order(
-            id=new_order_id(),
-            client_order_id=str(uuid.uuid4()),
-            symbol=parent.symbol,
-            asset_id=parent.asset_id,
-            side=side,
-            type=spec.type,
-            time_in_force=parent.time_in_force,
-            order_class=parent.order_class,
-            qty=parent.qty,
-            created_at=parent.created_at,
-            # Legs share the parent's submission moment (as in Alpaca's examples).
-            submitted_at=parent.submitted_at,
-            updated_at=parent.updated_at,
-            status=HELD,
-            seq=self._seq,
-            limit_price=spec.limit_price,
-            stop_price=spec.stop_price,
-            session_day=parent.session_day,
-            expires_at=parent.expires_at,
-            parent_id=parent.id,
-            leg_role=spec.role,
-            activated=activated,
-            # Exits close what the entry opens; an OCO's legs close like the OCO itself.
-            position_intent=(parent.position_intent if parent.order_class == "oco"
-                             else ("sell_to_close" if side == "sell" else "buy_to_close")),
-        )
-        parent.leg_ids.append(leg.id)
-        return leg
-
-    # ================================================================== cancel / replace
-    def cancel_order(self, order_id: str) -> None:
-        """``DELETE /v2/orders/{id}``: cancel the order and the rest of its group.
-
-        Asynchronous by default: the members go ``pending_cancel`` (a repeated request is
-        accepted again) and complete at the next pass, unless a fill wins the race.
-        """
-        with self._lock:
-            self._sync()
-            order = self._get(order_id)
-            if order.is_final:
-                raise unprocessable("order is not cancelable")
-            if order.status == PENDING_NEW and order.becomes is not None:
-                # A pending replacement: the replace completes first, then its group is canceled.
-                old = self._orders.get(order.replaces or "")
-                if old is not None and old.status == PENDING_REPLACE:
-                    self._complete_replace(old, self._event_time())
-            for member in self._group(order):
-                if self.instant:
-                    self._finish(member, CANCELED, self._event_time())
-                else:
-                    self._request_cancel(member)
-            self._touch()
-
-    def cancel_all_orders(self) -> list[dict[str, Any]]:
-        """``DELETE /v2/orders``: cancel every open order; 207 items ``{id, status, body}``
-        (the bodies show ``pending_cancel`` unless the exchange is instant)."""
-        with self._lock:
-            self._sync()
-            result = []
-            for order in list(self._order_list):
-                if order.is_final or order.status == PENDING_CANCEL:
-                    continue
-                if self.instant:
-                    self._finish(order, CANCELED, self._event_time())
-                else:
-                    self._request_cancel(order)
-                    if order.is_final or order.status != PENDING_CANCEL:
-                        continue  # a pending replacement: canceled through its own entry
-                result.append({"id": order.id, "status": 200, "body": order.to_json()})
-            self._touch()
-            return result
-
-    def replace_order(self, order_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``PATCH /v2/orders/{id}``: a new order replaces the old one (``replaced``)."""
-        if not isinstance(body, Mapping):
-            raise unprocessable("request body must be a JSON object")
-        with self._lock:
-            self._sync()
-            old = self._get(order_id)
-            if old.status not in REPLACEABLE_STATUSES:
-                raise unprocessable(f"order is not replaceable (status {old.status})")
-            root = self._root(old)
-            if old.parent_id and root.order_class == "oto":
-                raise unprocessable("legs of oto orders cannot be replaced")
-            fields = {k: v for k, v in body.items() if v is not None}
-            if not fields:
-                raise unprocessable("at least one of qty, limit_price, stop_price, trail, "
-                                    "time_in_force or client_order_id is required")
-            new = self._replacement(old, fields)
-            self._touch()
-            return new.to_json(legs=self._legs(new) if new.leg_ids else None)
-
-    def _replacement(self, old: Order, fields: Mapping[str, Any]) -> Order:
-        self.configurations.check_replace()
-        check_replaceable(old, fields)
-        qty = old.remaining
-        if "qty" in fields:
-            qty = parse_qty(fields["qty"], allow_fraction=old.qty != old.qty.to_integral_value())
-        limit_price, stop_price = old.limit_price, old.stop_price
-        trail_price, trail_percent = old.trail_price, old.trail_percent
-        if "limit_price" in fields:
-            if old.type not in ("limit", "stop_limit"):
-                raise unprocessable(f"limit_price is not allowed for {old.type} orders")
-            limit_price = check_price(fields["limit_price"], "limit_price")
-        if "stop_price" in fields:
-            if old.type not in ("stop", "stop_limit"):
-                raise unprocessable(f"stop_price is not allowed for {old.type} orders")
-            stop_price = check_price(fields["stop_price"], "stop_price")
-        if "trail" in fields:
-            if old.type != "trailing_stop":
-                raise unprocessable(f"trail is not allowed for {old.type} orders")
-            if old.trail_price is not None:
-                trail_price = check_price(fields["trail"], "trail")
-            else:
-                trail_percent = to_decimal(fields["trail"], "trail")
-                if not ZERO < trail_percent < 100:
-                    raise unprocessable("trail must be > 0 and < 100 for trail_percent orders")
-        tif = old.time_in_force
-        if "time_in_force" in fields:
-            tif = str(fields["time_in_force"]).lower()
-            if tif not in SUPPORTED_TIF:
-                raise unprocessable(f"invalid time_in_force: {fields['time_in_force']!r}")
-        client_order_id = self._check_client_order_id(
-            parse_client_order_id(fields.get("client_order_id"))
-        )
-        # A replaced exit must keep its relation to the other exit.
-        exits = [o for o in self._exits(old) if o is not old]
-        for other in exits:
-            tp = limit_price if old.leg_role == "take_profit" else other.limit_price
-            stop = stop_price if old.leg_role == "stop_loss" else other.stop_price
-            if tp is not None and stop is not None:
-                check_exit_prices(old.side, tp, stop, base_is_take_profit=True)
-        probe = Order(
-            id="", client_order_id="", symbol=old.symbol, asset_id=old.asset_id, side=old.side,
-            type=old.type, time_in_force=tif, order_class=old.order_class, qty=qty,
-            created_at=self._now, submitted_at=self._now, updated_at=self._now, status=NEW,
-            seq=0, limit_price=limit_price, stop_price=stop_price,
-        )
-        probe.position_intent = old.position_intent
-        if old.status != HELD:
-            if probe.opens_position:
-                self._check_buying_power(self._opening_cost(probe), exclude=old)
-            elif old.side == "sell":
-                self._check_sell(old.symbol, qty, exclude=old)
-            else:
-                self._check_cover(old.symbol, qty, exclude=old)
-        stamp = self._stamp()
-        now = stamp
-        self._seq += 1
-        session_day, expires_at = old.session_day, old.expires_at
-        if tif != old.time_in_force:
-            session_day, expires_at = self._session_fields(tif, stamp)
-        new = Order(
-            id=new_order_id(),
-            client_order_id=client_order_id,
-            symbol=old.symbol,
-            asset_id=old.asset_id,
-            side=old.side,
-            type=old.type,
-            time_in_force=tif,
-            order_class=old.order_class,
-            qty=qty,
-            created_at=now,
-            submitted_at=stamp,
-            updated_at=now,
-            status=old.status if old.status == HELD else (NEW if self._market_open() else ACCEPTED),
-            position_intent=old.position_intent,
-            seq=self._seq,
-            limit_price=limit_price,
-            stop_price=stop_price,
-            trail_price=trail_price,
-            trail_percent=trail_percent,
-            hwm=old.hwm,
-            replaces=old.id,
-            session_day=session_day,
-            expires_at=expires_at,
-            parent_id=old.parent_id,
-            leg_ids=list(old.leg_ids),
-            leg_role=old.leg_role,
-            activated=old.activated,
-            triggered=old.triggered,
-        )
-        if new.type == "trailing_stop":
-            new.hwm = None
-            quote = self.market.quote(new.symbol)
-            if quote is not None:
-                fills.update_trailing_stop(new, quote)
-        if not self.instant:
-            # Alpaca: the old order is pending_replace (it stops working) until the replace
-            # completes at the next pass; the replacement waits in pending_new until then.
-            new.becomes = new.status
-            new.status = PENDING_NEW
-            old.prior_status = old.status
-            old.status = PENDING_REPLACE
-            old.replacement_id = new.id
-            old.pending_due = self._due()
-            old.updated_at = now
-            self._add_order(new)
-            self._pending[old.id] = old
-            return new
-        self._link_replacement(old, new, now)
-        if self._market_open():
-            self._match_symbol(new.symbol, only={new.id})
-        return new
 
     # ================================================================== positions
     def _position_json(self, position: Position) -> dict[str, Any]:
