@@ -1,4 +1,4 @@
-"""The exchange engine: account, orders, positions, matching and the passage of time.
+"""The exchange engine: :class:`PaperExchange`, assembled from its parts, with the control API.
 
 ``PaperExchange`` holds all state behind one lock and exposes two faces:
 
@@ -9,23 +9,25 @@
 * the control API (``set_quote``, ``advance``, ``set_time``, ``add_symbols``,
   ``set_cash``, ``reset``, ``state``) that the admin endpoints and the demo use.
 
-Time: with ``simulated_clock=True`` the clock only moves through :meth:`advance` /
-:meth:`set_time`; otherwise it follows the wall clock and catches up lazily on every call.
-Passing time steps the price simulation minute by minute, matches resting orders after
-each step, opens and closes sessions, and expires day orders at the close.
+It is made of one base class per concept, each in its module, all sharing the state that
+:class:`~paper_exchange.book.OrderBook` declares:
 
-Order life (the default, as at Alpaca): a new order is answered ``pending_new`` (``accepted``
-while the market is closed) and becomes ``new`` at the exchange's next matching pass once the
-acknowledgement latency has passed (on the simulated clock: at the next clock step or quote
-change); only then can it fill. A cancel is answered at once but the order passes through
-``pending_cancel`` (it can still fill meanwhile: the fill wins) and is ``canceled`` at the end
-of the next pass; the legs of a group follow their parent one pass later. A replace passes
-through ``pending_replace`` (the old order stops working) and completes at the next pass.
-``instant=True`` keeps the older behaviour (matching on submission, immediate cancels).
+* :mod:`~paper_exchange.book`: the state, the order index and groups, ``GET /v2/orders``;
+* :mod:`~paper_exchange.account`: cash, margin, buying power, ``GET /v2/account``;
+* :mod:`~paper_exchange.matching`: orders against the quote, fills and what a fill sets off;
+* :mod:`~paper_exchange.order_life`: ``pending_new``/``pending_cancel``/``pending_replace`` and
+  the matching pass (where an acknowledgement, a cancel or a replace completes);
+* :mod:`~paper_exchange.intake`: ``POST /v2/orders`` and the checks of a new order;
+* :mod:`~paper_exchange.cancel_replace`: cancel and replace requests;
+* :mod:`~paper_exchange.positions_api`: the positions endpoints and closing positions;
+* :mod:`~paper_exchange.clock`: the passage of time, sessions, ``/v2/clock``, ``/v2/calendar``;
+* :mod:`~paper_exchange.market_data`: assets, latest quotes and trades, bars;
+* :mod:`~paper_exchange.configurations`, :mod:`~paper_exchange.snapshots`,
+  :mod:`~paper_exchange.history`: account configurations, snapshots and latest bars,
+  portfolio history.
 
-The account is a margin account by default (Reg T, multiplier 2, shorting enabled); see
-:meth:`PaperExchange.get_account` for the buying-power rules. ``account_type="cash"`` gives a
-long-only cash account.
+This module keeps the constructor, the control API and the state file's ``to_state`` /
+``load_state``.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class PaperExchange(
             annual_volatility=annual_volatility,
             history_days=history_days,
         )
-        self._calendar_cache: list[dict[str, str]] | None = None
+        self._calendar_cache = None
         self._init_book()
         self.revision = 0
 
@@ -326,10 +328,6 @@ class PaperExchange(
 
 
 # ====================================================================== helpers
-
-
-
-
 def _probability(value: float) -> float:
     try:
         probability = float(value)
@@ -338,7 +336,3 @@ def _probability(value: float) -> float:
     if not 0.0 <= probability <= 1.0:
         raise bad_request("partial_fill_probability must be between 0 and 1")
     return probability
-
-
-
-

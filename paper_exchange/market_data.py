@@ -7,13 +7,14 @@ snapshot and latest-bar endpoints are in :mod:`paper_exchange.snapshots`.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from .bars import TimeFrame, aggregate, iter_symbols
 from .book import OrderBook
 from .errors import bad_request, not_found
+from .market import SymbolState
 from .timeutil import eastern_datetime, iso_utc, to_eastern
 from .universe import tape_for
 
@@ -38,49 +39,26 @@ class MarketDataApi(OrderBook):
 
     def latest_quotes(self, symbols: str | Iterable[str]) -> dict[str, Any]:
         """``GET /v2/stocks/quotes/latest``: ``{"quotes": {SYM: {...}}}`` for known symbols."""
-        wanted = _symbol_list(symbols)
-        with self._lock:
-            self._sync()
-            quotes = {}
-            for symbol in wanted:
-                state = self.market.state(symbol)
-                if state is None or state.quote is None:
-                    continue
-                q = state.quote
-                quotes[symbol] = {
-                    "t": iso_utc(q.time),
-                    "ax": "V",
-                    "ap": float(q.ask),
-                    "as": q.ask_size,
-                    "bx": "V",
-                    "bp": float(q.bid),
-                    "bs": q.bid_size,
-                    "c": ["R"],
-                    "z": tape_for(state.asset.exchange),
-                }
-            return {"quotes": quotes}
+        return {"quotes": self._latest(symbols, _quote_json)}
 
     def latest_trades(self, symbols: str | Iterable[str]) -> dict[str, Any]:
         """``GET /v2/stocks/trades/latest``: the last print (simulated or one of our fills)."""
-        wanted = _symbol_list(symbols)
+        return {"trades": self._latest(symbols, _trade_json)}
+
+    def _latest(
+        self, symbols: str | Iterable[str], row: Callable[[SymbolState], dict[str, Any] | None]
+    ) -> dict[str, Any]:
+        """``row(state)`` of each requested symbol that is known and has one, in request order."""
+        wanted = symbol_list(symbols)
         with self._lock:
             self._sync()
-            trades = {}
+            result = {}
             for symbol in wanted:
                 state = self.market.state(symbol)
-                if state is None or state.last_trade is None:
-                    continue
-                t = state.last_trade
-                trades[symbol] = {
-                    "t": iso_utc(t.time),
-                    "x": "V",
-                    "p": float(t.price),
-                    "s": t.size,
-                    "c": ["@"],
-                    "i": t.id,
-                    "z": tape_for(state.asset.exchange),
-                }
-            return {"trades": trades}
+                value = None if state is None else row(state)
+                if value is not None:
+                    result[symbol] = value
+            return result
 
     def bars(
         self,
@@ -95,7 +73,7 @@ class MarketDataApi(OrderBook):
     ) -> dict[str, Any]:
         """``GET /v2/stocks/bars``: aggregated bars with page tokens (limit across symbols)."""
         frame = TimeFrame.parse(timeframe)
-        wanted = sorted(_symbol_list(symbols))
+        wanted = sorted(symbol_list(symbols))
         limit = 1000 if limit is None else limit
         if not 1 <= limit <= 10000:
             raise bad_request("invalid limit: must be between 1 and 10000")
@@ -126,7 +104,8 @@ class MarketDataApi(OrderBook):
         return {"bars": result, "next_page_token": _encode_page_token(offset + limit) if more else None}
 
 
-def _symbol_list(symbols: str | Iterable[str]) -> list[str]:
+def symbol_list(symbols: str | Iterable[str]) -> list[str]:
+    """The symbols of a request (a comma-separated string or a list), upper case; 400 when none."""
     if isinstance(symbols, str):
         result = list(iter_symbols(symbols))
     else:
@@ -134,6 +113,38 @@ def _symbol_list(symbols: str | Iterable[str]) -> list[str]:
     if not result:
         raise bad_request("symbols is required")
     return result
+
+
+def _quote_json(state: SymbolState) -> dict[str, Any] | None:
+    q = state.quote
+    if q is None:
+        return None
+    return {
+        "t": iso_utc(q.time),
+        "ax": "V",
+        "ap": float(q.ask),
+        "as": q.ask_size,
+        "bx": "V",
+        "bp": float(q.bid),
+        "bs": q.bid_size,
+        "c": ["R"],
+        "z": tape_for(state.asset.exchange),
+    }
+
+
+def _trade_json(state: SymbolState) -> dict[str, Any] | None:
+    t = state.last_trade
+    if t is None:
+        return None
+    return {
+        "t": iso_utc(t.time),
+        "x": "V",
+        "p": float(t.price),
+        "s": t.size,
+        "c": ["@"],
+        "i": t.id,
+        "z": tape_for(state.asset.exchange),
+    }
 
 
 def _encode_page_token(offset: int) -> str:
