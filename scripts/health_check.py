@@ -10,6 +10,10 @@ Checks:
   database, where the programs refuse to start; a warning on the embedded or test database,
   which the next program run completes).
 - ``broker``: the broker's clock answers (critical otherwise); says whether the market is open.
+- ``trading_state``: the kill switch (``trading_state``, ``scripts/trading_state.py status``):
+  ok while the account and every symbol are ``ACTIVE``; a warning naming each ``REDUCE_ONLY``
+  or ``HALTED`` scope with its reason, who set it (a person, or ``breaker:<name>``) and when;
+  critical while a ``FLATTEN`` is under way (positions are being closed).
 - ``order_executor``, ``order_monitor``, ``position_monitor``: during market hours, each
   program's last successful run (``program_run``) is recent enough: the monitors within twice
   their interval (10 and 20 minutes by default), the executor today once its time plus 30
@@ -61,6 +65,7 @@ from trading.logs import configure_logging
 from trading.market_time import EASTERN, MarketTime, read_market_time, to_eastern
 from trading.program import register_raw_secrets, register_secrets
 from trading.protection import ProtectionView
+from trading.state import ACCOUNT_SCOPE, TradingMode, read_trading_state
 
 OK, WARNING, CRITICAL, SKIPPED = "ok", "warning", "critical", "skipped"
 SEVERITY = {OK: 0, SKIPPED: 0, WARNING: 1, CRITICAL: 2}
@@ -121,6 +126,22 @@ def check_database(db: TradingDB) -> Check:
         return Check("database", CRITICAL, f"reachable ({db.config.describe()}) but the schema lacks {lacks}: the "
                                            "programs refuse to start; run scripts/create_production_tables.py")
     return Check("database", OK, f"reachable ({db.config.describe()})")
+
+
+def check_trading_state(db: TradingDB) -> Check:
+    """The kill switch as the programs read it at the start of their runs."""
+    restricted = read_trading_state(db).restricted_scopes()
+    if not restricted:
+        return Check("trading_state", OK, "ACTIVE: entries, exits and protection all allowed")
+    parts = []
+    for scope in restricted:
+        where = "account" if scope.scope == ACCOUNT_SCOPE else scope.scope
+        since = f" since {to_eastern(scope.changed_at):%Y-%m-%d %H:%M} ET" if scope.changed_at else ""
+        by = scope.source if scope.source and scope.source != "manual" else scope.changed_by
+        parts.append(f"{where} {scope.mode.value}{since}" + (f" by {by}" if by else "")
+                     + (f": {scope.reason}" if scope.reason else ""))
+    status = CRITICAL if any(scope.mode is TradingMode.FLATTEN for scope in restricted) else WARNING
+    return Check("trading_state", status, "; ".join(parts) + " (resume: scripts/trading_state.py resume --reason ...)")
 
 
 def check_broker(broker: Broker) -> tuple[Check, MarketTime | None]:
@@ -334,6 +355,8 @@ def run_checks(settings: Settings, *, connect_db: Callable[[], TradingDB], conne
         database = check_database(db)
         checks.append(database)
         db_ok = database.status != CRITICAL
+        checks.extend(_guarded("trading_state", lambda: check_trading_state(db)) if db_ok
+                      else [Check("trading_state", SKIPPED, "not checked: database unavailable")])
         broker: Broker | None
         try:
             broker = connect_broker()

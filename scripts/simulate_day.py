@@ -339,7 +339,7 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
                 write(_status_line(status_due, broker, postgres, start_equity))
                 status_due = None
             if not changes_done and moment >= changes_at:
-                exchange.set_time(changes_at)
+                exchange.set_time(max(changes_at, exchange.now()))
                 with TradingDB(config=postgres, application_name="simulate_day") as db:
                     for line in upstream_changes(db, broker, ids, exchange.now()):
                         write(f"11:00 ET  upstream: {line}")
@@ -348,7 +348,9 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
             if moment.hour != last_hour and moment.minute == 0 and moment <= session.close:
                 last_hour = moment.hour
                 status_due = moment
-            exchange.set_time(moment)
+            # A run's waits pass the simulated clock (a cancel's confirmation, an exit's walk), so
+            # the clock may already be past a job due at the same minute: it never moves back.
+            exchange.set_time(max(moment, exchange.now()))
             runner.run(spec)
         if status_due is not None:
             write(_status_line(status_due, broker, postgres, start_equity))

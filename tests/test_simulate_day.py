@@ -66,7 +66,7 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     assert "Realized P&L" in output and "Unrealized P&L" in output
     assert f"psql -h {pg_config.host} -p {pg_config.port} -U {pg_config.user} {pg_config.dbname}" in output
     health = output.split("Health check at 18:15 ET")[1]
-    assert health.count("\n  OK ") == 10
+    assert health.count("\n  OK ") == 11
     # the end-of-day report ran at 16:30 and is stored (sent once NOTIFY_URLS names a service)
     assert re.search(r"^16:30 ET  eod_report +success  reports=1$", output, re.M)
     assert output.rstrip().endswith('Next: run the programs yourself, step by step: README.md, '
@@ -133,3 +133,13 @@ def test_the_default_day_is_today_or_the_next_trading_day():
 def test_the_demo_uses_its_own_database_of_the_embedded_cluster():
     config = simulate_day.demo_postgres_config()
     assert config.dbname == "trading_monitor_demo" and config.host == "127.0.0.1" and config.embedded
+
+
+def test_a_whole_day_on_the_default_schedule_never_moves_the_clock_back(pg_config):
+    """The day-trade exit's waits passed the simulated clock beyond 15:50:00, and the order
+    monitor due at 15:50 then asked the exchange to move back: the demo died with a traceback."""
+    out = io.StringIO()
+    result = run_day(dt.date(2026, 11, 20), seed=42, postgres=pg_config, out=out)
+    assert result.runs["daytrade_exit"] == 1 and result.runs["order_monitor"] >= 78
+    assert result.outcomes == {"success": sum(result.runs.values())}
+    assert re.search(r"^15:50 ET  daytrade_exit +success", out.getvalue(), re.M)

@@ -20,7 +20,8 @@ same transaction as the state change (``TRADING_STATE_CHANGED``, source ``breake
   ``HALTED``. Reset by hand.
 - ``reconciliation``: a critical disagreement with the broker recorded by the programs (a
   position the system does not know, ``ORPHAN_POSITION``; a short, ``SHORT_POSITION``; a sell of
-  more shares than the position held, ``ORDER_ANOMALY`` with ``details.disagreement``) ->
+  more shares than the position held, ``ORDER_ANOMALY`` with ``details.disagreement``; an open
+  trade recorded under another broker account, ``ACCOUNT_MISMATCH``) ->
   ``REDUCE_ONLY`` until someone resumes, which acknowledges every finding recorded so far. Each
   finding trips once (the trip names the last audit row it covers).
 
@@ -43,6 +44,7 @@ from typing import Any
 
 from config import Settings
 from trading import audit
+from trading.accounts import ACCOUNT_MISMATCH
 from trading.audit import Auditor
 from trading.broker import Account
 from trading.market_time import MarketTime
@@ -61,8 +63,9 @@ logger = logging.getLogger(__name__)
 BREAKER_TRIPPED = "BREAKER_TRIPPED"
 BREAKER_CLEARED = "BREAKER_CLEARED"
 #: Findings of the reconciliation that trip its breaker (besides ORDER_ANOMALY rows whose details
-#: name a ``disagreement``).
-CRITICAL_EVENTS = (audit.ORPHAN_POSITION, audit.SHORT_POSITION)
+#: name a ``disagreement``). An account mismatch is one: the programs leave those trades alone,
+#: so nothing protects or reconciles them until a person points the programs back.
+CRITICAL_EVENTS = (audit.ORPHAN_POSITION, audit.SHORT_POSITION, ACCOUNT_MISMATCH)
 CHANGED_BY = "breaker"
 
 
