@@ -369,3 +369,39 @@ def test_schema_work_runs_again_only_when_the_recorded_version_is_behind(db):
     db.ensure_schema()
     row = db.execute_one(f"SELECT version FROM {schema.SCHEMA_VERSION_TABLE}")
     assert row["version"] == schema.schema_version() and db.schema_is_current()
+
+
+def test_many_rows_are_written_in_few_statements_with_reserved_ids_and_set_based_updates(db):
+    ids = db.reserve_ids("trade_fill", 3)
+    assert len(set(ids)) == 3 and db.reserve_ids("trade_fill", 0) == []
+    db.column_types("trade_journal")  # the catalog, read once per connection (not counted below)
+    before = db.statement_count
+    now = dt.datetime.now(dt.UTC)
+    assert db.insert_many("trade_fill", [
+        {"id": i, "trade_journal_id": 1, "symbol": "AAPL", "side": "buy", "qty": Decimal("1"),
+         "price": Decimal("150.25"), "filled_at": now, "source": "entry fill"} for i in ids]) == 3
+    assert db.statement_count == before + 1  # one multi-row INSERT
+    assert sorted(r["id"] for r in db.query("trade_fill")) == sorted(ids)
+    assert db.insert("trade_fill", {"trade_journal_id": 1, "symbol": "AAPL", "side": "buy", "qty": 1, "price": 1,
+                                    "filled_at": now, "source": "x"}) > max(ids)  # reserved ids are never reused
+    with pytest.raises(ValueError, match="same columns"):
+        db.insert_many("trade_fill", [{"symbol": "A", "side": "buy"}, {"side": "buy", "symbol": "A"}])
+
+    first = db.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING", "status": "ORDERED"})
+    second = db.insert("trade_journal", {"symbol": "MSFT", "trade_style": "SWING", "status": "ORDERED"})
+    before = db.statement_count
+    # an all-NULL column of the VALUES list is cast to its column's type, not left as text
+    assert db.update_many("trade_journal", {first: {"actual_entry": Decimal("150.25"), "exit_date": None},
+                                            second: {"actual_entry": None, "exit_date": None},
+                                            }) == 2
+    assert db.statement_count == before + 1  # one UPDATE ... FROM (VALUES ...)
+    rows = {r["id"]: r for r in db.query("trade_journal")}
+    assert (rows[first]["actual_entry"], rows[second]["actual_entry"]) == (Decimal("150.25"), None)
+    assert rows[first]["updated_at"] >= now  # stamped as update() does
+    assert db.update_many("trade_journal", {}) == 0
+    assert db.column_types("trade_journal")["actual_entry"] == "numeric"
+
+    position = db.insert("position_tracking", {"trade_journal_id": first, "symbol": "AAPL", "qty": 1,
+                                               "avg_entry_price": 150, "cost_basis": 150})
+    assert db.delete_many("position_tracking", [position]) == 1 and db.delete_many("position_tracking", []) == 0
+    assert db.query("position_tracking") == []
