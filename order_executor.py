@@ -422,6 +422,9 @@ class OrderExecutor:
         except Exception as exc:  # nothing of step 3 recorded: one by one (intent found, order looked up)
             logger.warning("%s: recording %s answers failed (%s): handled one at a time", PROGRAM, len(answers), exc)
             self._batching = False
+            for *_, reservation, answer in answers:
+                if isinstance(answer, BrokerRejectedError) and reservation is not None and self._risk is not None:
+                    self._risk.release(reservation)  # refused, so placed by no one: its room is free again
             return
         outcomes.update(finished)
 

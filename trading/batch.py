@@ -50,6 +50,8 @@ class TradeBatch:
         self.db = db
         self.trades: dict[int, Row] = {}
         self.rows: dict[str, dict[int, Row]] = {table: {} for table in CACHED_TABLES}
+        #: The same rows by trade (``trade_journal_id``), so a trade's rows are found without a scan.
+        self._by_trade: dict[str, dict[Any, dict[int, Row]]] = {table: {} for table in CACHED_TABLES}
         #: Rows inserted through the batch whose other columns (defaults) are not known yet.
         self._partial: dict[str, set[int]] = {}
         self._log: list[tuple[str, str, Any, Any]] = []   # (op, table, id, values)
@@ -76,7 +78,7 @@ class TradeBatch:
         for table in CACHED_TABLES:
             for row in self.db.execute_query(f"SELECT * FROM {table} WHERE trade_journal_id = ANY(%s) ORDER BY id",
                                              (ids,)):
-                self.rows[table][row["id"]] = row
+                self._store(table, row)
         return {trade_id: dict(row) for trade_id, row in self.trades.items()}
 
     # ------------------------------------------------------------------ the connection's interface
@@ -106,7 +108,7 @@ class TradeBatch:
             if table == "trade_journal":
                 self.trades[row_id] = row
             else:
-                self.rows[table][row_id] = row
+                self._store(table, row)
             if not complete:
                 self._partial.setdefault(table, set()).add(row_id)
         return row_id
@@ -137,7 +139,9 @@ class TradeBatch:
         if table == "trade_journal":
             self.trades.pop(row_id, None)
         else:
-            self.rows[table].pop(row_id, None)
+            gone = self.rows[table].pop(row_id, None)
+            if gone is not None:
+                self._by_trade[table].get(gone.get("trade_journal_id"), {}).pop(row_id, None)
         return 1
 
     def get_by_id(self, table: str, row_id: int, *, for_update: bool = False) -> Row | None:
@@ -220,6 +224,10 @@ class TradeBatch:
             pool.extend(reversed(self.db.reserve_ids(table, self._chunk[table])))
         return pool.pop()
 
+    def _store(self, table: str, row: Row) -> None:
+        self.rows[table][row["id"]] = row
+        self._by_trade[table].setdefault(row.get("trade_journal_id"), {})[row["id"]] = row
+
     def _cached(self, table: str, row_id: int) -> Row | None:
         if table == "trade_journal":
             return self.trades.get(row_id)
@@ -233,7 +241,10 @@ class TradeBatch:
             return
         self.flush()
         for row in self.db.execute_query(f"SELECT * FROM {table} WHERE id = ANY(%s)", (wanted,)):
-            (self.trades if table == "trade_journal" else self.rows[table])[row["id"]] = row
+            if table == "trade_journal":
+                self.trades[row["id"]] = row
+            else:
+                self._store(table, row)
             partial.discard(row["id"])  # type: ignore[union-attr]
 
     def _query_memory(self, table: str, where: dict[str, Any], order_by: str | Sequence[str] | None,
@@ -249,7 +260,7 @@ class TradeBatch:
         trade_id = where.get("trade_journal_id")
         rows = self.rows[table].values()
         if isinstance(trade_id, int) and trade_id in self.trades:
-            candidates = [r for r in rows if r.get("trade_journal_id") == trade_id]
+            candidates = list(self._by_trade[table].get(trade_id, {}).values())
         elif set(where) & UNIQUE_KEYS and table == "order_execution":
             # A unique key of an order of the batch's locked trades (a protective leg, a replacement):
             # its row, if it exists, is one of theirs, all read under their locks. Should another
