@@ -134,12 +134,12 @@ class PositionMonitor:
         by_symbol: dict[str, list[Row]] = defaultdict(list)
         for row in positions:
             by_symbol[row["symbol"]].append(row)
-        for symbol in by_symbol:
+        for symbol, symbol_rows in by_symbol.items():
             position = held.get(symbol)
             # One symbol's failure (an outage on its look-ups, a bug) is recorded and the batch goes on:
             # the other symbols are reconciled and the snapshot is written (invariant 6).
             try:
-                book.reconcile(symbol, position.qty if position else ZERO)
+                book.reconcile(symbol, position.qty if position else ZERO, rows=symbol_rows)
             except Exception as exc:  # recorded per symbol, retried next run
                 self._record_symbol_failure(ctx, symbol, exc)
         self._shorts(ctx, held)

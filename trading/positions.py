@@ -93,12 +93,16 @@ class PositionReconciler:
         position = self.broker.get_position(symbol)
         return position.qty if position is not None and position.qty > ZERO else ZERO
 
-    def reconcile(self, symbol: str, broker_qty: Decimal | None = None, *, resize: bool = True) -> Decimal:
+    def reconcile(self, symbol: str, broker_qty: Decimal | None = None, *, resize: bool = True,
+                  rows: list[Row] | None = None) -> Decimal:
         """Bring the symbol's open trades in line with the broker's position; returns the shares the
         broker holds (read after the sync). ``broker_qty``: a position already read this run (the
-        position monitor's one listing); ``resize``: a trade left with fewer shares gets its
-        protection resized here (the protection code passes False: it sizes its own order next)."""
-        rows = self.positions(symbol)
+        position monitor's one listing); ``rows``: the symbol's positions read with it (one query
+        for every symbol instead of one per symbol: the two are compared like with like, and any
+        difference is read again below before anything is booked); ``resize``: a trade left with
+        fewer shares gets its protection resized here (the protection code passes False: it sizes
+        its own order next)."""
+        rows = self.positions(symbol) if rows is None else rows
         if broker_qty is None:
             broker_qty = self.held(symbol)
         db_qty = sum((Decimal(r["qty"]) for r in rows), ZERO)
