@@ -108,9 +108,12 @@ def browser() -> Iterator[Any]:
 
 
 def wait_for(driver: Any, condition: Any, message: str) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.05).until(condition, message)
+    # A section redrawn while the condition reads it: read it again at the next poll.
+    return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition, message)
 
 
 def text_of(driver: Any, css: str) -> str:
@@ -217,3 +220,52 @@ def test_the_dashboard_shows_the_book_to_the_cent_and_a_close_clicked_there_is_c
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for target in (tmp_path / "console.png", ARTIFACTS / "console-browser-test.png"):
         assert browser.save_screenshot(str(target)), f"no screenshot saved to {target}"
+
+
+def test_a_stop_edited_and_a_target_cancelled_in_the_dashboard_are_recorded_and_orders_link_to_their_trade(
+        db: TradingDB, exchange: Any, broker: Any, console_url: str, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import Select
+
+    trade = open_position(db, exchange, broker, "AAPL")  # 10 AAPL @ 150.00, stop 145, target 160
+    exchange.quotes(AAPL=("151.20", "151.30"))
+    position_monitor.run_once(db, broker, settings=make_settings())
+    browser.get(console_url)
+    browser.find_element(By.ID, "token-input").send_keys(TOKEN)
+    browser.find_element(By.ID, "token-save").click()
+    stop_row = f'#triggers-table tr[data-trigger="{trade["id"]}:stop"]'
+    wait_for(browser, shown.presence_of_element_located((By.CSS_SELECTOR, stop_row)), "no triggers listed")
+    assert browser.find_element(By.CSS_SELECTOR, f"{stop_row} button.remove").get_attribute("disabled") is not None
+
+    browser.find_element(By.CSS_SELECTOR, f"{stop_row} button.edit").click()
+    level = browser.find_element(By.CSS_SELECTOR, f"{stop_row} td.level input")
+    level.clear()
+    level.send_keys("147.5")
+    browser.find_element(By.CSS_SELECTOR, f"{stop_row} td.level button").click()
+    wait_for(browser, lambda d: "stop of AAPL" in d.find_element(By.ID, "flash").text, "the stop change not shown")
+    assert "set to 147.50 (was 145.00)" in text_of(browser, "#flash")
+
+    target_row = f'#triggers-table tr[data-trigger="{trade["id"]}:target"]'
+    browser.find_element(By.CSS_SELECTOR, f"{target_row} button.remove").click()
+    wait_for(browser, shown.visibility_of_element_located((By.ID, "confirm-dialog")), "no confirmation")
+    browser.find_element(By.ID, "confirm-yes").click()
+    wait_for(browser, lambda d: "removal recorded" in d.find_element(By.ID, "flash").text, "the removal not shown")
+
+    amends = db.query("analysis_decision", {"primary_action": "AMEND"}, order_by="id")
+    assert [(d["existing_trade_journal_id"], d["Approve"], d["executed"]) for d in amends] == \
+        [(trade["id"], True, False)] * 2
+    assert [{k: v for k, v in d["decision"].items() if k.startswith("planned")} for d in amends] == \
+        [{"planned_sl": "147.50"}, {"planned_tp": None}]
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#pending-list li:not(.empty)")) == 2,
+             "the two changes are not listed as waiting for the order monitor")
+
+    Select(browser.find_element(By.ID, "filter-type")).select_by_visible_text("STOP_LOSS")
+    browser.find_element(By.CSS_SELECTOR, "#orders-filter button[type=submit]").click()
+    wait_for(browser, lambda d: {r.find_elements(By.TAG_NAME, "td")[3].text for r in d.find_elements(
+        By.CSS_SELECTOR, "#orders-table tbody tr[data-order]")} == {"STOP_LOSS"}, "the orders are not filtered")
+    browser.find_element(By.CSS_SELECTOR, "#orders-table a.decision-link").click()
+    decision = trade["initial_analysis_id"]
+    wait_for(browser, shown.visibility_of_element_located((By.CSS_SELECTOR, f"#decision-{decision}.highlight")),
+             "the order's decision is not shown")
+    assert text_of(browser, "#detail-title").startswith(f"Trade #{trade['id']} AAPL: POSITION")
