@@ -23,7 +23,8 @@
     positions: [],
     pending: [],
     loads: 0,
-    busy: false,
+    running: null,
+    again: false,
   };
   const overrideRefresh = Number(new URLSearchParams(location.search).get("refresh"));
 
@@ -321,11 +322,11 @@
     if (!DECIMAL.test(text)) { flash(`level: ${JSON.stringify(text)} is not a number`, true); return; }
     try {
       const answer = await api("/api/triggers", { method: "POST", json: { trade_id: Number(tradeId), kind, level: text } });
-      flash(`${kind} of ${answer.symbol} #${answer.trade_id} set to ${answer.level} (was ${answer.previous ?? DASH}): ` +
-            `decision #${answer.decision_id}; the order monitor moves it at the broker at its next run`);
       state.editing = false;
       state.rendered.triggers = null;
-      await refresh();
+      await refresh();  // the message once the page shows the change (nothing is redrawn after it)
+      flash(`${kind} of ${answer.symbol} #${answer.trade_id} set to ${answer.level} (was ${answer.previous ?? DASH}): ` +
+            `decision #${answer.decision_id}; the order monitor moves it at the broker at its next run`);
     } catch (error) { flash(error.message, true); }
   }
 
@@ -339,8 +340,9 @@
     try {
       const reason = encodeURIComponent(confirmed.reason || "removed from the operator console");
       const answer = await api(`/api/triggers/${encodeURIComponent(trigger.id)}?reason=${reason}`, { method: "DELETE" });
-      flash(`${trigger.kind} of ${answer.symbol} #${answer.trade_id} removal recorded as decision #${answer.decision_id}`);
       await refresh();
+      flash(`${trigger.kind} of ${answer.symbol} #${answer.trade_id} removal recorded as decision #${answer.decision_id}: ` +
+            "the order monitor carries it out at its next run");
     } catch (error) { flash(error.message, true); }
   }
 
@@ -358,8 +360,8 @@
         method: "POST", json: { confirm: true, reason: confirmed.reason || "closed from the operator console", trade_id: position.trade_id },
       });
       const ids = answer.closes.map((c) => `#${c.decision_id}${c.already_requested ? " (already requested)" : ""}`).join(", ");
-      flash(`Close of ${answer.symbol} recorded as decision ${ids}: the order monitor carries it out at its next run`);
       await refresh();
+      flash(`Close of ${answer.symbol} recorded as decision ${ids}: the order monitor carries it out at its next run`);
     } catch (error) { flash(error.message, true); }
   }
 
@@ -550,14 +552,21 @@
 
   // ------------------------------------------------------------------ refresh
 
-  async function refresh() {
-    if (state.busy) return;
-    state.busy = true;
+  /** Reload every section. Called while a refresh runs, it runs once more after it (so a write's
+   *  effect is shown) and resolves when that one is done. */
+  function refresh() {
+    if (state.running) { state.again = true; return state.running; }
+    state.running = (async () => {
+      do { state.again = false; await refreshOnce(); } while (state.again);
+    })().finally(() => { state.running = null; });
+    return state.running;
+  }
+
+  async function refreshOnce() {
     $("#refresh-state").textContent = "refreshing…";
     const loads = [loadMarket, loadPortfolio, loadPositions, loadHistory, loadTrades, loadOrders, loadRefused, loadHealth, loadChecks];
     const results = await Promise.allSettled(loads.map((load) => load()));
     const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason.message);
-    state.busy = false;
     state.loads += 1;
     document.body.dataset.loads = String(state.loads);
     const stamp = new Date().toLocaleTimeString();
