@@ -612,3 +612,14 @@ def test_python_m_console_serves_the_api_at_the_url_it_prints(db: TradingDB, pg_
         server.terminate()
         server.wait(timeout=30)
     assert TOKEN not in (server.stdout.read() if server.stdout else "")
+
+
+def test_a_console_start_with_a_bad_setting_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    from console.__main__ import choose_database, main
+
+    monkeypatch.setenv("CONSOLE_TOKEN", "short")
+    assert main(["--test-mode"]) == 2
+    monkeypatch.delenv("CONSOLE_TOKEN")
+    assert main(["--test-mode", "--host", "192.0.2.10"]) == 2  # beyond localhost without a token
+    settings = make_settings()
+    assert choose_database(settings, "auto") == (settings, None)  # the test database is served as configured

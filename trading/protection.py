@@ -371,15 +371,34 @@ class Protector:
                                                  "client order id under the trade's lock)", self.now)
 
     def record(self, trade_id: int, row_id: int, order: BrokerOrder) -> SyncResult:
-        """Apply a broker answer to its row and trade in one transaction."""
+        """Apply a broker answer to its row and trade in one transaction.
+
+        A replaced order (or leg) is recorded with its successor, looked up first: the row ends
+        ``replaced`` only together with the row of the order that now does its job. Without it
+        (the listener recording a trailing stop's replace before the order monitor did), the
+        successor had no row, the trade looked unprotected and its protection was rebuilt at the
+        old stop, undoing the raise."""
+        index = self._successors(order)
         with self.db.transaction():
             trade = self.reconciler.trades.lock(trade_id)
             row = self.db.get_by_id("order_execution", row_id)
             assert trade is not None and row is not None
-            result = self.reconciler.sync(trade, row, order, now=self.now)
+            result = self.reconciler.sync(trade, row, order, now=self.now, index=index)
         if result.to_cancel:
             self.cancel_and_confirm(trade_id, result.to_cancel, reason="trade closed: its remaining orders go")
         return result
+
+    def _successors(self, order: BrokerOrder) -> dict[str, BrokerOrder]:
+        """The orders that replaced ``order`` or its legs, by broker id (a look-up each; a successor
+        the broker cannot find now is left to the next sync)."""
+        wanted = [o.replaced_by for o in (order, *order.legs) if o.status == "replaced" and o.replaced_by]
+        found: dict[str, BrokerOrder] = {}
+        for order_id in wanted:
+            try:
+                found[order_id] = self.broker.get_order(order_id)
+            except NotFoundError:
+                continue
+        return found
 
     def replace_and_record(self, trade_id: int, row: Row, *, stop_price: Decimal | None = None,
                            limit_price: Decimal | None = None,
@@ -549,12 +568,22 @@ class Protector:
         already works), ``closed``, ``deferred`` or ``failed`` (recorded; protection is restored).
 
         ``step``/``keep_escalation``: the escalator sending a later step of an exit it tracks."""
-        from trading.exits import Urgency, exit_step, latest_quote  # exits builds on the protector
+        from trading.exits import Urgency, exit_step, latest_quote, more_urgent  # exits builds on the protector
         view = self.view(trade_id)
         if view.trade["status"] in (TradeStatus.CLOSED.value, TradeStatus.CANCELLED.value):
             return "closed"
         if view.exits_open:
-            return "exiting"
+            working_urgency = view.trade.get("exit_urgency")
+            if keep_escalation or not more_urgent(urgency, working_urgency):
+                return "exiting"
+            # A gentler exit is walking (a CLOSE's limit at the mid) and this one may not wait (the
+            # kill switch's flatten, the day-end exit): its limit goes, this exit takes over.
+            if not self.cancel_and_confirm(trade_id, view.exits_open, reason=f"{exit_reason}: a {urgency} exit "
+                                           f"takes over the {working_urgency} one"):
+                return "deferred"
+            view = self.view(trade_id)
+            if view.trade["status"] in (TradeStatus.CLOSED.value, TradeStatus.CANCELLED.value):
+                return "closed"  # the limit filled before it could be canceled
         working = view.entry_working + view.protective_open
         if working and not self.cancel_and_confirm(trade_id, working, reason=f"{exit_reason}: exit requested",
                                                    entry_reason=entry_reason):
