@@ -311,7 +311,7 @@
   function editTrigger(row, trigger) {
     const input = el("input", { size: 9, inputmode: "decimal", value: trigger.level || "" });
     const save = el("button", { type: "button", text: "Save", onclick: () => setLevel(trigger.trade_id, trigger.kind, input.value) });
-    const cancel = el("button", { type: "button", text: "Back", onclick: () => { state.rendered.triggers = null; refresh(); } });
+    const cancel = el("button", { type: "button", text: "Back", onclick: () => { state.editing = false; state.rendered.triggers = null; refresh(); } });
     row.querySelector(".level").replaceChildren(input, " ", save, " ", cancel);
     state.editing = true;
     input.focus();
@@ -413,7 +413,10 @@
       },
       options: {
         animation: false, maintainAspectRatio: false, interaction: { mode: "index", intersect: false },
-        scales: { y: { ticks: { callback: (value) => "$" + group(String(Math.round(value))) } } },
+        scales: {
+          x: { ticks: { maxTicksLimit: 8, maxRotation: 0 } },
+          y: { ticks: { callback: (value) => "$" + group(String(Math.round(value))) } },
+        },
         plugins: {
           tooltip: {
             callbacks: {
