@@ -156,7 +156,7 @@ def test_the_dashboard_shows_the_book_to_the_cent_and_a_close_clicked_there_is_c
     # 10 x 149.95 + 5 x 399.95 = 3,499.25, later 10 x 155.25 + 5 x 398.10 = 3,543.00.
     assert [s["equity"] for s in snapshots] == [Decimal("99999.25"), Decimal("100043.00")]
 
-    browser.get(console_url)
+    browser.get(console_url + "?refresh=1")  # the exchange's market is open: the page refreshes itself each second
     wait_for(browser, shown.presence_of_element_located(
         (By.CSS_SELECTOR, '#positions-table tbody tr[data-symbol="MSFT"]')), "the positions table never filled")
     wait_for(browser, lambda d: d.find_element(By.ID, "equity").text != "—", "the overview never filled")
@@ -208,10 +208,18 @@ def test_the_dashboard_shows_the_book_to_the_cent_and_a_close_clicked_there_is_c
     assert (closed["status"], closed["exit_reason"], closed["actual_pnl"]) == \
         ("CLOSED", "CLOSE_REQUESTED", Decimal("52.00"))  # sold at the bid, 155.20
 
-    browser.refresh()
-    wait_for(browser, shown.presence_of_element_located(
-        (By.CSS_SELECTOR, f'#trades-table tr[data-trade="{closed["id"]}"]')), "the closed trade is not listed")
-    assert not browser.find_elements(By.CSS_SELECTOR, '#positions-table tr[data-symbol="AAPL"]')
+    # Shown by the page's own refresh while the market is open, and again after a reload.
+    for reload in (False, True):
+        if reload:
+            browser.refresh()
+            assert "refresh=1" in browser.current_url
+        wait_for(browser, shown.presence_of_element_located(
+            (By.CSS_SELECTOR, f'#trades-table tr[data-trade="{closed["id"]}"]')), "the closed trade is not listed")
+        wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, '#positions-table tr[data-symbol="AAPL"]'),
+                 "the closed position is still listed as open")
+    wait_for(browser, lambda d: "refreshing every 1 s while the market is open" in d.find_element(
+        By.ID, "refresh-state").text, "the page does not say it refreshes while the market is open")
+    assert text_of(browser, "#token-state") == "set for this tab"  # the token survives a reload of the tab
     assert row_cells(browser, "MSFT")["pnl"] == f"{MINUS}$9.50"
     closed_row = browser.find_element(By.CSS_SELECTOR, f'#trades-table tr[data-trade="{closed["id"]}"]')
     assert closed_row.find_element(By.CSS_SELECTOR, "td.exit-reason").text == "CLOSE_REQUESTED"
