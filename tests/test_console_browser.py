@@ -277,3 +277,15 @@ def test_a_stop_edited_and_a_target_cancelled_in_the_dashboard_are_recorded_and_
     wait_for(browser, shown.visibility_of_element_located((By.CSS_SELECTOR, f"#decision-{decision}.highlight")),
              "the order's decision is not shown")
     assert text_of(browser, "#detail-title").startswith(f"Trade #{trade['id']} AAPL: POSITION")
+
+
+def test_the_page_formats_money_from_the_decimal_strings_exactly(console_url: str, browser: Any) -> None:
+    browser.get(console_url)
+    shown = browser.execute_script(
+        "const f = window.consoleFormat; return [f.money('1234567.005'), f.money('-0.004', true),"
+        " f.money('-9.5', true), f.money('0.1', true), f.money('12345678901234567890.125'),"
+        " f.price('0.12345'), f.price('150'),"
+        " f.percent('-0.475'), f.quantity('10.000000'), f.money('abc'), f.money(null)]")
+    assert shown == ["$1,234,567.01", "$0.00", f"{MINUS}$9.50", "+$0.10",
+                     "$12,345,678,901,234,567,890.13",  # beyond a float's 15-17 digits: exact
+                     "$0.1235", "$150.00", f"{MINUS}0.48 %", "10", "abc", "—"]
