@@ -254,7 +254,9 @@ class Checker:
         for symbol in {o.symbol for o in truth.roots}:
             held = max(truth.positions.get(symbol, ZERO), ZERO)
             groups = [g for g in truth.roots if g.symbol == symbol and _open_sells(g)]
-            working = sum((_remaining(o) for g in groups for o in _open_sells(g) if o.status != "held"), ZERO)
+            # The legs of one group (OCO, bracket) reserve the same shares once: the largest counts.
+            working = sum((max((_remaining(o) for o in _open_sells(g) if o.status != "held"), default=ZERO)
+                           for g in groups), ZERO)
             if working > held:
                 add("no_short_no_oversell", f"{symbol}: working sells for {working} shares, {held} held")
             cover = sum((max(_remaining(o) for o in _open_sells(g)) for g in groups), ZERO)
