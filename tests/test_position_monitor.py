@@ -445,6 +445,39 @@ def test_shares_bought_outside_are_recorded_not_adopted_and_the_trade_keeps_its_
     assert snapshot(db) == again  # recorded once per quantity
 
 
+def test_stop_replaced_outside_and_seen_first_by_the_position_monitor_is_adopted_not_repaired_over(
+        db, broker, exchange, outside):
+    # Found by the chaos day (seed 15): the position monitor, syncing a trade's orders after shares
+    # were bought outside, recorded the person's replace of the stop as the stop's end without
+    # adopting its replacement; the order monitor then saw no stop and its repairs were refused
+    # (the replacement holds the shares) run after run, with the live stop missing from the tables.
+    add_decision(db, "AAPL", trade_style="DAYTRADE", planned_tp=None)  # an OTO: entry + stop
+    order_executor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
+    exchange.quotes(AAPL=("149.90", "150.00"))
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
+    cancel_protection_outside(outside, exchange)
+    exchange.step()
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))  # a stop of its own
+    exchange.step()  # acknowledged
+    [stop] = [o for o in open_exchange_orders(exchange) if o["side"] == "sell"]
+    assert (stop["order_class"], stop["client_order_id"][-3:]) == ("", "-p1")
+    replacement = outside.replace_order(stop["id"], stop_price=Decimal("146.00"))
+    outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(1), side="buy", kind="market",
+                                      time_in_force="day", client_order_id="dashboard-buy-1"))
+    exchange.step()  # the replace completes, the buy fills
+
+    run_position_monitor(db, broker)
+    summary = order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
+
+    assert summary.counts["protection_protected"] == 1 and summary.counts["protection_failed"] == 0
+    [adopted] = db.query("order_execution", {"alpaca_order_id": replacement.id})
+    assert (adopted["order_type"], adopted["order_status"], adopted["stop_price"]) == ("STOP_LOSS", "new",
+                                                                                        Decimal("146.00"))
+    assert position(db)["stop_loss_order_id"] == replacement.id
+    assert [r for r in db.query("order_execution") if r["order_status"] == "rejected"] == []
+    assert [o["id"] for o in open_exchange_orders(exchange) if o["side"] == "sell"] == [replacement.id]
+
+
 def test_orphan_broker_position_is_recorded_once_and_never_sold(db, broker, exchange, outside):
     open_aapl(db, broker, exchange)
     exchange.quotes(MSFT=("400.00", "400.10"))

@@ -56,6 +56,8 @@ Row = dict[str, Any]
 TRADE_LOCK_WAIT_SECONDS = 30.0
 #: Submissions of one order (same client order id) within one call when the broker does not answer.
 SEND_ATTEMPTS = 2
+#: Links of a replacement chain followed when an answer shows a replaced order.
+MAX_REPLACEMENT_LINKS = 5
 
 
 def _one_program_per_trade(busy: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -373,15 +375,37 @@ class Protector:
                                                  "client order id under the trade's lock)", self.now)
 
     def record(self, trade_id: int, row_id: int, order: BrokerOrder) -> SyncResult:
-        """Apply a broker answer to its row and trade in one transaction."""
+        """Apply a broker answer to its row and trade in one transaction; an order replaced at the
+        broker (a person moving a stop) brings its replacement, which is adopted."""
+        successors = self._successors(order)
         with self.db.transaction():
             trade = self.reconciler.trades.lock(trade_id)
             row = self.db.get_by_id("order_execution", row_id)
             assert trade is not None and row is not None
-            result = self.reconciler.sync(trade, row, order, now=self.now)
+            result = self.reconciler.sync(trade, row, order, now=self.now, index=successors)
         if result.to_cancel:
             self.cancel_and_confirm(trade_id, result.to_cancel, reason="trade closed: its remaining orders go")
         return result
+
+    def _successors(self, order: BrokerOrder) -> dict[str, BrokerOrder]:
+        """The orders that replaced ``order`` or its legs (a few links of a chain), looked up so
+        the sync adopts them: without them a replace would be recorded as the order's end and
+        the live replacement "repaired" over (refused, since it holds the shares)."""
+        found: dict[str, BrokerOrder] = {}
+        frontier = list(order.walk())
+        for _ in range(MAX_REPLACEMENT_LINKS):
+            wanted = sorted({o.replaced_by for o in frontier if o.status == "replaced" and o.replaced_by
+                             and o.replaced_by not in found})
+            if not wanted:
+                break
+            frontier = []
+            for order_id in wanted:
+                try:
+                    found[order_id] = successor = self.broker.get_order(order_id)
+                except NotFoundError:
+                    continue
+                frontier.extend(successor.walk())
+        return found
 
     def replace_and_record(self, trade_id: int, row: Row, *, stop_price: Decimal | None = None,
                            limit_price: Decimal | None = None,
