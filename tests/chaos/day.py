@@ -77,9 +77,10 @@ FAULT_KINDS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 #: (method, path) a fault may hit; ``None`` method: every method of the path.
 FAULT_TARGETS: tuple[tuple[str | None, str], ...] = (
-    ("POST", "/v2/orders"), ("GET", "/v2/orders"), ("GET", "/v2/orders/*"), ("PATCH", "/v2/orders/*"),
-    ("DELETE", "/v2/orders/*"), ("GET", "/v2/orders:by_client_order_id"), (None, "/v2/positions*"),
-    ("GET", "/v2/stocks/quotes/latest"), ("GET", "/v2/account"), ("GET", "/v2/clock"),
+    ("POST", "/v2/orders"), ("POST", "/v2/orders"), ("POST", "/v2/orders"), ("GET", "/v2/orders"),
+    ("GET", "/v2/orders/*"), ("PATCH", "/v2/orders/*"), ("DELETE", "/v2/orders/*"), ("DELETE", "/v2/orders/*"),
+    ("GET", "/v2/orders:by_client_order_id"), (None, "/v2/positions*"), ("GET", "/v2/stocks/quotes/latest"),
+    ("GET", "/v2/account"), ("GET", "/v2/clock"),
 )
 MUTATING = ("POST", "PATCH", "DELETE")
 
@@ -403,7 +404,7 @@ class ChaosDay:
             rule: dict[str, Any] = dict(spec, path=path, count=self.rng.randint(1, 3))
             if method is not None:
                 rule["method"] = method
-            if method in MUTATING and "drop" not in spec and self.rng.random() < 0.5:
+            if method in MUTATING and "drop" not in spec and self.rng.random() < 0.6:
                 rule["when"] = "after"  # the exchange accepted the request; the answer is lost
                 name = f"{name} after acceptance"
             answer = self.admin.fault(**rule)
@@ -499,9 +500,14 @@ class ChaosDay:
                     self.person.cancel_order_by_id(order.id)
                 except APIError:
                     pass  # already going
-        self.admin.step()  # the cancels complete (as the app waits for them)
+        self.admin.step()  # the cancels complete (as the app waits for them; legs one pass later)
+        self.admin.step()
         order = self.person.close_position(symbol)
         self.outside.add(symbol, "close", str(order.id))
+        for _ in range(10):  # a market order: the person sees it done (a partial fill completes)
+            self.admin.step()
+            if self.person.get_order_by_id(order.id).status.value == "filled":
+                break
         return symbol
 
     def _buy_more(self) -> bool:
