@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-requirements
 
-.PHONY: install demo test lint health bench chaos stream nocodb-test db-stop exchange-stop stop clean
+.PHONY: install demo test lint health bench chaos stream console nocodb-test db-stop exchange-stop stop clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,11 +32,15 @@ health: $(STAMP)   ## the health check: one line per check, exit 0 ok / 1 warnin
 stream: $(STAMP)   ## the trade-updates listener: fills recorded as they happen (Ctrl-C stops; see docs/operations.md)
 	$(BIN)/python trade_stream.py $(ARGS)
 
-bench: $(STAMP)    ## print the speed figures (paper exchange, executor, monitors)
+console: $(STAMP) ## the operator console (REST API, OpenAPI at /docs) on http://127.0.0.1:8080/ (see docs/console.md)
+	$(BIN)/python -m console $(ARGS)
+
+bench: $(STAMP)    ## print the speed figures (paper exchange, executor, monitors, console)
 	$(BIN)/python scripts/benchmark_paper_exchange.py
 	$(BIN)/python scripts/benchmark_executor.py
 	$(BIN)/python scripts/benchmark_order_monitor.py
 	$(BIN)/python scripts/benchmark_position_monitor.py
+	$(BIN)/python scripts/bench_console.py
 
 SEEDS ?= 20
 chaos: $(STAMP)    ## seeded chaos trading days, every invariant checked after every run (make chaos SEEDS=200; replay one: scripts/chaos_day.py --seed S)

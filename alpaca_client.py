@@ -32,7 +32,8 @@ import requests
 from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.data.historical.stock import StockHistoricalDataClient
-from alpaca.data.requests import StockLatestQuoteRequest
+from alpaca.data.requests import StockBarsRequest, StockLatestQuoteRequest
+from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import (
     AssetClass,
@@ -60,6 +61,7 @@ from config import VAR_DIR, AlpacaConfig, get_alpaca_config
 from trading.broker import (
     Account,
     Asset,
+    Bar,
     BrokerOrder,
     BrokerPosition,
     CallCounter,
@@ -446,6 +448,28 @@ class AlpacaBroker:
                 quotes[symbol] = Quote(symbol=symbol, bid=_dec(item.get("bp")) or Decimal("0"),
                                        ask=_dec(item.get("ap")) or Decimal("0"), timestamp=_time(item.get("t")))
         return quotes
+
+    def get_bars(self, symbol: str, start: dt.datetime, end: dt.datetime, *, minutes: int) -> list[Bar]:
+        """``symbol``'s bars of ``minutes`` minutes (1440 or more: daily bars) from ``start`` to
+        ``end``, oldest first (alpaca-py follows the pages). Bar prices are market data (JSON
+        numbers): they become Decimals through their text, never used for account money."""
+        if minutes >= 1440:
+            frame = TimeFrame(minutes // 1440, TimeFrameUnit.Day)
+        elif minutes % 60 == 0:
+            frame = TimeFrame(minutes // 60, TimeFrameUnit.Hour)
+        else:
+            frame = TimeFrame(max(1, minutes), TimeFrameUnit.Minute)
+        request = StockBarsRequest(symbol_or_symbols=symbol, timeframe=frame, start=start, end=end)
+        raw = self._call("get_bars", partial(self._data.get_stock_bars, request)) or {}
+        bars = []
+        for item in raw.get(symbol, []) if isinstance(raw, dict) else []:
+            bars.append(Bar(symbol=symbol, start=_required_time(item.get("t"), "t"), open=_dec(item.get("o")) or ZERO_D,
+                            high=_dec(item.get("h")) or ZERO_D, low=_dec(item.get("l")) or ZERO_D,
+                            close=_dec(item.get("c")) or ZERO_D, volume=_dec(item.get("v")) or ZERO_D))
+        return bars
+
+
+ZERO_D = Decimal("0")
 
 
 class _ListeningStream(TradingStream):

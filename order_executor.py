@@ -68,7 +68,15 @@ from trading.lifecycle import ExitReason, OrderType, TradeStatus
 from trading.logs import bind_log_fields
 from trading.market_time import MarketTime, trading_dates
 from trading.orders import entry_client_order_id
-from trading.plan import TradePlan, check_against_quote, parse_plan, referenced_ids
+from trading.plan import (
+    TradePlan,
+    check_against_quote,
+    is_from_console,
+    is_levels_only,
+    parse_levels,
+    parse_plan,
+    referenced_ids,
+)
 from trading.pricing import ZERO, mid_price
 from trading.program import ProgramRunner, RunContext, RunSummary, fixed_clock, main_for
 from trading.protection import Protector, find_order
@@ -362,6 +370,8 @@ class OrderExecutor:
         if action == "CANCEL":
             return self._cancel(ctx, decision_id, protector)
         if action == "AMEND":
+            if is_levels_only(row):
+                return self._amend_levels(ctx, decision_id, protector)
             return self._amend(ctx, decision_id, reconciler, protector)
         return self._close(ctx, decision_id, protector)
 
@@ -387,6 +397,8 @@ class OrderExecutor:
             except RejectedError:
                 return None
             symbol = trade["symbol"]
+        if is_levels_only(row):
+            action = "CLOSE" if action == "AMEND" else action  # moves protection only: waits only while HALTED
         if action in ("NEW_TRADE", "AMEND"):
             expired = self._held_and_expired(ctx, row)
             if expired is not None:
@@ -398,7 +410,8 @@ class OrderExecutor:
         if action in ("CANCEL", "CLOSE"):
             if mode is not TradingMode.HALTED:
                 return None
-            return StateVerdict("held", f"held back: {where}; no {action} is sent to the broker while HALTED "
+            return StateVerdict("held", f"held back: {where}; no {row.get('primary_action') or action} is sent to the "
+                                        "broker while HALTED "
                                         "(FLATTEN closes everything); it runs when trading resumes", symbol)
         if action == "AMEND":
             assert trade is not None
@@ -779,6 +792,79 @@ class OrderExecutor:
             return self._refuse(ctx, row, f"trade {trade['id']}: the broker refused the exit; protection restored "
                                           "(see audit_event)", code="CLOSE_FAILED")
 
+    def _amend_levels(self, ctx: RunContext, decision_id: int, protector: Protector) -> Outcome:
+        """A levels-only AMEND: the open position's stop, target or trailing distance changes and
+        its broker-held protection moves with it (``Protector.change_levels``, under the trade's lock)."""
+        def position_with_valid_levels(row: Row, trade: Row) -> Outcome | None:
+            if trade["status"] != TradeStatus.POSITION.value:
+                return self._refuse(ctx, row, f"trade {trade['id']} is {trade['status']}: a levels-only AMEND needs "
+                                              "an open position (an unfilled entry is amended with a full plan)",
+                                    code="NOT_A_POSITION")
+            try:
+                parse_levels(row, trade)
+            except RejectedError as exc:
+                return self._refuse(ctx, row, exc)
+            return None
+
+        trade, ended = self._claim_open_trade(ctx, decision_id, "amend", position_with_valid_levels)
+        if trade is None:
+            assert ended is not None
+            return ended
+        row = self.db.get_by_id("analysis_decision", decision_id)
+        assert row is not None
+        change = parse_levels(row, trade)
+        result = protector.change_levels(trade["id"], change.changes, reason=f"AMEND decision {decision_id} (levels)")
+        if result == "deferred":
+            return Outcome("deferred", "the protection's change is not confirmed by the broker yet")
+        with self.db.transaction():
+            row = self._claim(decision_id)
+            if row is None:
+                return Outcome("skipped", "claimed by another run")
+            levels = ", ".join(f"{key} {'removed' if value is None else value}"
+                               for key, value in change.changes.items())
+            if result in ("changed", "unchanged"):
+                reason = f"trade {trade['id']}: {levels}" + (" (already so)" if result == "unchanged" else
+                                                              "; the broker-held protection moved with them")
+                self._finish(ctx, row, accepted=True, reason=reason, trade_id=trade["id"])
+                return Outcome("amended", reason)
+            if result == "exiting":
+                return self._refuse(ctx, row, f"trade {trade['id']} is being closed: its exit works on the shares; "
+                                              "levels not changed", code="ALREADY_CLOSING")
+            if result == "not_open":
+                return self._refuse(ctx, row, f"trade {trade['id']} holds no shares any more: levels not changed",
+                                    code="NOTHING_TO_AMEND")
+            return self._refuse(ctx, row, f"trade {trade['id']}: the broker refused to move the protection to "
+                                          f"{levels}; the levels are recorded and the position keeps a stop (see "
+                                          "audit_event)", code="AMEND_FAILED")
+
+    def carry_out_for_monitor(self, ctx: RunContext, reconciler: Reconciler, protector: Protector) -> None:
+        """The decisions the order monitor carries out within its run, instead of waiting for the
+        executor's 09:45 run: the operator console's CLOSE decisions (in the session only: a CLOSE
+        sells at the market) and every levels-only AMEND. The same path as the executor's own run
+        (claim, trading state, trade lock, audit), counted as ``decision_<outcome>``."""
+        rows = self.db.execute_query(
+            'SELECT id, ticker, primary_action, decision FROM analysis_decision WHERE executed = false '
+            'AND "Approve" = true AND upper(btrim(primary_action)) IN (\'CLOSE\', \'AMEND\') ORDER BY created_at, id')
+        wanted = [r["id"] for r in rows if is_levels_only(r) or (
+            str(r["primary_action"]).strip().upper() == "CLOSE" and is_from_console(r) and ctx.market.is_open)]
+        for decision_id in wanted:
+            bind_log_fields(decision_id=decision_id)
+            try:
+                outcome = self._handle(ctx, decision_id, reconciler, protector)
+            except TransientError as exc:
+                ctx.summary.warn(f"decision {decision_id} deferred, retried next run: {exc}")
+                self._note_deferred(ctx, decision_id, f"transient failure, retried next run: {exc}")
+                raise
+            except Exception as exc:  # a bug or the unexpected: this decision waits, the run goes on
+                logger.exception("%s: decision %s failed", ctx.summary.program, decision_id)
+                ctx.summary.warn(f"decision {decision_id}: {type(exc).__name__}: {exc}")
+                self._note_deferred(ctx, decision_id, f"unexpected error, retried next run: {type(exc).__name__}: "
+                                                      f"{exc}")
+                continue
+            ctx.summary.add(f"decision_{outcome.kind}")
+            logger.info("%s: decision %s -> %s%s", ctx.summary.program, decision_id, outcome.kind,
+                        f" ({outcome.reason})" if outcome.reason else "")
+
     # ------------------------------------------------------------------ NO_ACTION
 
     def _no_action(self, ctx: RunContext, row: Row) -> Outcome:
@@ -822,6 +908,11 @@ class OrderExecutor:
                                                                           "CLOSE") else None
             if verdict is not None:
                 return Outcome("would_hold" if verdict.kind == "held" else "would_refuse", verdict.reason)
+            if is_levels_only(row):
+                trade = self._referenced_trade(row)
+                change = parse_levels(row, trade)
+                return Outcome("would_amend_levels", f"trade {trade['id']} ({trade['status']}): "
+                                                     + ", ".join(f"{k} {v}" for k, v in change.changes.items()))
             if action in ("NEW_TRADE", "AMEND"):
                 plan = parse_plan(row)
                 state = self._risk_state(ctx)

@@ -18,6 +18,9 @@ One run, under the monitor's advisory lock (a second run at the same time exits 
    Consequences: an entry fill opens (or grows) the position; an entry that ends with
    nothing filled cancels the trade; an exit fill books P&L and closes the trade when no share
    is left, and its remaining sibling orders are canceled.
+   Then the decisions that cannot wait for the executor's 09:45 run are carried out by the
+   executor's own code path: CLOSE decisions recorded by the operator console (in the session)
+   and levels-only AMENDs (a position's stop, target or trailing distance moved).
 2. **Day-end exit.** From ``DAYTRADE_EXIT_MINUTES_BEFORE_CLOSE`` before the close (15:50, or
    12:50 on an early close) unfilled DAYTRADE entries are canceled and DAYTRADE positions are
    sold (protection canceled first), exit reason DAY_END_EXIT. A day trade found open on a
@@ -108,6 +111,12 @@ class OrderMonitor:
         protector.foreign = AccountGuard(self.db, self.broker, ctx.audit, ctx.summary.warn).foreign_trades()
         ctx.summary.add("other_account_trades", len(protector.foreign))
         self._sync(ctx, reconciler, protector)
+        # The operator's Close and level changes (console/) are carried out now, by the executor's
+        # own code path, instead of waiting for its 09:45 run.
+        from order_executor import OrderExecutor
+
+        OrderExecutor(self.db, self.broker, self.settings, sleep=self.sleep).carry_out_for_monitor(
+            ctx, reconciler, protector)
         if ctx.state.flatten_scopes():
             self._flatten(ctx, protector)
         self._day_end(ctx, protector)

@@ -157,8 +157,10 @@ class TradeStreamListener:
 
     def __init__(self, db: Any, broker: Any, settings: Settings, *,
                  stream_factory: Callable[..., Any] | None = None,
-                 clock: Callable[[], dt.datetime] = wall_clock) -> None:
+                 clock: Callable[[], dt.datetime] = wall_clock,
+                 coalesce_seconds: float = COALESCE_SECONDS) -> None:
         self.db = db
+        self.coalesce_seconds = coalesce_seconds
         self.broker = broker
         self.recorder = StreamRecorder(db, broker, settings)
         self.status = StreamStatus(db)
@@ -166,6 +168,9 @@ class TradeStreamListener:
         self.updates: queue.Queue[TradeUpdate] = queue.Queue()
         self.connected = threading.Event()
         self.counts: dict[str, int] = {}
+        #: Events taken off the queue and recorded (or found not ours): what a caller that moves
+        #: a simulated clock waits for before the next program run (scripts/simulate_day.py).
+        self.events_handled = 0
         if stream_factory is None:
             from alpaca_client import TradeUpdateStream
             stream_factory = TradeUpdateStream
@@ -190,9 +195,10 @@ class TradeStreamListener:
                     reported_connect = self._connected_at
                     self.status.update(connected_since=reported_connect, last_error=None)
                     logger.info("%s: connected to the trade-updates stream", PROGRAM)
-                batch = self._next_batch()
+                batch, taken = self._next_batch()
                 for update in batch:
                     self._record(update)
+                self.events_handled += taken
                 now = self.clock()
                 if (now - last_beat).total_seconds() >= HEARTBEAT_SECONDS:
                     self.status.update(heartbeat_at=now)
@@ -203,21 +209,24 @@ class TradeStreamListener:
             self.status.update(stopped_at=self.clock(), connected_since=None)
         return dict(self.counts)
 
-    def _next_batch(self) -> list[TradeUpdate]:
-        """The events of the next moment, the latest per order (they are hints; one look-up each)."""
+    def _next_batch(self) -> tuple[list[TradeUpdate], int]:
+        """The events of the next moment, the latest per order (they are hints; one look-up each),
+        and how many events they stand for."""
         try:
             first = self.updates.get(timeout=0.5)
         except queue.Empty:
-            return []
+            return [], 0
         latest: dict[str, TradeUpdate] = {first.order.id: first}
-        deadline = self.clock() + dt.timedelta(seconds=COALESCE_SECONDS)
+        taken = 1
+        deadline = self.clock() + dt.timedelta(seconds=self.coalesce_seconds)
         while self.clock() < deadline:
             try:
-                update = self.updates.get(timeout=COALESCE_SECONDS / 4)
+                update = self.updates.get(timeout=self.coalesce_seconds / 4)
             except queue.Empty:
                 continue
             latest[update.order.id] = update
-        return list(latest.values())
+            taken += 1
+        return list(latest.values()), taken
 
     def _record(self, update: TradeUpdate) -> None:
         try:

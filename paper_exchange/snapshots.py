@@ -20,8 +20,9 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from .bars import TimeFrame, aggregate, iter_symbols
-from .errors import bad_request, not_found
+from .bars import TimeFrame, aggregate
+from .errors import not_found
+from .market_data import symbol_list
 from .timeutil import UTC, eastern_datetime, to_eastern
 
 # How far back to look for the last minute bar and the last two daily bars: further than any
@@ -112,10 +113,4 @@ class MarketSnapshotsApi:
 
 def _known(exchange: Any, symbols: str | Iterable[str]) -> list[str]:
     """The requested symbols the exchange knows, in request order (400 when none is given)."""
-    if isinstance(symbols, str):
-        wanted = list(iter_symbols(symbols))
-    else:
-        wanted = [s.strip().upper() for s in symbols if s and s.strip()]
-    if not wanted:
-        raise bad_request("symbols is required")
-    return [s for s in wanted if exchange.market.state(s) is not None]
+    return [s for s in symbol_list(symbols) if exchange.market.state(s) is not None]

@@ -10,12 +10,17 @@ Checks:
   database, where the programs refuse to start; a warning on the embedded or test database,
   which the next program run completes).
 - ``broker``: the broker's clock answers (critical otherwise); says whether the market is open.
+- ``trading_state``: the kill switch (``trading_state``, ``scripts/trading_state.py status``):
+  ok while the account and every symbol are ``ACTIVE``; a warning naming each ``REDUCE_ONLY``
+  or ``HALTED`` scope with its reason, who set it (a person, or ``breaker:<name>``) and when;
+  critical while a ``FLATTEN`` is under way (positions are being closed).
 - ``order_executor``, ``order_monitor``, ``position_monitor``: during market hours, each
   program's last successful run (``program_run``) is recent enough: the monitors within twice
   their interval (10 and 20 minutes by default), the executor today once its time plus 30
   minutes has passed. A stale program is a warning. Outside market hours these are ok.
 - ``protection``: every open position has live stop orders for its whole quantity
-  (``order_execution`` against ``position_tracking``); one that does not is critical.
+  (``order_execution`` against ``position_tracking``); one that does not is critical. A position
+  being closed counts its working exit sell (its stop was canceled for exactly those shares).
 - ``orphan_positions``: the broker holds no symbol that no open trade explains (warning).
 - ``short_selling``: the broker account is long-only (Alpaca account configuration
   ``no_shorting`` true). An account that allows short selling is a warning: a sell beyond the
@@ -61,6 +66,7 @@ from trading.logs import configure_logging
 from trading.market_time import EASTERN, MarketTime, read_market_time, to_eastern
 from trading.program import register_raw_secrets, register_secrets
 from trading.protection import ProtectionView
+from trading.state import ACCOUNT_SCOPE, TradingMode, read_trading_state
 
 OK, WARNING, CRITICAL, SKIPPED = "ok", "warning", "critical", "skipped"
 SEVERITY = {OK: 0, SKIPPED: 0, WARNING: 1, CRITICAL: 2}
@@ -121,6 +127,22 @@ def check_database(db: TradingDB) -> Check:
         return Check("database", CRITICAL, f"reachable ({db.config.describe()}) but the schema lacks {lacks}: the "
                                            "programs refuse to start; run scripts/create_production_tables.py")
     return Check("database", OK, f"reachable ({db.config.describe()})")
+
+
+def check_trading_state(db: TradingDB) -> Check:
+    """The kill switch as the programs read it at the start of their runs."""
+    restricted = read_trading_state(db).restricted_scopes()
+    if not restricted:
+        return Check("trading_state", OK, "ACTIVE: entries, exits and protection all allowed")
+    parts = []
+    for scope in restricted:
+        where = "account" if scope.scope == ACCOUNT_SCOPE else scope.scope
+        since = f" since {to_eastern(scope.changed_at):%Y-%m-%d %H:%M} ET" if scope.changed_at else ""
+        by = scope.source if scope.source and scope.source != "manual" else scope.changed_by
+        parts.append(f"{where} {scope.mode.value}{since}" + (f" by {by}" if by else "")
+                     + (f": {scope.reason}" if scope.reason else ""))
+    status = CRITICAL if any(scope.mode is TradingMode.FLATTEN for scope in restricted) else WARNING
+    return Check("trading_state", status, "; ".join(parts) + " (resume: scripts/trading_state.py resume --reason ...)")
 
 
 def check_broker(broker: Broker) -> tuple[Check, MarketTime | None]:
@@ -189,11 +211,16 @@ def check_protection(db: TradingDB) -> Check:
     orders: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in db.query("order_execution", {"trade_journal_id": ids}, order_by="id"):
         orders[row["trade_journal_id"]].append(row)
-    unprotected, over = [], []
+    unprotected, over, closing = [], [], []
     for trade in trades:
         view = ProtectionView(trade, positions.get(trade["id"]), orders[trade["id"]])
+        # A trade being closed has its stop canceled for exactly the exit's shares (Alpaca refuses a
+        # second sell of the same shares): the working exit sell covers them (trading/exits.py).
+        exiting = sum((Decimal(r["qty"] or 0) - Decimal(r["filled_qty"] or 0) for r in view.exits_open), Decimal(0))
         if view.position is None:
             unprotected.append(f"trade {trade['id']} {trade['symbol']} has no position_tracking row")
+        elif exiting and view.stop_qty + exiting >= view.position_qty:
+            closing.append(f"trade {trade['id']} {trade['symbol']}")
         elif view.stop_qty < view.position_qty:
             unprotected.append(f"trade {trade['id']} {trade['symbol']}: {view.position_qty:f} shares, live stops "
                                f"cover {view.stop_qty:f}")
@@ -205,7 +232,9 @@ def check_protection(db: TradingDB) -> Check:
                      " (order_monitor repairs protection on its next run)")
     if over:
         return Check("protection", WARNING, "more stop than shares: " + "; ".join(over))
-    return Check("protection", OK, f"{len(trades)} open position{'s' if len(trades) != 1 else ''}, all protected")
+    being_closed = f" ({len(closing)} being closed by its exit order: {', '.join(closing)})" if closing else ""
+    return Check("protection", OK, f"{len(trades)} open position{'s' if len(trades) != 1 else ''}, all protected"
+                 + being_closed)
 
 
 def check_orphans(db: TradingDB, broker: Broker) -> Check:
@@ -334,6 +363,8 @@ def run_checks(settings: Settings, *, connect_db: Callable[[], TradingDB], conne
         database = check_database(db)
         checks.append(database)
         db_ok = database.status != CRITICAL
+        checks.extend(_guarded("trading_state", lambda: check_trading_state(db)) if db_ok
+                      else [Check("trading_state", SKIPPED, "not checked: database unavailable")])
         broker: Broker | None
         try:
             broker = connect_broker()

@@ -16,10 +16,22 @@ What happens:
    over the day; at each one the exchange's clock is moved there and the job runs with the
    scheduler's own job function: executor 09:45, order monitor every 5 minutes, position
    monitor every 10 minutes, the day-trade exit 10 minutes before the close, evening runs.
-5. At 11:00 the "upstream workflow" writes a CANCEL for one resting entry and an AMEND for the
-   other. The executor runs once a day, so the demo adds one extra executor run at 12:00
-   (demo only, marked as such) to show both being handled the same day.
-6. A summary table ends the day, and the database stays for SQL inspection.
+5. At 11:00 the "upstream workflow" writes a CANCEL for one resting entry, an AMEND for the
+   other and a CLOSE of the AAPL position. The executor runs once a day, so the demo adds one
+   extra executor run at 12:00 (demo only, marked as such) to show them handled the same day.
+   The CLOSE is an *escalating exit* (``EXIT_URGENCY_CLOSE=NORMAL`` in the demo): a limit at the
+   mid, walked toward the bid by the order monitor's runs, then a market order.
+6. META's bracket has a *trailing stop* (``trailing_stop_pct``): the position monitor raises its
+   broker-held stop as the price makes new highs. Each raise and each exit step is a progress line.
+7. The trade-updates listener (``trade_stream.py``) runs beside the programs, as in production:
+   most fills are in the tables before the next order-monitor run; the summary counts the fills
+   recorded by the stream and by polling.
+8. A summary table ends the day, and the database stays for SQL inspection.
+
+``--loss-day`` plays the same day with a crash: at 12:30 every price falls 1.5 % at once, a loss
+beyond the day's ``DAILY_LOSS_LIMIT`` ($300 for this day). The daily-loss breaker flattens the
+account by itself (every open order canceled, every position sold, then HALTED); the
+end-of-day report and the notifications (``notification_outbox``) say so.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import functools
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -85,6 +98,16 @@ START_OF_DAY = dt.time(9, 0)
 UPSTREAM_CHANGES_AT = dt.time(11, 0)
 EXTRA_EXECUTOR_AT = dt.time(12, 0)
 CENT = Decimal("0.01")
+#: --loss-day: the crash's moment and size, and the day's loss limit it goes beyond.
+CRASH_AT = dt.time(12, 30)
+CRASH_FALL = Decimal("0.015")
+LOSS_DAY_LIMIT = Decimal("300")
+#: AAPL's spread at 11:00 (the CLOSE's limit at the mid then rests, and its walk shows).
+THIN_SPREAD = Decimal("0.003")
+#: The demo's exits: the CLOSE walks from the mid (the default, HIGH, sells at the bid at once).
+DEMO_MONITOR_SETTINGS = {"EXIT_URGENCY_CLOSE": "NORMAL"}
+#: Audit events told as progress lines (the trade's status does not change when they happen).
+TOLD_EVENTS = ("STOP_RAISED", "EXIT_STEP", "BREAKER_TRIPPED", "TRADING_STATE_CHANGED")
 
 
 def eastern(day: dt.date, at: dt.time) -> dt.datetime:
@@ -110,6 +133,8 @@ def _price(value: Decimal) -> Decimal:
     return value.quantize(CENT)
 
 
+#: The plans whose stop trails the high (the plan key ``trailing_stop_pct``, trading/trailing.py).
+TRAILING_PCT = {"META": Decimal("1.5")}
 #: (ticker, style, entry vs. the opening mid, stop below entry, target above entry, shares, note)
 #: Entries 1 % above the mid fill at the executor's run; entries 3 % below rest all day (within
 #: MAX_ENTRY_DRIFT_PCT of the 09:45 quote, so they are placed, not refused as STALE_PLAN).
@@ -118,7 +143,7 @@ SAMPLE_PLANS: tuple[tuple[str, str, str, str, str | None, int, str], ...] = (
     ("MSFT", "SWING", "1.01", "0.010", "0.012", 15, "bracket: fills, tight exits"),
     ("NVDA", "SWING", "1.01", "0.015", "0.020", 50, "bracket: fills"),
     ("AMD", "SWING", "1.01", "0.012", "0.010", 40, "bracket: fills, close target"),
-    ("META", "SWING", "1.01", "0.020", "0.030", 10, "bracket: fills, wide exits"),
+    ("META", "SWING", "1.01", "0.020", "0.030", 10, "bracket with a trailing stop 1.5 % below the high"),
     ("TSLA", "DAYTRADE", "1.01", "0.030", None, 25, "day trade: flattened before the close"),
     ("AMZN", "DAYTRADE", "1.01", "0.008", None, 30, "day trade: tight stop"),
     ("JPM", "SWING", "0.97", "0.02", "0.05", 20, "rests below the market; CANCEL at 11:00"),
@@ -152,6 +177,8 @@ def seed_decisions(db: TradingDB, broker: AlpacaBroker, now: dt.datetime) -> dic
                                 "trade_style": style, "planned_qty": qty}
         if target_pct is not None:
             plan["planned_tp"] = _price(max(entry, mid) * (1 + Decimal(target_pct)))
+        if ticker in TRAILING_PCT:
+            plan["trailing_stop_pct"] = TRAILING_PCT[ticker]
         ids[ticker] = insert_decision(db, ticker, "NEW_TRADE", plan, created_at=now)
     # Malformed: the stop is above the entry (a short plan; only long trades are supported).
     ids["malformed"] = insert_decision(db, "NFLX", "NEW_TRADE",
@@ -165,10 +192,10 @@ def seed_decisions(db: TradingDB, broker: AlpacaBroker, now: dt.datetime) -> dic
 
 
 def upstream_changes(db: TradingDB, broker: AlpacaBroker, ids: dict[str, int], now: dt.datetime) -> list[str]:
-    """11:00: CANCEL the JPM entry, AMEND the GOOGL entry to buy at the market now."""
+    """11:00: CANCEL the JPM entry, AMEND the GOOGL entry to buy at the market now, CLOSE AAPL."""
     done: list[str] = []
     trades = {row["initial_analysis_id"]: row for row in db.query("trade_journal")}
-    jpm, googl = trades.get(ids["JPM"]), trades.get(ids["GOOGL"])
+    jpm, googl, aapl = trades.get(ids["JPM"]), trades.get(ids["GOOGL"]), trades.get(ids["AAPL"])
     if jpm is not None:
         decision_id = insert_decision(db, "JPM", "CANCEL", {"reason": "thesis no longer valid"}, trade_id=jpm["id"],
                                       created_at=now)
@@ -180,7 +207,21 @@ def upstream_changes(db: TradingDB, broker: AlpacaBroker, ids: dict[str, int], n
                 "planned_tp": _price(entry * Decimal("1.02")), "trade_style": "SWING", "planned_qty": 30}
         decision_id = insert_decision(db, "GOOGL", "AMEND", plan, trade_id=googl["id"], created_at=now)
         done.append(f"AMEND decision {decision_id} for trade {googl['id']} GOOGL: entry {entry}")
+    if aapl is not None and aapl["status"] == "POSITION":
+        decision_id = insert_decision(db, "AAPL", "CLOSE", {"reason": "take the gain before earnings"},
+                                      trade_id=aapl["id"], created_at=now)
+        done.append(f"CLOSE decision {decision_id} for trade {aapl['id']} AAPL (an exit that walks from the mid)")
     return done
+
+
+def thin_market(exchange: PaperExchange, broker: AlpacaBroker, symbol: str, spread: Decimal) -> str:
+    """``symbol``'s market thins: the spread widens to ``spread`` around the mid and the quote
+    stands still (set by hand), so an exit limit at the mid rests and its walk shows."""
+    quote = broker.get_latest_quotes([symbol])[symbol]
+    mid = (quote.bid + quote.ask) / 2
+    bid, ask = _price(mid * (1 - spread / 2)), _price(mid * (1 + spread / 2))
+    exchange.set_quotes({symbol: {"bid": str(bid), "ask": str(ask)}})
+    return f"{symbol}'s market thins: bid {bid}, ask {ask} (spread {spread * 100:.2f} %), standing still"
 
 
 # --------------------------------------------------------------------------- the day
@@ -197,6 +238,8 @@ class DayResult:
     wall_seconds: float
     decision_ids: dict[str, int]
     database: PostgresConfig
+    #: Fills booked (``ORDER_FILL`` audit rows), by the listener and by polling together.
+    fills_recorded: int = 0
 
 
 def reset_database(config: PostgresConfig) -> None:
@@ -224,13 +267,22 @@ class TradeWatcher:
 
     def __init__(self, db: TradingDB) -> None:
         self.db = db
-        self.seen: dict[int, str] = {}
+        self.seen: dict[int, tuple[str, Any]] = {}
+        self.last_event = 0
 
     def changes(self) -> list[str]:
         lines = []
+        # The raises of trailing stops, the steps of exits, the breakers and the trading state.
+        for event in self.db.execute_query(
+                "SELECT id, event, entity_id, symbol, reason FROM audit_event WHERE id > %s AND event = ANY(%s) "
+                "ORDER BY id", (self.last_event, list(TOLD_EVENTS))):
+            self.last_event = int(event["id"])
+            about = f"trade {event['entity_id']} {event['symbol']}: " if event["event"] in TOLD_EVENTS[:2] else ""
+            lines.append(f"{about}{event['event'].lower().replace('_', ' ')}: {event['reason']}")
         for trade in self.db.query("trade_journal", order_by="id"):
-            # A partial entry fill (status still ORDERED, actual_qty growing) is news too.
-            state = (trade["status"], trade["actual_qty"])
+            # A partial entry fill (status still ORDERED, actual_qty growing) is news too, and so
+            # is an exit starting (exit_urgency set while still a POSITION).
+            state = (trade["status"], trade["actual_qty"], trade["exit_urgency"])
             if self.seen.get(trade["id"]) == state:
                 continue
             was = self.seen.get(trade["id"])
@@ -243,7 +295,15 @@ class TradeWatcher:
             elif trade["status"] == "ORDERED":
                 lines.append(f"{head}: entry working, limit {display_price(trade['planned_entry'])} x "
                              f"{Decimal(trade['planned_qty'] or 0):.0f}")
+            elif trade["status"] == "POSITION" and trade["exit_urgency"] and (was is None or not was[2]):
+                exits = self.db.query("order_execution", {"trade_journal_id": trade["id"], "order_type": "EXIT"},
+                                      order_by="id")
+                limit = exits[-1]["limit_price"] if exits else None
+                lines.append(f"{head}: closing, a {trade['exit_urgency']} exit: "
+                             + (f"limit {display_price(limit)} first" if limit is not None else "market order"))
             elif trade["status"] == "POSITION":
+                if was is not None and was[0] == "POSITION" and was[1] == trade["actual_qty"]:
+                    continue  # (an exit step: told from its audit row)
                 if was is not None and was[0] == "POSITION":
                     lines.append(f"{head}: now {Decimal(trade['actual_qty']):.0f} shares")
                     continue
@@ -258,30 +318,82 @@ class TradeWatcher:
         return lines
 
 
+class Listener:
+    """The trade-updates listener (trade_stream.py) in a thread of the demo, on its own connection.
+
+    The demo moves a simulated clock; before each program run it waits until the listener has
+    recorded every event the exchange published (``settle``), so a seed repeats its day. Fills
+    that happen during a run (an exit's wait passes the clock) meet the listener as in
+    production: whichever records first, the other finds the row as the broker says it."""
+
+    def __init__(self, server: Any, postgres: PostgresConfig, settings: Settings) -> None:
+        from trade_stream import TradeStreamListener
+
+        self.stream = server.stream
+        self.db = TradingDB(config=postgres, application_name="trade_stream").connect()
+        # No gathering of bursts: the demo's clock stands still while it waits for the listener.
+        self.listener = TradeStreamListener(self.db, AlpacaBroker(base_url=server.url, timeout=10), settings,
+                                            coalesce_seconds=0.0)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.listener.run, args=(self.stop,), name="demo-trade-stream",
+                                       daemon=True)
+        self.thread.start()
+        if not self.listener.connected.wait(10):
+            raise TradingError("the trade-updates listener did not connect to the paper exchange's stream")
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Publish what changed and wait until the listener has recorded it."""
+        self.stream.publish_changes()
+        deadline = time.monotonic() + timeout
+        while self.listener.events_handled < self.stream.events_published and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+        self.db.close()
+
+
+def crash(exchange: PaperExchange, broker: AlpacaBroker, fall: Decimal) -> list[str]:
+    """Every sample symbol's quote falls by ``fall`` at once (and stays where the crash left it:
+    the exchange's simulator leaves a quote set by hand alone)."""
+    quotes = broker.get_latest_quotes([plan[0] for plan in SAMPLE_PLANS])
+    moved = {symbol: {"bid": str(_price(q.bid * (1 - fall))), "ask": str(_price(q.ask * (1 - fall)))}
+             for symbol, q in quotes.items() if q.bid > 0 and q.ask > 0}
+    exchange.set_quotes(moved)
+    return sorted(moved)
+
+
 def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
             schedule: ScheduleConfig | None = None, out: TextIO = sys.stdout,
-            volatility: float = VOLATILITY) -> DayResult:
-    """Simulate ``day`` on the database ``postgres`` (emptied first) and print its progress."""
+            volatility: float = VOLATILITY, loss_day: bool = False, stream: bool = True) -> DayResult:
+    """Simulate ``day`` on the database ``postgres`` (emptied first) and print its progress.
+
+    ``loss_day``: the crash at 13:00 beyond the day's loss limit (the account flattens itself);
+    ``stream``: the trade-updates listener runs beside the programs."""
     started = time.monotonic()
     calendar_rules = NyseCalendar()
     if not calendar_rules.is_trading_day(day):
         raise ValueError(f"{day} is not a trading day")
     write: Callable[[str], None] = lambda text: print(text, file=out, flush=True)  # noqa: E731
     watcher_db: TradingDB | None = None
+    listener: Listener | None = None
 
     reset_database(postgres)
     exchange = PaperExchange(seed=seed, simulated_clock=True, start_time=eastern(day, START_OF_DAY),
                              price_simulation=True, annual_volatility=volatility, history_days=1)
     from paper_exchange.ratelimit import UNTHROTTLED_REQUESTS_PER_MINUTE  # a simulated day is not a program's pace
 
-    server = start_server(exchange=exchange, rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE)
+    server = start_server(exchange=exchange, rate_limit=UNTHROTTLED_REQUESTS_PER_MINUTE,
+                          stream_port=0 if stream else None)
     try:
         broker = AlpacaBroker(base_url=server.url, data_url=server.url, timeout=10)
         settings = Settings(
             test_mode=False, postgres=postgres,
             alpaca=AlpacaConfig(Secret("demo"), Secret("demo"), "local", server.url, server.url),
             schedule=schedule or get_schedule_config({k: v for k, v in os.environ.items() if k in SCHEDULE_VARIABLES}),
-            risk=get_risk_limits({}), monitor=get_monitor_config({}), log_level="WARNING")
+            risk=get_risk_limits({"DAILY_LOSS_LIMIT": str(LOSS_DAY_LIMIT)} if loss_day else {}),
+            monitor=get_monitor_config(DEMO_MONITOR_SETTINGS), log_level="WARNING")
         calendar = TradingCalendar(broker)
         jobs = build_job_table(settings.schedule, calendar)
         # Demo only: a second executor run, for the decisions written upstream at 11:00.
@@ -293,6 +405,8 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
 
         watcher_db = TradingDB(config=postgres, application_name="simulate_day")
         watcher = TradeWatcher(watcher_db.connect())
+        if stream:
+            listener = Listener(server, postgres, settings)
 
         def progress(spec: JobSpec, now: dt.datetime, summary: RunSummary | None, elapsed: float) -> None:
             if summary is None:
@@ -312,6 +426,11 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
         # a program's wait for a cancel or a fill passes the simulated clock instead of real time.
         def sleep(seconds: float) -> None:
             exchange.advance(seconds)
+            if listener is not None:
+                # What the wait changed (a fill, a completed cancel) reaches the listener before the
+                # program goes on, so who records it first is the same at every run of a seed. A
+                # listener waiting for a trade lock the program holds gives up after a short while.
+                listener.settle(timeout=0.5)
 
         # (the end-of-day report waits for nothing: it gets no sleep)
         programs = {name: factory if name == "eod_report" else functools.partial(factory, sleep=sleep)
@@ -321,7 +440,11 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
         assert session is not None
         write(f"Simulated trading day {calendar.describe(day)}, seed {seed}, database {postgres.dbname}")
         exit_at = calendar.day_end_exit(day, settings.schedule.daytrade_exit_minutes_before_close)
-        write(f"Day-trade exit at {exit_at:%H:%M} ET (from the exchange's calendar)")
+        write(f"Day-trade exit at {exit_at:%H:%M} ET (from the exchange's calendar)"
+              + ("; the trade-updates listener records fills as they happen" if stream else ""))
+        if loss_day:
+            write(f"Loss day: at {CRASH_AT:%H:%M} ET every price falls {CRASH_FALL * 100:.1f} %; "
+                  f"DAILY_LOSS_LIMIT is {_money(LOSS_DAY_LIMIT)} for this day")
         with TradingDB(config=postgres, application_name="simulate_day") as db:
             ids = seed_decisions(db, broker, exchange.now())
         write(f"09:00 ET  {len(ids)} decisions written upstream: {len(SAMPLE_PLANS)} approved NEW_TRADE "
@@ -330,6 +453,7 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
         start_equity = Decimal(broker.get_account().equity)
         changes_at = eastern(day, UPSTREAM_CHANGES_AT)
         changes_done = False
+        crash_at = eastern(day, CRASH_AT) if loss_day else None
         last_hour = START_OF_DAY.hour
         status_due: dt.datetime | None = None
         for moment, spec in fire_times([*jobs, extra], eastern(day, START_OF_DAY), eastern(day, dt.time(23, 59))):
@@ -339,20 +463,33 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
                 write(_status_line(status_due, broker, postgres, start_equity))
                 status_due = None
             if not changes_done and moment >= changes_at:
-                exchange.set_time(changes_at)
+                exchange.set_time(max(changes_at, exchange.now()))
                 with TradingDB(config=postgres, application_name="simulate_day") as db:
                     for line in upstream_changes(db, broker, ids, exchange.now()):
                         write(f"11:00 ET  upstream: {line}")
+                write(f"11:00 ET  market: {thin_market(exchange, broker, 'AAPL', THIN_SPREAD)}")
                 changes_done = True
             # An hourly status line while the market trades (and at the close).
             if moment.hour != last_hour and moment.minute == 0 and moment <= session.close:
                 last_hour = moment.hour
                 status_due = moment
-            exchange.set_time(moment)
+            if crash_at is not None and moment >= crash_at:
+                exchange.set_time(max(crash_at, exchange.now()))
+                fallen = crash(exchange, broker, CRASH_FALL)
+                write(f"{CRASH_AT:%H:%M} ET  crash: {len(fallen)} symbols fall {CRASH_FALL * 100:.1f} % at once")
+                crash_at = None
+            # A run's waits pass the simulated clock (a cancel's confirmation, an exit's walk), so
+            # the clock may already be past a job due at the same minute: it never moves back.
+            exchange.set_time(max(moment, exchange.now()))
+            if listener is not None:
+                listener.settle()
             runner.run(spec)
         if status_due is not None:
             write(_status_line(status_due, broker, postgres, start_equity))
-        result = DayResult(day, seed, runs, outcomes, time.monotonic() - started, ids, postgres)
+        with TradingDB(config=postgres, application_name="simulate_day") as db:
+            booked = db.execute_one("SELECT count(*) AS n FROM audit_event WHERE event = 'ORDER_FILL'")
+        result = DayResult(day, seed, runs, outcomes, time.monotonic() - started, ids, postgres,
+                           int(booked["n"]) if booked else 0)
         write("")
         write(summary_report(postgres, result))
         write("")
@@ -367,6 +504,8 @@ def run_day(day: dt.date, *, seed: int = DEFAULT_SEED, postgres: PostgresConfig,
             write(line)
         return result
     finally:
+        if listener is not None:
+            listener.close()
         server.stop()
         if watcher_db is not None:
             watcher_db.close()
@@ -438,8 +577,8 @@ def _decision_outcome(row: dict[str, Any]) -> str:
         return "pending"
     if row["event"] == "DECISION_REFUSED":
         return f"refused ({row['code'] or 'REFUSED'})"
-    return {"NEW_TRADE": "placed", "AMEND": "amended (new trade placed)", "CANCEL": "cancelled"}.get(
-        row["action"], "accepted")
+    return {"NEW_TRADE": "placed", "AMEND": "amended (new trade placed)", "CANCEL": "cancelled",
+            "CLOSE": "closing (exit placed)"}.get(row["action"], "accepted")
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
@@ -449,6 +588,16 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
              "  " + "  ".join("-" * w for w in widths)]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells[1:]]
     return [line.rstrip() for line in lines]
+
+
+def _safety_lines(report: str) -> list[str]:
+    """The report's trading-state changes and breaker trips (nothing on a day without them)."""
+    lines = report.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Trading-state changes:")), None)
+    if start is None or lines[start].endswith(": 0"):
+        return []
+    end = next((i for i, line in enumerate(lines) if line.startswith("Runs:")), len(lines))
+    return [line.strip() for line in lines[start:end] if line.strip()]
 
 
 def summary_report(postgres: PostgresConfig, result: DayResult) -> str:
@@ -469,6 +618,12 @@ def summary_report(postgres: PostgresConfig, result: DayResult) -> str:
             "SELECT t.id, p.symbol, t.trade_style, p.qty, p.avg_entry_price, p.current_price, p.unrealized_pnl "
             "FROM position_tracking p JOIN trade_journal t ON t.id = p.trade_journal_id ORDER BY p.symbol")
         runs = db.execute_query("SELECT program, outcome, count(*) AS n FROM program_run GROUP BY 1, 2 ORDER BY 1, 2")
+        # Who booked each fill first: the listener (trade_stream) or a program's poll.
+        fills_by = db.execute_query(
+            "SELECT program, count(*) AS n FROM audit_event WHERE event = 'ORDER_FILL' GROUP BY 1 ORDER BY 1")
+        notifications = db.execute_query(
+            "SELECT kind, count(*) AS n FROM notification_outbox GROUP BY 1 ORDER BY 1")
+        report = db.execute_one("SELECT body FROM daily_report WHERE report_date = %s", (result.day,))
     assert fills is not None
     lines = [f"=== Summary of {result.day} (seed {result.seed}) ==="]
     by_outcome = Counter(_decision_outcome(row) for row in decisions)
@@ -485,6 +640,11 @@ def summary_report(postgres: PostgresConfig, result: DayResult) -> str:
     lines += _table(["order type", "status", "count"], [[r["order_type"], r["order_status"], r["n"]] for r in orders])
     lines.append(f"Fills: {fills['n']} orders filled, {Decimal(fills['shares']):,.0f} shares, "
                  f"${Decimal(fills['notional']).quantize(CENT):,.2f} traded")
+    streamed = sum(r["n"] for r in fills_by if r["program"] == "trade_stream")
+    polled = [r for r in fills_by if r["program"] != "trade_stream"]
+    by_program = ", ".join(f"{r['program']} {r['n']}" for r in polled)
+    lines.append(f"Fills recorded: {streamed} by the trade-updates stream, {sum(r['n'] for r in polled)} by polling"
+                 + (f" ({by_program})" if polled else ""))
     lines.append("")
     realized = sum((Decimal(r["pnl"] or 0) for r in closed), Decimal(0))
     never_filled = ", ".join(f"{r['exit_reason']} {r['n']}" for r in cancelled)
@@ -503,6 +663,12 @@ def summary_report(postgres: PostgresConfig, result: DayResult) -> str:
     lines.append(f"Realized P&L {_money(realized)}   Unrealized P&L {_money(unrealized)}   "
                  f"Total {_money(realized + unrealized)}")
     lines.append("")
+    controls = _safety_lines(report["body"] if report else "")
+    if controls:
+        lines.append("The end-of-day report (daily_report, sent through the notifications) says:")
+        lines += [f"  {line}" for line in controls]
+    lines.append("Notifications written (sent once NOTIFY_URLS names a service): "
+                 + (", ".join(f"{r['kind']} {r['n']}" for r in notifications) or "none"))
     lines.append("Program runs: " + ", ".join(f"{r['program']} {r['outcome']} {r['n']}" for r in runs))
     lines.append(f"Wall time {result.wall_seconds:.1f} s")
     lines.append("")
@@ -533,6 +699,11 @@ def main(argv: list[str] | None = None) -> int:
                                                    "else the next trading day)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed of the price paths (default {DEFAULT_SEED}); the same seed repeats the same day")
+    parser.add_argument("--loss-day", action="store_true",
+                        help=f"a crash at {CRASH_AT:%H:%M} ET (every price -{CRASH_FALL * 100:.1f} %%) beyond the "
+                             f"day's DAILY_LOSS_LIMIT (${LOSS_DAY_LIMIT}): the account flattens itself")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="without the trade-updates listener: every fill is recorded by polling")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="ERROR",
                         help="log lines of the programs on stderr (default ERROR: the progress lines tell the story)")
     args = parser.parse_args(argv)
@@ -546,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{rules.next_trading_day(day)}; pick a trading day with --date.", file=sys.stderr)
         return 2
     try:
-        run_day(day, seed=args.seed, postgres=demo_postgres_config())
+        run_day(day, seed=args.seed, postgres=demo_postgres_config(), loss_day=args.loss_day,
+                stream=not args.no_stream)
     except TradingError as exc:
         print(f"the simulated day could not run: {exc}", file=sys.stderr)
         return 1

@@ -90,3 +90,23 @@ def test_trades_recorded_before_accounts_were_are_adopted_by_the_first_account_s
     assert summary.outcome == "success"
     assert db.get_by_id("trade_journal", held["id"])["broker_account"] == broker.get_account().number
     assert db.query("audit_event", {"event": ACCOUNT_MISMATCH}) == []
+
+
+def test_trades_of_another_broker_account_trip_the_reconciliation_breaker_until_someone_resumes(
+        db, exchange, broker, other_broker):
+    """Issue 13: the reconciliation breaker covers an account mismatch (the trades it leaves alone
+    are unprotected and unreconciled, so no new entries until a person has looked)."""
+    from trading.state import TradingMode, read_trading_state, record_trading_state
+
+    settings = make_settings()
+    open_position(db, exchange, broker)
+
+    order_monitor.run_once(db, other_broker, settings=settings, sleep=lambda _s: None)  # records the mismatch
+    position_monitor.run_once(db, other_broker, settings=settings, sleep=lambda _s: None)  # its breaker trips
+
+    state = read_trading_state(db).account
+    assert (state.mode, state.source) == (TradingMode.REDUCE_ONLY, "breaker:reconciliation")
+    assert "ACCOUNT_MISMATCH AAPL" in state.reason
+    record_trading_state(db, TradingMode.ACTIVE, reason="keys put back", changed_by="alice")
+    order_monitor.run_once(db, other_broker, settings=settings, sleep=lambda _s: None)
+    assert read_trading_state(db).account.mode is TradingMode.ACTIVE  # recorded once per pair: acknowledged

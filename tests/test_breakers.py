@@ -80,6 +80,10 @@ def test_daily_loss_at_the_limit_flattens_the_account_and_not_a_cent_below(db, e
     assert D(figures["last_equity"]) - D(figures["equity"]) == D("2000.00")
     assert figures["trading_date"] == "2026-11-20" and figures["state_changed"] is True
     assert at_limit.outcome == "warning" and any("breaker daily_loss tripped" in n for n in at_limit.notes)
+    # and the operator is told, with the figures to the cent (written with the trip, sent after it)
+    [message] = db.query("notification_outbox", {"kind": "breaker_tripped"})
+    assert message["title"] == "Breaker tripped: daily_loss -> FLATTEN (the account)"
+    assert message["body"].startswith("daily_loss: $2,000.00 against the limit $2,000.00. daily loss 2000.00 reached")
 
     # The order monitor's next run flattens everything by itself, then the account is HALTED.
     order_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
@@ -272,6 +276,8 @@ def test_a_position_the_system_does_not_know_reduces_only_until_acknowledged(db,
     assert (state.mode, state.source) == (TradingMode.REDUCE_ONLY, "breaker:reconciliation")
     assert "ORPHAN_POSITION MSFT" in state.reason
     [trip] = trips(db, "reconciliation")
+    [message] = db.query("notification_outbox", {"kind": "breaker_tripped"})
+    assert message["body"].startswith("reconciliation: 1 finding(s). reconciliation found a critical disagreement")
     [orphan] = db.query("audit_event", {"event": audit.ORPHAN_POSITION})
     assert trip["details"]["last_event_id"] == orphan["id"]
     assert trip["details"]["findings"][0]["symbol"] == "MSFT"

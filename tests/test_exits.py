@@ -89,6 +89,37 @@ def test_normal_close_walks_its_limit_from_the_mid_to_the_bid_and_fills_with_eve
     assert [s["reason"] for s in steps] == ["NORMAL exit step 1: limit 151.25", "NORMAL exit step 2: limit 151.00"]
 
 
+def test_a_flatten_during_a_normal_close_walk_sells_at_the_market_in_the_same_run(db, exchange, broker):
+    """Found by the demo's loss day: the kill switch's FLATTEN found a CLOSE's limit walking at
+    NORMAL pace, said "exiting" and left it to walk; the walk reached its market order after the
+    close and the shares stayed overnight with no stop. A more urgent exit takes over."""
+    from trading.state import TradingMode, record_trading_state
+
+    settings = make_settings(EXIT_URGENCY_CLOSE="NORMAL")
+    trade = open_position(db, exchange, broker)
+    exchange.quotes(AAPL=("151.00", "152.00"))  # the mid does not fill
+    close(db, broker, trade["id"], EXIT_URGENCY_CLOSE="NORMAL")
+    record_trading_state(db, TradingMode.FLATTEN, reason="loss limit", changed_by="alice")
+
+    summary = run_monitor(db, broker, settings, check=False)
+
+    assert summary.counts["flatten_exit_submitted"] == 1, summary.as_dict()
+    closed = db.get_by_id("trade_journal", trade["id"])
+    assert (closed["status"], closed["exit_reason"], closed["exit_urgency"]) == ("CLOSED", "FLATTENED", "CRITICAL")
+    assert closed["exit_price"] == Decimal("151.00") and closed["actual_pnl"] == Decimal("10.00")
+    exits = rows(db, trade["id"], "EXIT")
+    assert [(r["order_kind"], r["order_status"]) for r in exits] == [("limit", "canceled"), ("market", "filled")]
+    assert exchange.positions() == {} and working_sells(exchange) == []
+
+
+def test_only_a_more_urgent_exit_takes_over_a_working_one():
+    from trading.exits import more_urgent
+
+    assert more_urgent("CRITICAL", "NORMAL") and more_urgent("HIGH", "NORMAL") and more_urgent("CRITICAL", "HIGH")
+    assert not more_urgent("HIGH", "HIGH") and not more_urgent("NORMAL", "CRITICAL")
+    assert not more_urgent("CRITICAL", None)  # an exit recorded without an urgency was a market order
+
+
 def test_day_end_exit_whose_limit_does_not_fill_becomes_a_market_order_at_the_next_run(db, exchange, broker):
     from tests.factories import eastern
 

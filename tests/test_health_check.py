@@ -64,9 +64,9 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
 def test_a_healthy_system_passes_every_check_and_exits_0(healthy, settings, pg_config, broker):
     checks, code = check(settings, pg_config, broker)
     assert code == 0
-    assert list(checks) == ["database", "broker", "order_monitor", "position_monitor", "order_executor",
-                            "protection", "orphan_positions", "short_selling", "trade_stream", "recent_runs",
-                            "notifications"]
+    assert list(checks) == ["database", "trading_state", "broker", "order_monitor", "position_monitor",
+                            "order_executor", "protection", "orphan_positions", "short_selling", "trade_stream",
+                            "recent_runs", "notifications"]
     assert all(c.status == OK for c in checks.values()), checks
     assert checks["short_selling"].message == "the account is long-only (no_shorting=true)"
     assert "1 open position, all protected" in checks["protection"].message
@@ -77,7 +77,7 @@ def test_the_command_prints_one_line_per_check_or_json_and_exits_0_when_healthy(
     result = cli("--test-mode", ALPACA_BASE_URL=exchange.url)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 11 and all(line.startswith("OK") for line in lines), lines
+    assert len(lines) == 12 and all(line.startswith("OK") for line in lines), lines
     result = cli("--test-mode", "--json", ALPACA_BASE_URL=exchange.url)
     report = json.loads(result.stdout)
     assert result.returncode == 0 and report["status"] == "ok" and report["exit_code"] == 0
@@ -91,6 +91,24 @@ def test_an_unprotected_position_is_critical(healthy, settings, pg_config, broke
     assert code == 2
     assert checks["protection"].status == CRITICAL
     assert "trade 1 AAPL: 10 shares, live stops cover 0" in checks["protection"].message
+
+
+def test_a_position_being_closed_is_covered_by_its_exit_sell_and_not_by_a_stop(healthy, settings, pg_config, broker):
+    """A CLOSE's exit limit that did not fill by the close waits for the open as a queued sell: its
+    stop was canceled for exactly those shares, and the check said CRIT unprotected."""
+    from tests.factories import ExchangeAdmin
+
+    exchange = ExchangeAdmin(broker.base_url)
+    add_decision(healthy, "AAPL", "CLOSE", trade_id=1)
+    exchange.quotes(AAPL=("150.00", "151.00"))  # a wide market: the NORMAL exit's limit at the mid rests
+    closing = dataclasses.replace(settings, monitor=make_settings(EXIT_URGENCY_CLOSE="NORMAL").monitor)
+    assert OrderExecutor(healthy, broker, closing, sleep=exchange.sleeper()).run().counts["closing"] == 1
+    checks, code = check(settings, pg_config, broker)
+    assert (checks["protection"].status, code) == (OK, 0), checks
+    assert "(1 being closed by its exit order: trade 1 AAPL)" in checks["protection"].message
+    healthy.execute_update("UPDATE order_execution SET order_status = 'canceled' WHERE order_type = 'EXIT'")
+    checks, _ = check(settings, pg_config, broker)
+    assert checks["protection"].status == CRITICAL  # the exit gone too: nothing covers the shares
 
 
 def test_a_stale_scheduler_is_a_warning_during_market_hours(healthy, settings, pg_config, broker, exchange):
@@ -143,6 +161,24 @@ def test_failed_and_unfinished_runs_are_warnings(healthy, settings, pg_config, b
     assert "order_monitor failed 1x in 24 h (last: RuntimeError: boom)" in message
     assert "long ago" not in message
     assert "of order_executor started 2 h 0 min ago and never finished" in message
+
+
+def test_a_restricted_trading_state_is_a_warning_and_a_flatten_under_way_is_critical(
+        healthy, settings, pg_config, broker):
+    from trading.state import TradingMode, record_trading_state
+
+    checks, _ = check(settings, pg_config, broker)
+    assert checks["trading_state"].message.startswith("ACTIVE")
+    record_trading_state(healthy, TradingMode.HALTED, reason="broker outage", changed_by="alice")
+    record_trading_state(healthy, TradingMode.REDUCE_ONLY, reason="earnings", changed_by="bob", scope="TSLA")
+    checks, code = check(settings, pg_config, broker)
+    assert (code, checks["trading_state"].status) == (1, WARNING)
+    message = checks["trading_state"].message
+    assert "account HALTED since " in message and " by alice: broker outage" in message
+    assert "TSLA REDUCE_ONLY" in message and "by bob: earnings" in message
+    record_trading_state(healthy, TradingMode.FLATTEN, reason="loss", changed_by="alice")
+    checks, code = check(settings, pg_config, broker)
+    assert (code, checks["trading_state"].status) == (2, CRITICAL)
 
 
 def test_undelivered_notifications_are_a_warning_naming_their_status_and_error(healthy, settings, pg_config, broker):

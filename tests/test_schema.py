@@ -22,7 +22,8 @@ def outside_events(db: TradingDB) -> list[dict]:
     return db.execute_query("SELECT * FROM audit_event WHERE event LIKE 'OUTSIDE_%%' ORDER BY id")
 
 
-def test_programs_sessions_carry_their_name_and_their_writes_are_not_audited_twice(pg_config):
+def test_programs_sessions_carry_their_name_and_their_writes_are_not_audited_twice(db, pg_config):
+    # (``db``: empty tables, so an earlier test's outside edits are not counted here)
     with TradingDB(test_mode=True, config=pg_config, application_name="order_monitor") as program:
         assert program.execute_one(f"SHOW {schema.PROGRAM_SETTING}") == {schema.PROGRAM_SETTING: "order_monitor"}
         trade_id = program.insert("trade_journal", {"symbol": "AAPL", "trade_style": "SWING"})

@@ -23,7 +23,7 @@ EARLY_CLOSE = dt.date(2026, 11, 27)
 SHORT = get_schedule_config({"ORDER_MONITOR_INTERVAL_MINUTES": "30", "POSITION_MONITOR_INTERVAL_MINUTES": "60"})
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def short_day(pg_config):
     out = io.StringIO()
     result = run_day(EARLY_CLOSE, seed=42, postgres=pg_config, schedule=SHORT, out=out)
@@ -36,7 +36,8 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     assert "Day-trade exit at 12:50 ET" in output
     assert re.search(r"^09:45 ET  order_executor +success  decisions=10, placed=9, refused=1$", output, re.M)
     assert re.search(r"^12:50 ET  daytrade_exit ", output, re.M)
-    assert re.search(r"^12:00 ET  order_executor \(demo extra\) +success  amended=1, cancelled=1, decisions=2$",
+    assert re.search(r"^12:00 ET  order_executor \(demo extra\) +success  amended=1, cancelled=1, closing=1, "
+                     r"decisions=3$",
                      output, re.M)
     assert result.runs["order_executor"] == 1 and result.runs["daytrade_exit"] == 1
     assert result.runs["order_monitor"] == 8  # 09:30-13:00 every 30 min: the session ends at the early close
@@ -59,14 +60,17 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     # The malformed decision is refused with its reason; the unapproved one is left alone.
     assert [e["entity_id"] for e in events] == [result.decision_ids["malformed"]]
     assert decisions[result.decision_ids["unapproved"]]["executed"] is False
+    # Each fill was booked once, by the listener or by a poll (the summary's count is the table's).
+    fills = db_fills(pg_config)
+    assert sum(fills.values()) == result.fills_recorded and fills.get("trade_stream", 0) > 0
     # The summary and the health check close the day; the database stays for SQL.
-    assert "Decisions by outcome: amended (new trade placed) 1, cancelled 1, ignored (not approved) 1, placed 9, " \
-           "refused (INVALID_DECISION) 1" in output
+    assert "Decisions by outcome: amended (new trade placed) 1, cancelled 1, closing (exit placed) 1, " \
+           "ignored (not approved) 1, placed 9, refused (INVALID_DECISION) 1" in output
     assert re.search(r"DAY_END_EXIT +1 ", output)
     assert "Realized P&L" in output and "Unrealized P&L" in output
     assert f"psql -h {pg_config.host} -p {pg_config.port} -U {pg_config.user} {pg_config.dbname}" in output
     health = output.split("Health check at 18:15 ET")[1]
-    assert health.count("\n  OK ") == 10
+    assert health.count("\n  OK ") == 11
     # the end-of-day report ran at 16:30 and is stored (sent once NOTIFY_URLS names a service)
     assert re.search(r"^16:30 ET  eod_report +success  reports=1$", output, re.M)
     assert output.rstrip().endswith('Next: run the programs yourself, step by step: README.md, '
@@ -76,6 +80,12 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
 def _dollars(text: str) -> Decimal:
     sign = -1 if text.startswith("-") else 1
     return sign * Decimal(text.lstrip("+-$").replace(",", ""))
+
+
+def db_fills(pg_config) -> dict[str, int]:
+    with TradingDB(config=pg_config) as db:
+        rows = db.execute_query("SELECT program, count(*) AS n FROM audit_event WHERE event = 'ORDER_FILL' GROUP BY 1")
+    return {r["program"]: int(r["n"]) for r in rows}
 
 
 def test_the_hourly_lines_add_up_and_prices_show_their_tick(short_day):
@@ -98,8 +108,10 @@ def test_next_steps_name_make_console_only_once_it_exists(tmp_path):
 
 
 def _story(output: str) -> str:
-    """The output without what differs between runs (wall time, the exchange's port)."""
-    return "\n".join(line for line in output.splitlines() if "Wall time" not in line and "127.0.0.1:" not in line)
+    """The output without what differs between runs (wall time, the exchange's port, how many
+    events the stream's watcher coalesced)."""
+    return "\n".join(line for line in output.splitlines()
+                     if "Wall time" not in line and "127.0.0.1:" not in line and " trade_stream " not in line)
 
 
 def test_the_same_seed_repeats_the_same_day(short_day, pg_config):
@@ -133,3 +145,48 @@ def test_the_default_day_is_today_or_the_next_trading_day():
 def test_the_demo_uses_its_own_database_of_the_embedded_cluster():
     config = simulate_day.demo_postgres_config()
     assert config.dbname == "trading_monitor_demo" and config.host == "127.0.0.1" and config.embedded
+
+
+def test_a_whole_day_on_the_default_schedule_never_moves_the_clock_back(pg_config):
+    """The day-trade exit's waits passed the simulated clock beyond 15:50:00, and the order
+    monitor due at 15:50 then asked the exchange to move back: the demo died with a traceback."""
+    out = io.StringIO()
+    result = run_day(dt.date(2026, 11, 20), seed=42, postgres=pg_config, out=out)
+    assert result.runs["daytrade_exit"] == 1 and result.runs["order_monitor"] >= 78
+    assert result.outcomes == {"success": sum(result.runs.values())}
+    assert re.search(r"^15:50 ET  daytrade_exit +success", out.getvalue(), re.M)
+
+
+def test_the_demo_shows_a_trailing_stop_an_escalating_exit_and_who_recorded_the_fills(short_day, pg_config):
+    """Issue 14's demo: META's stop follows its high; the CLOSE of AAPL walks from the mid to the
+    bid in the thinned market; the listener records fills beside the programs."""
+    result, output = short_day
+    raises = re.findall(r"trade \d+ META: stop raised: trailing stop: high [\d.]+, stop ([\d.]+) -> ([\d.]+)", output)
+    assert raises and all(Decimal(new) > Decimal(old) for old, new in raises)
+    assert [Decimal(new) for _, new in raises] == sorted(Decimal(new) for _, new in raises)  # upward only
+    assert re.search(r"trade 1 AAPL SWING: closing, a NORMAL exit: limit [\d.]+ first", output)
+    steps = re.findall(r"trade 1 AAPL: exit step: NORMAL exit step (\d): limit ([\d.]+)", output)
+    assert [int(n) for n, _ in steps][:2] == [1, 2] and Decimal(steps[0][1]) > Decimal(steps[1][1])  # toward the bid
+    recorded = re.search(r"^Fills recorded: (\d+) by the trade-updates stream, (\d+) by polling", output, re.M)
+    assert recorded is not None and int(recorded.group(1)) > 0
+    assert int(recorded.group(1)) + int(recorded.group(2)) == result.fills_recorded
+
+
+def test_a_loss_day_flattens_the_account_by_itself_and_the_report_and_notifications_say_so(pg_config):
+    """Issue 13: a loss beyond the limit in the simulated day flattens the account by itself."""
+    out = io.StringIO()
+    run_day(EARLY_CLOSE, seed=42, postgres=pg_config, schedule=SHORT, out=out, loss_day=True)
+    output = out.getvalue()
+    assert re.search(r"^12:30 ET  crash: 9 symbols fall 1.5 % at once$", output, re.M)
+    with TradingDB(config=pg_config) as db:
+        assert db.query("trade_journal", {"status": "POSITION"}) == []
+        flattened = db.query("trade_journal", {"exit_reason": "FLATTENED"})
+        state = db.query("trading_state")[0]
+        kinds = {r["kind"] for r in db.query("notification_outbox")}
+        [report] = db.query("daily_report")
+    assert flattened and (state["mode"], state["source"]) == ("HALTED", "breaker:daily_loss")
+    assert {"breaker_tripped", "trading_state_changed", "daily_report"} <= kinds
+    assert "Breaker trips: 1" in report["body"]
+    assert "ACTIVE -> FLATTEN by breaker (breaker:daily_loss)" in report["body"]
+    assert "The end-of-day report (daily_report, sent through the notifications) says:" in output
+    assert "breaker_tripped 1" in output

@@ -119,6 +119,27 @@ def test_a_persons_row_edit_in_sql_halts_trading_and_is_completed_and_audited(db
     assert (event["entity_type"], event["entity_id"], event["symbol"]) == ("trading_state", row["id"], "NVDA")
 
 
+def test_a_persons_row_edit_of_a_mode_is_announced_like_a_command_and_other_edits_are_not(db, make_db):
+    """Issue 13: a halt from NocoDB or psql sends the same "trading state changed" message as
+    scripts/trading_state.py (written in the edit's transaction; the next run sends it)."""
+    person = outside_session(make_db)
+    person.execute_update("INSERT INTO trading_state (scope, mode, reason, changed_by) "
+                          "VALUES ('ACCOUNT', 'HALTED', 'broker outage', 'alice')")
+    person.execute_update("UPDATE trading_state SET reason = 'broker outage, called them'")  # no mode change
+    person.execute_update("UPDATE trading_state SET mode = 'REDUCE_ONLY', changed_by = 'bob'")
+
+    messages = db.execute_query("SELECT kind, status, title, body, program FROM notification_outbox ORDER BY id")
+    assert [(m["kind"], m["status"], m["title"]) for m in messages] == [
+        ("trading_state_changed", "pending", "Trading state account: ACTIVE -> HALTED"),
+        ("trading_state_changed", "pending", "Trading state account: HALTED -> REDUCE_ONLY")]
+    assert messages[0]["body"] == "account: ACTIVE -> HALTED by alice (manual): broker outage"
+    assert messages[1]["body"] == "account: HALTED -> REDUCE_ONLY by bob (manual): broker outage, called them"
+    assert messages[0]["program"].startswith("outside:")
+    before = len(messages)
+    record_trading_state(db, TradingMode.HALTED, reason="r", changed_by="carol")  # the programs' own path
+    assert len(db.query("notification_outbox")) == before + 1  # one message, not two
+
+
 def test_a_persons_edit_of_a_breakers_row_makes_it_manual_so_no_breaker_lifts_it(db, make_db):
     import datetime as dt
 

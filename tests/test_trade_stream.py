@@ -141,6 +141,31 @@ def test_partially_filled_entry_is_protected_as_soon_as_the_listener_sees_the_pa
     wait_for(lambda: _protected(db, broker), "the filled shares have a broker-held stop for their whole quantity")
 
 
+def test_a_trailing_raise_the_listener_records_first_keeps_the_raised_stop_and_needs_no_repair(listening, db):
+    """Found by the demo with the listener on: the listener recorded the stop leg ``replaced``
+    without its successor, the order monitor then found no stop, canceled the target and placed
+    a new OCO at the plan's old stop: every raise undone, 29 replaces and 28 repairs in a day."""
+    import position_monitor
+
+    _listener, _handle, admin, broker = listening
+    trade = place_entry(db, broker, "AAPL", planned_entry=150, planned_sl=145, planned_tp=160, trailing_stop_pct=5)
+    admin.quotes(AAPL=("149.90", "150.00"))
+    wait_for(lambda: _protected(db, broker), "the entry fills and its stop is recorded, from the stream alone")
+
+    admin.quotes(AAPL=("157.90", "158.10"))  # mid 158.00: the trail puts the stop at 150.10
+    position_monitor.run_once(db, broker, settings=make_settings(), sleep=lambda _s: None)
+    old = [r for r in rows(db, trade["id"], "STOP_LOSS") if r["stop_price"] == Decimal("145")]
+    wait_for(lambda: db.get_by_id("order_execution", old[0]["id"])["order_status"] == "replaced",
+             "the listener records the old stop leg as replaced")
+
+    summary = run_monitor(db, broker)
+    assert summary.counts.get("protection_repaired", 0) == 0, summary.as_dict()
+    live = [r for r in rows(db, trade["id"], "STOP_LOSS") if r["order_status"] in ("new", "accepted", "held")]
+    assert [r["stop_price"] for r in live] == [Decimal("150.10")]
+    assert [r["order_status"] for r in rows(db, trade["id"], "TAKE_PROFIT")] == ["new"]  # the target stays
+    check_invariants(db, broker)
+
+
 def test_a_dropped_event_is_caught_by_the_next_poll_and_a_late_one_changes_nothing(streaming, db):
     _handle, admin, broker = streaming
     trade = place_entry(db, broker, "AAPL", planned_entry=150, planned_sl=145, planned_tp=160)

@@ -58,6 +58,9 @@ RUN_ABORTED = "RUN_ABORTED"
 RECONCILE_FAILED = "RECONCILE_FAILED"
 #: A circuit breaker tripped (its figures in ``details``): the end-of-day report lists these.
 BREAKER_TRIPPED = "BREAKER_TRIPPED"
+#: An operator's request through the console (console/): a Close or a level change recorded as
+#: an approved decision, which the order monitor then carries out.
+CONSOLE_REQUEST = "CONSOLE_REQUEST"
 
 
 class Auditor:

@@ -20,7 +20,8 @@ same transaction as the state change (``TRADING_STATE_CHANGED``, source ``breake
   ``HALTED``. Reset by hand.
 - ``reconciliation``: a critical disagreement with the broker recorded by the programs (a
   position the system does not know, ``ORPHAN_POSITION``; a short, ``SHORT_POSITION``; a sell of
-  more shares than the position held, ``ORDER_ANOMALY`` with ``details.disagreement``) ->
+  more shares than the position held, ``ORDER_ANOMALY`` with ``details.disagreement``; an open
+  trade recorded under another broker account, ``ACCOUNT_MISMATCH``) ->
   ``REDUCE_ONLY`` until someone resumes, which acknowledges every finding recorded so far. Each
   finding trips once (the trip names the last audit row it covers).
 
@@ -43,9 +44,11 @@ from typing import Any
 
 from config import Settings
 from trading import audit
+from trading.accounts import ACCOUNT_MISMATCH
 from trading.audit import Auditor
 from trading.broker import Account
 from trading.market_time import MarketTime
+from trading.notify import record_breaker_trip
 from trading.pricing import money
 from trading.state import (
     ACCOUNT_SCOPE,
@@ -61,8 +64,9 @@ logger = logging.getLogger(__name__)
 BREAKER_TRIPPED = "BREAKER_TRIPPED"
 BREAKER_CLEARED = "BREAKER_CLEARED"
 #: Findings of the reconciliation that trip its breaker (besides ORDER_ANOMALY rows whose details
-#: name a ``disagreement``).
-CRITICAL_EVENTS = (audit.ORPHAN_POSITION, audit.SHORT_POSITION)
+#: name a ``disagreement``). An account mismatch is one: the programs leave those trades alone,
+#: so nothing protects or reconciles them until a person points the programs back.
+CRITICAL_EVENTS = (audit.ORPHAN_POSITION, audit.SHORT_POSITION, ACCOUNT_MISMATCH)
 CHANGED_BY = "breaker"
 
 
@@ -252,13 +256,17 @@ class Breakers:
                                 new=mode if changed else account.mode, reason=reason,
                                 details={"breaker": breaker.value, "state_changed": changed, "mode": mode.value,
                                          **figures})
+            # The message goes out with the trip (same transaction; sent after the commit).
+            value, limit = TRIP_FIGURES[breaker](figures)
+            record_breaker_trip(self.db, breaker.value, figure_value=value, limit=limit,
+                                new_mode=(mode if changed else account.mode).value, reason=reason,
+                                program=self.auditor.program, run_id=self.auditor.run_id)
         if changed:
             logger.warning("%s breaker tripped: %s", breaker.value, reason)
             self.warn(f"breaker {breaker.value} tripped: {mode.value}: {reason}")
         else:
             logger.warning("%s breaker: %s (trading already %s)", breaker.value, reason, account.mode.value)
             self.warn(f"breaker {breaker.value}: {reason} (trading already {account.mode.value})")
-        # Notifications (issue 13 item 4) are to be sent for BREAKER_TRIPPED rows.
         return Trip(breaker, mode, reason, changed)
 
     def _set(self, breaker: Breaker, mode: TradingMode, account: ScopeState, reason: str, *,
@@ -280,6 +288,15 @@ class Breakers:
         logger.warning("%s breaker cleared: %s", breaker.value, reason)
         self.warn(f"breaker {breaker.value} cleared: {reason}")
         return Trip(breaker, TradingMode.ACTIVE, reason, True)
+
+
+#: Each breaker's figure and limit for its notification, from the figures recorded with the trip.
+TRIP_FIGURES: dict[Breaker, Callable[[dict[str, Any]], tuple[Any, Any]]] = {
+    Breaker.DAILY_LOSS: lambda f: (f["loss"], f["limit"]),
+    Breaker.BROKER_ERRORS: lambda f: (f["errors"], f["limit"]),
+    Breaker.DATABASE_ERRORS: lambda f: (f["errors"], f["limit"]),
+    Breaker.RECONCILIATION: lambda f: (f"{len(f['findings'])} finding(s)", None),
+}
 
 
 def _minutes(delta: dt.timedelta) -> int:

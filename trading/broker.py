@@ -106,6 +106,19 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class Bar:
+    """One price bar of a symbol (market data: the close is the figure charts use)."""
+
+    symbol: str
+    start: dt.datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+
+
+@dataclass(frozen=True)
 class Account:
     """The account figures the risk gate and the portfolio snapshot need."""
 
@@ -224,3 +237,4 @@ class Broker(Protocol):
     def list_positions(self) -> list[BrokerPosition]: ...
     def get_position(self, symbol: str) -> BrokerPosition | None: ...
     def get_latest_quotes(self, symbols: list[str]) -> dict[str, Quote]: ...
+    def get_bars(self, symbol: str, start: dt.datetime, end: dt.datetime, *, minutes: int) -> list[Bar]: ...

@@ -51,6 +51,17 @@ class Urgency(StrEnum):
 
 
 URGENCIES: frozenset[str] = frozenset(u.value for u in Urgency)
+#: How hard each urgency leans on the market: an exit asked for more urgently takes over a
+#: gentler one already working (a FLATTEN during a CLOSE's walk sells at the market now).
+URGENCY_RANK: dict[Urgency, int] = {Urgency.NORMAL: 0, Urgency.HIGH: 1, Urgency.CRITICAL: 2}
+
+
+def more_urgent(wanted: Urgency | str, working: Urgency | str | None) -> bool:
+    """Whether an exit of urgency ``wanted`` should take over one working at ``working`` (an exit
+    recorded without an urgency was a market order: nothing is more urgent than that)."""
+    if working is None:
+        return False
+    return URGENCY_RANK[Urgency(wanted)] > URGENCY_RANK[Urgency(working)]
 
 
 @dataclass(frozen=True)

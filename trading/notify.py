@@ -154,11 +154,12 @@ def record_breaker_trip(db: Any, breaker: str, *, figure_value: Any, limit: Any,
                         scope: str = "ACCOUNT", program: str | None = None, run_id: int | None = None) -> int | None:
     """The "breaker tripped" message (for the circuit breakers; call it in the trip's transaction).
 
-    ``figure_value`` and ``limit``: a Decimal is money (shown to the cent), an int a count."""
+    ``figure_value`` and ``limit``: a Decimal is money (shown to the cent), an int a count; a
+    breaker without a limit (the reconciliation trips on any critical finding) passes None."""
     where = "the account" if scope == "ACCOUNT" else scope
     title = f"Breaker tripped: {breaker} -> {new_mode} ({where})"
-    body = f"{breaker}: {figure(figure_value)} against the limit {figure(limit)}. {reason}. " \
-           f"Trading is now {new_mode} for {where}."
+    against = f" against the limit {figure(limit)}" if limit is not None else ""
+    body = f"{breaker}: {figure(figure_value)}{against}. {reason}. Trading is now {new_mode} for {where}."
     return record_notification(db, NotificationKind.BREAKER_TRIPPED, title, body, program=program, run_id=run_id,
                                symbol=None if scope == "ACCOUNT" else scope)
 

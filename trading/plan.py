@@ -231,3 +231,74 @@ def check_against_quote(plan: TradePlan, bid: Decimal, ask: Decimal, max_drift_p
                             f"MAX_ENTRY_DRIFT_PCT {max_drift_pct}%: the plan is stale, nothing sent",
                             code="STALE_PLAN", details={"bid": bid, "ask": ask, "drift_pct": shown})
     return f"quote bid {display_price(bid)} ask {display_price(ask)}: {shown}% from planned_entry, stop not crossed"
+
+
+# --------------------------------------------------------------------------- levels-only AMEND
+
+#: A levels-only AMEND's decision JSON says ``"amend": "levels"``: it changes the stop, target or
+#: trailing distance of an open position and nothing else (no new entry, no new trade).
+LEVELS_KEY, LEVELS_ONLY = "amend", "levels"
+#: The decision keys a levels-only AMEND may change (a key present with null removes the level;
+#: the stop can never be removed).
+LEVEL_KEYS = ("planned_sl", "planned_tp", "trailing_stop_pct")
+#: The ``source`` of decisions recorded by the operator console (``console/``).
+CONSOLE_SOURCE = "console"
+
+
+@dataclass(frozen=True)
+class LevelChange:
+    """What a levels-only AMEND changes: only the keys in ``changes`` (a value of None removes it)."""
+
+    changes: dict[str, Decimal | None]
+
+    def value(self, key: str, current: Any) -> Any:
+        return self.changes.get(key, current)
+
+
+def is_levels_only(row: dict[str, Any]) -> bool:
+    """Whether a decision row is a levels-only AMEND."""
+    if str(row.get("primary_action") or "").strip().upper() != "AMEND":
+        return False
+    try:
+        payload = decision_payload(row.get("decision"))
+    except RejectedError:
+        return False
+    return str(payload.get(LEVELS_KEY) or "").strip().lower() == LEVELS_ONLY
+
+
+def is_from_console(row: dict[str, Any]) -> bool:
+    """Whether the decision was recorded by the operator console."""
+    try:
+        return decision_payload(row.get("decision")).get("source") == CONSOLE_SOURCE
+    except RejectedError:
+        return False
+
+
+def parse_levels(row: dict[str, Any], trade: dict[str, Any]) -> LevelChange:
+    """The levels a levels-only AMEND sets on ``trade``, validated against each other: a stop is
+    always kept, below the target; a trailing distance is a percent."""
+    payload = decision_payload(row.get("decision"))
+    present = [key for key in LEVEL_KEYS if key in payload]
+    if not present:
+        raise refuse(f"a levels-only AMEND names none of {', '.join(LEVEL_KEYS)}: nothing to change")
+    changes: dict[str, Decimal | None] = {}
+    for key in present:
+        if key == "trailing_stop_pct":
+            try:
+                pct = to_decimal(payload.get(key))
+            except ValueError as exc:
+                raise refuse(f"trailing_stop_pct {exc}") from None
+            if pct is not None and not (ZERO < pct < MAX_TRAIL_PCT):
+                raise refuse(f"trailing_stop_pct must be a percent above 0 and below {MAX_TRAIL_PCT}, got {pct}")
+            changes[key] = pct
+            continue
+        price = _price(payload, key, required=key == "planned_sl")
+        changes[key] = round_to_tick(price) if price is not None else None
+    change = LevelChange(changes)
+    stop = change.value("planned_sl", trade.get("planned_sl"))
+    target = change.value("planned_tp", trade.get("planned_tp"))
+    if stop is None:
+        raise refuse("a position always keeps its stop: planned_sl cannot be removed")
+    if target is not None and Decimal(target) <= Decimal(stop):
+        raise refuse(f"the target {target} must be above the stop {stop}")
+    return change

@@ -56,8 +56,6 @@ Row = dict[str, Any]
 TRADE_LOCK_WAIT_SECONDS = 30.0
 #: Submissions of one order (same client order id) within one call when the broker does not answer.
 SEND_ATTEMPTS = 2
-#: Links of a replacement chain followed when an answer shows a replaced order.
-MAX_REPLACEMENT_LINKS = 5
 
 
 def _one_program_per_trade(busy: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -375,36 +373,33 @@ class Protector:
                                                  "client order id under the trade's lock)", self.now)
 
     def record(self, trade_id: int, row_id: int, order: BrokerOrder) -> SyncResult:
-        """Apply a broker answer to its row and trade in one transaction; an order replaced at the
-        broker (a person moving a stop) brings its replacement, which is adopted."""
-        successors = self._successors(order)
+        """Apply a broker answer to its row and trade in one transaction.
+
+        A replaced order (or leg) is recorded with its successor, looked up first: the row ends
+        ``replaced`` only together with the row of the order that now does its job. Without it
+        (the listener recording a trailing stop's replace before the order monitor did), the
+        successor had no row, the trade looked unprotected and its protection was rebuilt at the
+        old stop, undoing the raise."""
+        index = self._successors(order)
         with self.db.transaction():
             trade = self.reconciler.trades.lock(trade_id)
             row = self.db.get_by_id("order_execution", row_id)
             assert trade is not None and row is not None
-            result = self.reconciler.sync(trade, row, order, now=self.now, index=successors)
+            result = self.reconciler.sync(trade, row, order, now=self.now, index=index)
         if result.to_cancel:
             self.cancel_and_confirm(trade_id, result.to_cancel, reason="trade closed: its remaining orders go")
         return result
 
     def _successors(self, order: BrokerOrder) -> dict[str, BrokerOrder]:
-        """The orders that replaced ``order`` or its legs (a few links of a chain), looked up so
-        the sync adopts them: without them a replace would be recorded as the order's end and
-        the live replacement "repaired" over (refused, since it holds the shares)."""
+        """The orders that replaced ``order`` or its legs, by broker id (a look-up each; a successor
+        the broker cannot find now is left to the next sync)."""
+        wanted = [o.replaced_by for o in (order, *order.legs) if o.status == "replaced" and o.replaced_by]
         found: dict[str, BrokerOrder] = {}
-        frontier = list(order.walk())
-        for _ in range(MAX_REPLACEMENT_LINKS):
-            wanted = sorted({o.replaced_by for o in frontier if o.status == "replaced" and o.replaced_by
-                             and o.replaced_by not in found})
-            if not wanted:
-                break
-            frontier = []
-            for order_id in wanted:
-                try:
-                    found[order_id] = successor = self.broker.get_order(order_id)
-                except NotFoundError:
-                    continue
-                frontier.extend(successor.walk())
+        for order_id in wanted:
+            try:
+                found[order_id] = self.broker.get_order(order_id)
+            except NotFoundError:
+                continue
         return found
 
     def replace_and_record(self, trade_id: int, row: Row, *, stop_price: Decimal | None = None,
@@ -425,6 +420,66 @@ class Protector:
             if also is not None:
                 also(replacement)
         return replacement
+
+    @_one_program_per_trade("deferred")
+    def change_levels(self, trade_id: int, changes: dict[str, Decimal | None], *, reason: str) -> str:
+        """Set a position's stop, target or trailing distance (a levels-only AMEND) and move the
+        broker-held protection to them: the working stop and take-profit are replaced in place
+        (``replace_and_record``: no moment without a stop); a target removed or added changes the
+        order group, so the protection is canceled, confirmed and placed again for the whole
+        quantity by ``ensure``. Returns ``changed``, ``unchanged``, ``not_open``, ``exiting`` (an
+        exit works on the shares), ``deferred`` or ``failed`` (the broker refused; protection
+        checked again, the levels recorded)."""
+        view = self.view(trade_id)
+        trade = view.trade
+        if trade["status"] != TradeStatus.POSITION.value or view.position_qty <= ZERO:
+            return "not_open"
+        if view.exits_open:
+            return "exiting"
+        old = {key: trade.get(key) for key in changes}
+        new = {key: value for key, value in changes.items() if value != trade.get(key)}
+        if new:
+            with self.db.transaction():
+                self.db.update("trade_journal", trade_id, new)
+                self.audit.record("trade", trade_id, audit.TRADE_UPDATED, symbol=trade["symbol"],
+                                  old=", ".join(f"{k}={old[k]}" for k in new),
+                                  new=", ".join(f"{k}={v}" for k, v in new.items()), reason=reason,
+                                  details={"levels": {k: None if v is None else str(v) for k, v in new.items()}})
+        after = self.reconciler.trades.get(trade_id)
+        assert after is not None
+        trade = after
+        stop = round_to_tick(Decimal(trade["planned_sl"]))
+        target = None if trade.get("planned_tp") is None else round_to_tick(Decimal(trade["planned_tp"]))
+        wants_target = trade["trade_style"] == "SWING" and target is not None
+        has_target = bool(view.take_profit_rows)
+        try:
+            if view.protective_open and wants_target != has_target:
+                # The group itself changes (OCO <-> stop): cancel it, then ensure places the new one.
+                if not self.cancel_and_confirm(trade_id, view.protective_open, reason=f"{reason}: protection "
+                                               "placed again with the new levels"):
+                    return "deferred"
+                outcome = self.ensure(trade_id)
+                return "changed" if outcome in ("repaired", "protected") else outcome
+            moved = False
+            for row in view.stop_rows:
+                if row.get("stop_price") is not None and Decimal(row["stop_price"]) != stop:
+                    self.replace_and_record(trade_id, row, stop_price=stop)
+                    moved = True
+            if target is not None and wants_target:
+                for row in view.take_profit_rows:
+                    if row.get("limit_price") is not None and Decimal(row["limit_price"]) != target:
+                        self.replace_and_record(trade_id, row, limit_price=target)
+                        moved = True
+        except BrokerRejectedError as exc:
+            # Filled, canceled or refused meanwhile (a stop above the market, say): the levels stay
+            # recorded, and the protection is checked now so the shares keep a stop.
+            self.warn(f"trade {trade_id} {trade['symbol']}: protection not moved to the new levels: {exc}")
+            self.ensure(trade_id)
+            return "failed"
+        if not view.stop_rows:
+            self.ensure(trade_id)  # no stop held yet: placed with the new levels
+        self.point_position(self.view(trade_id))
+        return "changed" if new or moved else "unchanged"
 
     # -- canceling ----------------------------------------------------------------------------
 
@@ -515,7 +570,7 @@ class Protector:
         already works), ``closed``, ``deferred`` or ``failed`` (recorded; protection is restored).
 
         ``step``/``keep_escalation``: the escalator sending a later step of an exit it tracks."""
-        from trading.exits import Urgency, exit_step, latest_quote  # exits builds on the protector
+        from trading.exits import Urgency, exit_step, latest_quote, more_urgent  # exits builds on the protector
         view = self.view(trade_id)
         if view.trade["status"] in (TradeStatus.CLOSED.value, TradeStatus.CANCELLED.value):
             return "closed"
@@ -523,7 +578,17 @@ class Protector:
             self._resolve_pending(trade_id, view)
             view = self.view(trade_id)
         if view.exits_open:
-            return "exiting"
+            working_urgency = view.trade.get("exit_urgency")
+            if keep_escalation or not more_urgent(urgency, working_urgency):
+                return "exiting"
+            # A gentler exit is walking (a CLOSE's limit at the mid) and this one may not wait (the
+            # kill switch's flatten, the day-end exit): its limit goes, this exit takes over.
+            if not self.cancel_and_confirm(trade_id, view.exits_open, reason=f"{exit_reason}: a {urgency} exit "
+                                           f"takes over the {working_urgency} one"):
+                return "deferred"
+            view = self.view(trade_id)
+            if view.trade["status"] in (TradeStatus.CLOSED.value, TradeStatus.CANCELLED.value):
+                return "closed"  # the limit filled before it could be canceled
         working = view.entry_working + view.protective_open
         if working and not self.cancel_and_confirm(trade_id, working, reason=f"{exit_reason}: exit requested",
                                                    entry_reason=entry_reason):

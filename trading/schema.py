@@ -618,6 +618,7 @@ OUTSIDE_AUDIT_ENTITIES: dict[str, tuple[str, str]] = {
 OUTSIDE_AUDIT_FUNCTION = "trading_audit_outside_change"
 REFUSE_DELETE_FUNCTION = "trading_refuse_delete"
 TRADING_STATE_EDIT_FUNCTION = "trading_state_outside_edit"
+TRADING_STATE_NOTIFY_FUNCTION = "trading_state_outside_edit_notify"
 
 
 def _trading_state_edit_function_sql() -> str:
@@ -647,6 +648,34 @@ BEGIN
         END IF;
     END IF;
     RETURN NEW;
+END $$"""
+
+
+def _trading_state_notify_function_sql() -> str:
+    """A person's change of a mode (NocoDB, psql) is announced like the programs' own changes.
+
+    ``trading.notify.record_state_change`` writes the "trading state changed" message for the
+    programs and scripts/trading_state.py; a row edit never passes through Python, so this AFTER
+    trigger writes the same message (same title and body) into ``notification_outbox`` in the
+    edit's own transaction, and the next program run sends it. SECURITY DEFINER: the NocoDB role
+    may edit ``trading_state`` but has no INSERT on the outbox.
+    """
+    where = "CASE WHEN NEW.scope = 'ACCOUNT' THEN 'account' ELSE NEW.scope END"
+    old_mode = "CASE WHEN TG_OP = 'INSERT' THEN 'ACTIVE' ELSE OLD.mode END"
+    return f"""CREATE OR REPLACE FUNCTION {TRADING_STATE_NOTIFY_FUNCTION}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    was text := {old_mode};
+    place text := {where};
+BEGIN
+    IF coalesce(current_setting('{PROGRAM_SETTING}', true), '') <> '' OR NEW.mode IS NOT DISTINCT FROM was THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO notification_outbox (kind, title, body, program, symbol)
+    VALUES ('trading_state_changed', 'Trading state ' || place || ': ' || was || ' -> ' || NEW.mode,
+            place || ': ' || was || ' -> ' || NEW.mode || ' by ' || NEW.changed_by || ' (' || NEW.source || '): '
+            || NEW.reason, 'outside:' || session_user, CASE WHEN NEW.scope = 'ACCOUNT' THEN NULL ELSE NEW.scope END);
+    RETURN NULL;
 END $$"""
 
 
@@ -742,7 +771,11 @@ def guard_statements() -> list[str]:
                   "DROP TRIGGER IF EXISTS trading_state_normalise_outside_edit ON trading_state",
                   # BEFORE triggers fire in name order: this one before trading_state_outside_change_audit.
                   "CREATE TRIGGER trading_state_normalise_outside_edit BEFORE INSERT OR UPDATE ON trading_state "
-                  f"FOR EACH ROW EXECUTE FUNCTION {TRADING_STATE_EDIT_FUNCTION}()"]
+                  f"FOR EACH ROW EXECUTE FUNCTION {TRADING_STATE_EDIT_FUNCTION}()",
+                  _trading_state_notify_function_sql(),
+                  "DROP TRIGGER IF EXISTS trading_state_notify_outside_edit ON trading_state",
+                  "CREATE TRIGGER trading_state_notify_outside_edit AFTER INSERT OR UPDATE OF mode ON trading_state "
+                  f"FOR EACH ROW EXECUTE FUNCTION {TRADING_STATE_NOTIFY_FUNCTION}()"]
     for table, _ in OUTSIDE_AUDIT_ENTITIES.items():
         trigger = f"{table}_outside_change_audit"
         events = "UPDATE OR DELETE" if table == "analysis_decision" else "INSERT OR UPDATE OR DELETE"
