@@ -128,6 +128,7 @@ class Checker:
         self.outside = outside or OutsideLedger()
         self._entry = re.compile(rf"^{re.escape(prefix)}-d(\d+)-[0-9a-f]{{8}}-e$")
         self._trade = re.compile(rf"^{re.escape(prefix)}-t(\d+)-[0-9a-f]{{8}}-")
+        self._stale: dict[int, tuple[Any, ...]] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -354,17 +355,28 @@ class Checker:
 
     def _rows_agree(self, truth: Truth, add: Callable[[str, str], None]) -> None:
         by_id = truth.by_id
+        # A row may lag an order that changed during the run that wrote it (the run's own waits
+        # pass the exchange's clock after it recorded the order): the promise is that it agrees
+        # after the *next* monitor run, so a row that still disagrees with the same broker state
+        # at the next settled check is the violation.
+        stale: dict[int, tuple[Any, ...]] = {}
         for row in truth.rows:
             order = by_id.get(row["alpaca_order_id"] or "")
             if order is None:
                 continue
             if row["order_status"] != order.status:
-                add("rows_agree_with_broker", f"order row {row['id']} ({row['order_type']}, trade "
-                                              f"{row['trade_journal_id']}) is {row['order_status']}, the broker "
-                                              f"says {order.status}")
+                message = (f"order row {row['id']} ({row['order_type']}, trade {row['trade_journal_id']}) is "
+                           f"{row['order_status']}, the broker says {order.status}")
             elif Decimal(row["filled_qty"]) != order.filled_qty or Decimal(row["qty"]) != order.qty:
-                add("rows_agree_with_broker", f"order row {row['id']}: qty {row['qty']} filled {row['filled_qty']}, "
-                                              f"the broker says {order.qty} filled {order.filled_qty}")
+                message = (f"order row {row['id']}: qty {row['qty']} filled {row['filled_qty']}, the broker says "
+                           f"{order.qty} filled {order.filled_qty}")
+            else:
+                continue
+            key = (row["order_status"], row["filled_qty"], order.status, order.filled_qty, order.qty, order.updated_at)
+            stale[int(row["id"])] = key
+            if self._stale.get(int(row["id"])) == key:
+                add("rows_agree_with_broker", message + " (still, after the next monitor run)")
+        self._stale = stale
         db_qty: dict[str, Decimal] = defaultdict(Decimal)
         for trade in truth.trades:
             positions = [p for p in truth.tracking if p["trade_journal_id"] == trade["id"]]
