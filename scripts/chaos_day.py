@@ -53,8 +53,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     which.add_argument("--seeds", type=int, default=20, metavar="N", help="play seeds 0..N-1 (default 20)")
     which.add_argument("--seed", type=int, metavar="S", help="replay seed S only")
     parser.add_argument("--first", type=int, default=0, metavar="F", help="with --seeds: start at seed F (default 0)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print every violation as it is found, and "
-                                                                     "the programs' warnings")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print every moment (its runs, outside actions, violations) and the programs' warnings")
     args = parser.parse_args(argv)
     if args.seed is None and args.seeds < 1:
         parser.error("--seeds must be at least 1")

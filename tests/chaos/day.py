@@ -24,9 +24,9 @@ emptied tables:
 
 After every moment the invariants are checked (``tests.chaos.invariants``); after the last
 scheduled run the day is settled (clean executor, order monitor, position monitor, order monitor)
-and checked once more, with the end-of-day promises. The plan of the day comes from
-``random.Random(seed)``: the same seed replays the same decisions, actions, faults, kills and
-prices (thread interleavings are the machine's).
+and checked once more, with the end-of-day promises. Each moment's plan comes from
+``random.Random(f"{seed}:{moment}")``, never from what earlier moments did: the same seed replays
+the same decisions, actions, faults, kills and prices (thread interleavings are the machine's).
 """
 
 from __future__ import annotations

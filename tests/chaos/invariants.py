@@ -156,14 +156,9 @@ class Checker:
         finally:
             db.close()
 
-    def owner(self, truth: Truth, order: BrokerOrder, _depth: int = 0) -> int | None:
-        """The trade an order at the broker belongs to (None: not the system's, or not yet known)."""
-        by_alpaca = {r["alpaca_order_id"]: r for r in truth.rows if r["alpaca_order_id"]}
-        return self._owner(truth, order, by_alpaca, {r["client_order_id"]: r for r in truth.rows
-                                                      if r["client_order_id"]}, truth.by_id, _depth)
-
     def _owner(self, truth: Truth, order: BrokerOrder, by_alpaca: dict[str, Row], by_client: dict[str, Row],
                by_id: dict[str, BrokerOrder], depth: int = 0) -> int | None:
+        """The trade an order at the broker belongs to (None: not the system's, or not yet known)."""
         row = by_alpaca.get(order.id) or by_client.get(order.client_order_id)
         if row is not None:
             return int(row["trade_journal_id"])
