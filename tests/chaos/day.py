@@ -169,6 +169,7 @@ class ChaosDay:
         self.checker = Checker(self.connect, exchange_url, prefix=self.settings.monitor.client_order_prefix,
                                outside=self.outside)
         self.person = TradingClient("local", "local", paper=True, url_override=exchange_url)
+        self.person._retry = 0  # a person acting during an outage meets its errors (no 3-second retries)
         self.result = DayResult(seed)
         self.mids: dict[str, Decimal] = {}
         self.symbols: list[str] = []
@@ -298,12 +299,14 @@ class ChaosDay:
         if rng.random() < 0.12:
             victim.kill_at, victim.kill_after = kill_at, kill_after
         faults = self.add_faults() if rng.random() < 0.3 else []
-        self.run_together(runs)
+        # Sometimes a person acts while the programs run (then the moment is not a settled one).
+        during = rng.uniform(0.0, 0.3) if after_executor and rng.random() < 0.1 else None
+        self.run_together(runs, outside_after=during)
         taken = self.take_faults(faults)
         killed = any(r.killed for r in runs)
         label = f"{moment.astimezone(EASTERN):%H:%M} ET " + "+".join(
             r.program + (" (killed)" if r.killed else "") for r in runs)
-        settled = (programs == ["order_monitor"] and not taken and not killed
+        settled = (programs == ["order_monitor"] and not taken and not killed and during is None
                    and runs[0].summary is not None and runs[0].summary.outcome in ("success", "warning"))
         self.log(f"seed {self.seed}: {label}: " + "; ".join(
             f"{r.program} {r.summary.line() if r.summary else r.error or 'killed'}" for r in runs)
@@ -323,8 +326,15 @@ class ChaosDay:
         finally:
             db.close()
 
-    def run_together(self, runs: list[Run]) -> None:
-        barrier = threading.Barrier(len(runs))
+    def run_together(self, runs: list[Run], outside_after: float | None = None) -> None:
+        """The moment's runs started together, each in a thread on its own connection; with
+        ``outside_after``, a person's action that many seconds into the runs."""
+        barrier = threading.Barrier(len(runs) + (outside_after is not None))
+
+        def person() -> None:
+            barrier.wait(timeout=30)
+            time.sleep(outside_after or 0)
+            self.outside_action(prefix="during the runs: ")
 
         def target(run: Run) -> None:
             broker = self.broker(run.kill_at, run.kill_after)
@@ -347,6 +357,8 @@ class ChaosDay:
                 run.killed = True
 
         threads = [threading.Thread(target=target, args=(run,), name=f"chaos-{run.program}") for run in runs]
+        if outside_after is not None:
+            threads.append(threading.Thread(target=person, name="chaos-person"))
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -429,11 +441,11 @@ class ChaosDay:
     def _open_orders(self) -> list[Any]:
         return list(self.person.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=True, limit=500)))
 
-    def outside_action(self) -> None:
-        kind = self.rng.choice(["cancel a leg", "replace a leg", "replace an entry", "close a position",
-                                "buy more"])
+    def outside_action(self, prefix: str = "") -> None:
+        kind = prefix + self.rng.choice(["cancel a leg", "replace a leg", "replace an entry", "close a position",
+                                         "buy more"])
         try:
-            done = getattr(self, "_" + kind.replace(" ", "_"))()
+            done = getattr(self, "_" + kind[len(prefix):].replace(" ", "_"))()
         except APIError as exc:
             self.result.actions[f"{kind} (refused: {exc.status_code})"] += 1
             return

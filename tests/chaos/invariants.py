@@ -53,6 +53,7 @@ ZERO = Decimal(0)
 CENT = Decimal("0.01")
 STOP_KINDS = ("stop", "stop_limit", "trailing_stop")
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+REPLACED = ("replaced", "pending_replace")
 ORDER_EVENTS = ("ORDER_INTENT", "ORDER_SUBMITTED", "ORDER_STATUS", "ORDER_NOT_FOUND", "ORDER_REFUSED")
 
 Row = dict[str, Any]
@@ -139,12 +140,14 @@ class Checker:
         parent: dict[str, str] = {}
         # A replaced order keeps listing its legs, which now belong to its replacement: walk the
         # replaced ones first so a leg's parent is the live one, and never count them as a group.
-        for root in sorted(roots, key=lambda o: o.status != "replaced"):
+        # One whose replace is in flight (pending_replace) has stopped working: its replacement
+        # (pending_new) is the order now.
+        for root in sorted(roots, key=lambda o: o.status not in REPLACED):
             for order in root.walk():
                 flat[order.id] = order
                 for leg in order.legs:
                     parent[leg.id] = order.id
-        top = [o for o in roots if o.id not in parent and o.status != "replaced"]
+        top = [o for o in roots if o.id not in parent and o.status not in REPLACED]
         db = self.db_factory()
         try:
             return Truth(positions=positions, orders=list(flat.values()), roots=top, parent=parent,
@@ -462,10 +465,11 @@ class Checker:
 
 
 def _open_sells(group: BrokerOrder) -> list[BrokerOrder]:
-    """A group's open sells; the held legs of an entry not completely filled cannot sell yet."""
+    """A group's open sells; the held legs of an entry not completely filled cannot sell yet, and
+    an order whose replace is in flight counts through its replacement."""
     if group.side == "buy" and group.status != "filled":
         return []
-    return [o for o in group.walk() if o.side == "sell" and not o.terminal]
+    return [o for o in group.walk() if o.side == "sell" and not o.terminal and o.status not in REPLACED]
 
 
 def _remaining(order: BrokerOrder) -> Decimal:
