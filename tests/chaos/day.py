@@ -56,7 +56,7 @@ from config import PostgresConfig, Settings, get_schedule_config
 from db_layer import TradingDB
 from paper_exchange.universe import DEFAULT_UNIVERSE
 from scheduler import TradingCalendar, build_job_table, fire_times
-from tests.chaos.invariants import Checker, OutsideLedger, Violation
+from tests.chaos.invariants import Checker, Violation
 from tests.factories import ExchangeAdmin, eastern, make_settings
 from trading import program as program_module
 from trading import schema
@@ -165,9 +165,7 @@ class ChaosDay:
         # wall-clock minutes: a whole day's injected faults would fall in one window and hold
         # every entry. Its own scenarios are in test_breakers.py; the other breakers stay on.
         self.settings = settings or make_settings(BREAKER_BROKER_ERRORS=100000)
-        self.outside = OutsideLedger()
-        self.checker = Checker(self.connect, exchange_url, prefix=self.settings.monitor.client_order_prefix,
-                               outside=self.outside)
+        self.checker = Checker(self.connect, exchange_url, prefix=self.settings.monitor.client_order_prefix)
         self.person = TradingClient("local", "local", paper=True, url_override=exchange_url)
         self.person._retry = 0  # a person acting during an outage meets its errors (no 3-second retries)
         self.result = DayResult(seed)
@@ -515,7 +513,6 @@ class ChaosDay:
         self.admin.step()  # the cancels complete (as the app waits for them; legs one pass later)
         self.admin.step()
         order = self.person.close_position(symbol)
-        self.outside.add(symbol, "close", str(order.id))
         for _ in range(10):  # a market order: the person sees it done (a partial fill completes)
             self.admin.step()
             if self.person.get_order_by_id(order.id).status.value == "filled":
@@ -528,7 +525,6 @@ class ChaosDay:
         order = self.person.submit_order(MarketOrderRequest(
             symbol=symbol, qty=self.rng.randint(1, 10), side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
             client_order_id=f"outside-{self.seed}-{self._next_outside}"))
-        self.outside.add(symbol, "buy", str(order.id))
         return f"{order.qty} {symbol}"
 
     # ------------------------------------------------------------------ decisions during the day
