@@ -173,6 +173,7 @@ class ChaosDay:
         self.symbols: list[str] = []
         self.log = log or (lambda line: None)
         self._next_outside = 0
+        self.no_shorting = False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -233,6 +234,10 @@ class ChaosDay:
         self.admin.clock(eastern(DAY, "09:00"))
         self.admin.reset_stats()
         self.admin.configure(partial_fill_probability=self.rng.choice([0, 0, 0.3]))
+        # Most days on a margin account that allows shorting (an oversell shows as a short), some
+        # with no_shorting as the paper-trading checklist advises (an oversell is refused).
+        self.no_shorting = self.rng.random() < 0.3
+        self.admin.configure_account(no_shorting=self.no_shorting)
         program_module._SKIPS_IN_A_ROW.clear()
         db = self.connect()
         try:
@@ -332,7 +337,11 @@ class ChaosDay:
         def person() -> None:
             barrier.wait(timeout=30)
             time.sleep(outside_after or 0)
-            self.outside_action(prefix="during the runs: ")
+            # A sale while a program is between reading the position and sending its sell opens a
+            # short on a shortable account, whatever the program does: only the account's
+            # no_shorting closes that window (the health check warns while it is off). People
+            # close positions during the runs only on the days the account has it.
+            self.outside_action(prefix="during the runs: ", closes=self.no_shorting)
 
         def target(run: Run) -> None:
             broker = self.broker(run.kill_at, run.kill_after)
@@ -439,9 +448,9 @@ class ChaosDay:
     def _open_orders(self) -> list[Any]:
         return list(self.person.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=True, limit=500)))
 
-    def outside_action(self, prefix: str = "") -> None:
-        kind = prefix + self.rng.choice(["cancel a leg", "replace a leg", "replace an entry", "close a position",
-                                         "buy more"])
+    def outside_action(self, prefix: str = "", *, closes: bool = True) -> None:
+        kinds = ["cancel a leg", "replace a leg", "replace an entry", "close a position", "buy more"]
+        kind = prefix + self.rng.choice([k for k in kinds if closes or k != "close a position"])
         try:
             done = getattr(self, "_" + kind[len(prefix):].replace(" ", "_"))()
         except APIError as exc:
