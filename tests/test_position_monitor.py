@@ -298,6 +298,35 @@ def test_position_sold_outside_after_canceling_the_legs_closes_at_that_sells_pri
     assert summary.counts["closed_outside"] == 1 and summary.outcome == "warning"
 
 
+def test_position_closed_outside_then_bought_again_outside_is_closed_and_the_new_shares_are_orphans(
+        db, broker, exchange, outside):
+    # Found by the chaos day (seed 37): a person sold all 10 shares in the app, then bought 3; the
+    # net difference (3 held, 10 recorded) was booked as 7 sold outside and the trade kept the
+    # person's 3 shares as its own (protected, and sold at its exits: outside shares adopted).
+    open_aapl(db, broker, exchange)
+    cancel_protection_outside(outside, exchange)
+    exchange.quotes(AAPL=("151.00", "151.10"))
+    sell = sell_outside(outside, 10, "dashboard-sell-1")
+    outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(3), side="buy", kind="market",
+                                      time_in_force="day", client_order_id="dashboard-buy-3"))
+    exchange.step()
+    assert exchange.positions() == {"AAPL": Decimal(3)}
+
+    run_position_monitor(db, broker)
+
+    closed = trade(db)
+    assert (closed["status"], closed["exit_reason"], closed["exit_price"]) == ("CLOSED", "MANUAL_EXIT",
+                                                                               Decimal("151.00"))
+    assert closed["actual_pnl"] == Decimal("10.00")
+    assert db.query("position_tracking") == []
+    [mismatch] = audit_rows(db, audit.QUANTITY_MISMATCH)
+    assert mismatch["details"]["outside_fills"] == [{"order_id": sell.id, "qty": "10", "price": "151"}]
+    [orphan] = audit_rows(db, audit.ORPHAN_POSITION)
+    assert (orphan["symbol"], orphan["new_value"]) == ("AAPL", "3")
+    assert exchange.positions() == {"AAPL": Decimal(3)}  # never sold
+    assert [o for o in open_exchange_orders(exchange) if o["side"] == "sell"] == []  # never protected
+
+
 def test_position_closed_from_the_dashboard_with_close_all_closes_at_the_fill_price(db, broker, exchange):
     open_aapl(db, broker, exchange)
     exchange.quotes(AAPL=("148.40", "148.50"))
