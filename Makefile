@@ -1,13 +1,13 @@
 # trading-monitor: every command a newcomer needs. Each target installs what it needs first.
 #   make demo    run a whole simulated trading day on the embedded database and paper exchange
-#   make test    run the test suite with coverage (what CI runs)
+#   make test    run the test suite with coverage (what CI runs; installs headless Chromium when missing)
 #   make chaos   seeded chaos trading days: violations per invariant (SEEDS=200)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-requirements
 
-.PHONY: install demo test lint health bench chaos stream console nocodb-test db-stop exchange-stop stop clean
+.PHONY: install browser demo test lint health bench chaos stream console nocodb-test db-stop exchange-stop stop clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ install: $(STAMP)  ## create .venv and install the pinned packages
 demo: $(STAMP)     ## a whole simulated trading day (options: make demo ARGS="--date 2026-11-27 --seed 7")
 	$(BIN)/python scripts/simulate_day.py $(ARGS)
 
-test: $(STAMP)     ## the test suite, with coverage of the core modules
+# The console's browser test drives the distribution's headless Chromium through chromedriver.
+HAVE_CHROMIUM := command -v chromedriver >/dev/null && { command -v chromium || command -v chromium-browser; } >/dev/null
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:           ## headless Chromium and chromedriver for tests/test_console_browser.py (apt, when missing)
+	@$(HAVE_CHROMIUM) || { command -v apt-get >/dev/null && \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  { echo "install Chromium and its driver (Debian/Ubuntu: apt-get install -y chromium chromium-driver)"; exit 1; }
+
+test: $(STAMP) browser  ## the test suite, with coverage of the core modules
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -200,9 +200,10 @@ def create_app(settings: ConsoleSettings, *, broker: Broker | None = None,
 
     app.state.database = database
 
-    from console import routes
+    from console import dashboard, routes
 
     routes.add_routes(app, database, settings, brokers)
+    dashboard.add_dashboard(app, brokers)
     return app
 
 
@@ -236,10 +237,14 @@ def _install_auth(app: FastAPI, settings: ConsoleSettings) -> None:
     if settings.loopback:
         return
 
+    from console.dashboard import is_public
+
     @app.middleware("http")
     async def every_request_needs_the_token(request: Request, call_next: Any) -> Any:
         # Beyond the loopback interface the book itself is confidential: reads need the token too.
-        if not token_ok(settings, request):
+        # The dashboard's page and files hold no data (a browser cannot send a bearer header when
+        # it loads a page): they are served, and the page sends the token with every API call.
+        if not is_public(request.url.path) and not token_ok(settings, request):
             return answer({"error": "this console listens beyond localhost: every request needs "
                                     "'Authorization: Bearer <CONSOLE_TOKEN>'"}, 401)
         return await call_next(request)
