@@ -1,12 +1,13 @@
 # trading-monitor: every command a newcomer needs. Each target installs what it needs first.
 #   make demo    run a whole simulated trading day on the embedded database and paper exchange
 #   make test    run the test suite with coverage (what CI runs; installs headless Chromium when missing)
+#   make chaos   seeded chaos trading days: violations per invariant (SEEDS=200)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-requirements
 
-.PHONY: install browser demo test lint health bench stream console nocodb-test db-stop exchange-stop stop clean
+.PHONY: install browser demo test lint health bench chaos stream console nocodb-test db-stop exchange-stop stop clean
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,10 @@ bench: $(STAMP)    ## print the speed figures (paper exchange, executor, monitor
 	$(BIN)/python scripts/benchmark_order_monitor.py
 	$(BIN)/python scripts/benchmark_position_monitor.py
 	$(BIN)/python scripts/bench_console.py
+
+SEEDS ?= 20
+chaos: $(STAMP)    ## seeded chaos trading days, every invariant checked after every run (make chaos SEEDS=200; replay one: scripts/chaos_day.py --seed S)
+	$(BIN)/python scripts/chaos_day.py --seeds $(SEEDS)
 
 NOCODB_DIR := var/nocodb
 $(NOCODB_DIR)/.installed: scripts/nocodb/package.json

@@ -18,11 +18,12 @@ import pytest
 
 import order_monitor
 from alpaca_client import AlpacaBroker
-from tests.factories import eastern, make_settings, snapshot
+from tests.factories import add_decision, eastern, make_settings, snapshot
 from tests.monitor_support import (
     audit_events,
     check_invariants,
     exchange_order,
+    execute,
     open_groups,
     open_position,
     place_entry,
@@ -652,6 +653,31 @@ def test_protective_order_answered_500_is_back_within_the_same_run(db, exchange,
     assert group.order_class == "oco" and group.client_order_id.endswith("-p1")
     (repair,) = [r for r in rows(db, trade["id"]) if r["client_order_id"] == group.client_order_id]
     assert repair["order_status"] == "pending_new"
+
+
+def test_close_whose_exit_never_reached_the_broker_leaves_no_unprotected_position(db, exchange, broker):
+    # Found by the chaos day (seed 5): a CLOSE canceled the bracket, recorded its exit intent and the
+    # exit's submissions went unanswered (not at the broker). The pending intent counted as an exit
+    # "working on the shares", so every later run left the position without a stop and without exit.
+    trade = open_position(db, exchange, broker)
+    close = add_decision(db, "AAPL", "CLOSE", trade_id=trade["id"])
+    exchange.fault(method="POST", path="/v2/orders", status=503, count=2)  # both sends, before the exchange
+
+    assert execute(db, broker).counts["deferred"] == 1
+    (intent,) = rows(db, trade["id"], "EXIT")
+    assert intent["order_status"] == "pending" and intent["alpaca_order_id"] is None
+    exchange.clear_faults()
+
+    run_monitor(db, broker)  # the invariants: a broker-held stop for all 10 shares after this run
+
+    assert db.get_by_id("order_execution", intent["id"])["order_status"] == "not_found"
+    assert exchange.positions() == {"AAPL": Decimal("10")}
+    execute(db, broker)  # the deferred CLOSE, carried out at the executor's next run
+    run_monitor(db, broker)
+    assert exchange.positions() == {}
+    assert db.get_by_id("trade_journal", trade["id"])["status"] == "CLOSED"
+    assert db.get_by_id("analysis_decision", close)["executed"] is True
+    assert [r["order_status"] for r in rows(db, trade["id"], "EXIT")] == ["not_found", "filled"]
 
 
 def test_protection_refused_by_the_broker_is_recorded_and_warned(db, exchange, broker):

@@ -298,6 +298,35 @@ def test_position_sold_outside_after_canceling_the_legs_closes_at_that_sells_pri
     assert summary.counts["closed_outside"] == 1 and summary.outcome == "warning"
 
 
+def test_position_closed_outside_then_bought_again_outside_is_closed_and_the_new_shares_are_orphans(
+        db, broker, exchange, outside):
+    # Found by the chaos day (seed 37): a person sold all 10 shares in the app, then bought 3; the
+    # net difference (3 held, 10 recorded) was booked as 7 sold outside and the trade kept the
+    # person's 3 shares as its own (protected, and sold at its exits: outside shares adopted).
+    open_aapl(db, broker, exchange)
+    cancel_protection_outside(outside, exchange)
+    exchange.quotes(AAPL=("151.00", "151.10"))
+    sell = sell_outside(outside, 10, "dashboard-sell-1")
+    outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(3), side="buy", kind="market",
+                                      time_in_force="day", client_order_id="dashboard-buy-3"))
+    exchange.step()
+    assert exchange.positions() == {"AAPL": Decimal(3)}
+
+    run_position_monitor(db, broker)
+
+    closed = trade(db)
+    assert (closed["status"], closed["exit_reason"], closed["exit_price"]) == ("CLOSED", "MANUAL_EXIT",
+                                                                               Decimal("151.00"))
+    assert closed["actual_pnl"] == Decimal("10.00")
+    assert db.query("position_tracking") == []
+    [mismatch] = audit_rows(db, audit.QUANTITY_MISMATCH)
+    assert mismatch["details"]["outside_fills"] == [{"order_id": sell.id, "qty": "10", "price": "151"}]
+    [orphan] = audit_rows(db, audit.ORPHAN_POSITION)
+    assert (orphan["symbol"], orphan["new_value"]) == ("AAPL", "3")
+    assert exchange.positions() == {"AAPL": Decimal(3)}  # never sold
+    assert [o for o in open_exchange_orders(exchange) if o["side"] == "sell"] == []  # never protected
+
+
 def test_position_closed_from_the_dashboard_with_close_all_closes_at_the_fill_price(db, broker, exchange):
     open_aapl(db, broker, exchange)
     exchange.quotes(AAPL=("148.40", "148.50"))
@@ -443,6 +472,39 @@ def test_shares_bought_outside_are_recorded_not_adopted_and_the_trade_keeps_its_
     again = snapshot(db)
     run_position_monitor(db, broker)
     assert snapshot(db) == again  # recorded once per quantity
+
+
+def test_stop_replaced_outside_and_seen_first_by_the_position_monitor_is_adopted_not_repaired_over(
+        db, broker, exchange, outside):
+    # Found by the chaos day (seed 15): the position monitor, syncing a trade's orders after shares
+    # were bought outside, recorded the person's replace of the stop as the stop's end without
+    # adopting its replacement; the order monitor then saw no stop and its repairs were refused
+    # (the replacement holds the shares) run after run, with the live stop missing from the tables.
+    add_decision(db, "AAPL", trade_style="DAYTRADE", planned_tp=None)  # an OTO: entry + stop
+    order_executor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
+    exchange.quotes(AAPL=("149.90", "150.00"))
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
+    cancel_protection_outside(outside, exchange)
+    exchange.step()
+    order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))  # a stop of its own
+    exchange.step()  # acknowledged
+    [stop] = [o for o in open_exchange_orders(exchange) if o["side"] == "sell"]
+    assert (stop["order_class"], stop["client_order_id"][-3:]) == ("", "-p1")
+    replacement = outside.replace_order(stop["id"], stop_price=Decimal("146.00"))
+    outside.submit_order(OrderRequest(symbol="AAPL", qty=Decimal(1), side="buy", kind="market",
+                                      time_in_force="day", client_order_id="dashboard-buy-1"))
+    exchange.step()  # the replace completes, the buy fills
+
+    run_position_monitor(db, broker)
+    summary = order_monitor.run_once(db, broker, settings=SETTINGS, sleep=exchange_sleep(broker))
+
+    assert summary.counts["protection_protected"] == 1 and summary.counts["protection_failed"] == 0
+    [adopted] = db.query("order_execution", {"alpaca_order_id": replacement.id})
+    assert (adopted["order_type"], adopted["order_status"], adopted["stop_price"]) == ("STOP_LOSS", "new",
+                                                                                        Decimal("146.00"))
+    assert position(db)["stop_loss_order_id"] == replacement.id
+    assert [r for r in db.query("order_execution") if r["order_status"] == "rejected"] == []
+    assert [o["id"] for o in open_exchange_orders(exchange) if o["side"] == "sell"] == [replacement.id]
 
 
 def test_orphan_broker_position_is_recorded_once_and_never_sold(db, broker, exchange, outside):

@@ -129,7 +129,9 @@ class PositionReconciler:
                 self.count("synced_from_orders")
                 return broker_qty
         if broker_qty < db_qty:
-            self._shares_gone(rows, broker_qty, db_qty, resize=resize)
+            kept = self._shares_gone(rows, broker_qty, db_qty, resize=resize)
+            if kept < broker_qty:  # the trades' shares were sold and people bought again: not adopted
+                self._shares_added(symbol, rows, broker_qty, kept)
         else:
             self._shares_added(symbol, rows, broker_qty, db_qty)
         return broker_qty
@@ -152,7 +154,7 @@ class PositionReconciler:
             if result.closed:
                 self.count("closed_by_exit_order")
 
-    def _shares_gone(self, rows: list[Row], broker_qty: Decimal, db_qty: Decimal, *, resize: bool) -> None:
+    def _shares_gone(self, rows: list[Row], broker_qty: Decimal, db_qty: Decimal, *, resize: bool) -> Decimal:
         """The broker holds fewer shares than the database and none of the trades' own orders explain
         it: they were sold (or removed) outside the system.
 
@@ -162,10 +164,16 @@ class PositionReconciler:
         sell explains are priced at the last known price. Exit reason MANUAL_EXIT. A trade left
         with nothing is CLOSED and its remaining orders canceled; one left with fewer shares has
         its protection resized here, at once.
+
+        The shares gone are at least what those sells sold (up to the trades' shares), not just the
+        net difference: sold in the app and then bought again, the trades are closed by the sale
+        and the shares bought are people's own (returned as more than the trades keep). Returns
+        the shares the trades keep.
         """
         symbol = rows[0]["symbol"]
-        gone = db_qty - broker_qty
         pool = self._outside_sells(symbol, min((r["entry_date"] for r in rows if r.get("entry_date")), default=None))
+        gone = max(db_qty - broker_qty, min(db_qty, sum((fill.qty for fill in pool), ZERO)))
+        kept = db_qty - gone
         for row in rows:
             if gone <= ZERO:
                 break
@@ -218,6 +226,7 @@ class PositionReconciler:
                 if resize:
                     outcome = self.protector.ensure(trade_id)  # resize the protection now, not next monitor run
                     self.count(f"protection_{outcome}")
+        return kept
 
     def _outside_sells(self, symbol: str, since: dt.datetime | None) -> list[_OutsideFill]:
         """Filled sells of ``symbol`` since ``since`` that the database does not know, oldest first,

@@ -214,8 +214,8 @@ class Protector:
                 found_cover = view.stop_qty
             if trade["status"] != TradeStatus.POSITION.value or view.position_qty <= ZERO:
                 return "not_open"
-            if view.exits_open:
-                return "exiting"
+            # Unanswered intents first: an exit intent that never reached the broker sells nothing,
+            # so it must not count as an exit working on the shares (they would stay unprotected).
             if view.pending:
                 if resolved_pending:
                     self.warn(f"trade {trade_id} {trade['symbol']}: an order awaits the broker's answer; "
@@ -224,6 +224,8 @@ class Protector:
                 self._resolve_pending(trade_id, view)
                 resolved_pending = True
                 continue
+            if view.exits_open:
+                return "exiting"
             if view.entry_working:
                 if self.settings.monitor.partial_entry_policy == "wait":
                     return "waiting"
@@ -578,6 +580,9 @@ class Protector:
         view = self.view(trade_id)
         if view.trade["status"] in (TradeStatus.CLOSED.value, TradeStatus.CANCELLED.value):
             return "closed"
+        if view.pending:  # an unanswered exit is looked up before it counts as working (see ensure)
+            self._resolve_pending(trade_id, view)
+            view = self.view(trade_id)
         if view.exits_open:
             working_urgency = view.trade.get("exit_urgency")
             if keep_escalation or not more_urgent(urgency, working_urgency):
