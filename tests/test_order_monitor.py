@@ -33,7 +33,7 @@ from tests.monitor_support import (
 )
 from trading import lifecycle
 from trading.audit import Auditor
-from trading.broker import BrokerOrder
+from trading.broker import BrokerOrder, OrderRequest
 from trading.errors import NotFoundError, UnknownStatusError
 from trading.reconcile import Reconciler
 
@@ -944,6 +944,41 @@ def test_replaced_entry_keeps_its_fills_and_the_trade_holds_the_whole_chain_at_t
         (D("10"), D("149.55"), D("1495.50"))
     buys = [(f["qty"], f["price"]) for f in db.query("trade_fill", order_by="id")]
     assert buys == [(D("1"), D("150.00")), (D("9"), D("149.50"))]
+
+
+def test_entry_replaced_outside_then_filled_and_stopped_out_before_a_run_closes_the_trade_and_sells_nothing_more(
+        db, exchange, broker):
+    """Found by the chaos day (seed 1): the stop leg's fill was booked before the replaced entry's
+    fill (legs before the successor), as a late fill of an ORDERED trade; the entry's fill then
+    opened a position the stop had already sold, and the "repair" sold a person's shares."""
+    exchange.quotes(AAPL=("150.40", "150.50"))  # the entry (limit 150) rests
+    trade = place_entry(db, broker)
+    exchange.step()
+    entry = entry_row(db, trade["id"])
+    person = outside_client(exchange)
+    first = person.replace_order(entry["alpaca_order_id"], limit_price=D("149.90"))
+    exchange.step()
+    person.replace_order(first.id, limit_price=D("149.80"))
+    exchange.step()
+    person.submit_order(OrderRequest(symbol="AAPL", qty=D(4), side="buy", kind="market", time_in_force="day",
+                                     client_order_id="person-aapl-4"))  # the person's own shares
+    exchange.step()
+    exchange.quotes(AAPL=("149.70", "149.80"))  # the replacement fills at 149.80
+    exchange.step()
+    exchange.quotes(AAPL=("144.90", "145.00"))  # through the stop: it sells the 10 shares
+    exchange.step()
+    exchange.step()
+
+    summary = run_monitor(db, broker, check=False)
+
+    closed = db.get_by_id("trade_journal", trade["id"])
+    assert (closed["status"], closed["exit_reason"]) == ("CLOSED", "STOPPED_OUT"), summary.as_dict()
+    assert closed["actual_qty"] == D("10")
+    exit_price = D(closed["exit_price"])
+    assert closed["actual_pnl"] == (exit_price - D("149.80")) * 10
+    assert summary.counts.get("protection_repaired", 0) == 0
+    assert audit_events(db, "ORDER_ANOMALY") == []
+    assert exchange.positions() == {"AAPL": D("4")}  # the person's shares, untouched
 
 
 def entry_row_by_id(db, row_id: int) -> dict:

@@ -82,13 +82,18 @@ class Reconciler:
         change = self.orders.record(row, order, now=now)
         result.changes.append(change)
         self._apply(trade, row, change, now, result)
-        for leg in order.legs:
-            leg_row = (known or {}).get(leg.id) or self.orders.ensure_leg(trade, order, leg, now=now)
-            result.merge(self.sync(trade, leg_row, leg, now=now, index=index, known=known))
+        # The successor before the legs: a replaced entry's fills live on its replacement, and its
+        # legs (the stop that may have filled meanwhile) need the position those fills opened.
+        # Legs first booked a stop's fill as a late fill of an ORDERED trade, then the entry's
+        # fill opened a position the stop had already sold, and its "repair" sold a person's
+        # shares (found by the chaos day, seed 1).
         if change.new_status == "replaced" and order.replaced_by and index and order.replaced_by in index:
             successor = index[order.replaced_by]
             successor_row = self.orders.adopt_replacement(trade, row, successor, now=now)
             result.merge(self.sync(trade, successor_row, successor, now=now, index=index, known=known))
+        for leg in order.legs:
+            leg_row = (known or {}).get(leg.id) or self.orders.ensure_leg(trade, order, leg, now=now)
+            result.merge(self.sync(trade, leg_row, leg, now=now, index=index, known=known))
         return result
 
     def mark_missing(self, trade: Row, row: Row, max_misses: int, reason: str, now: dt.datetime) -> SyncResult:
