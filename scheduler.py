@@ -64,7 +64,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    EVENT_SCHEDULER_STARTED,
+    JobExecutionEvent,
+    SchedulerEvent,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -566,10 +574,6 @@ class JobRunner:
 # --------------------------------------------------------------------------- the scheduler
 
 
-class StopRequested(BaseException):
-    """Raised by the signal handler to leave APScheduler's blocking loop."""
-
-
 class TradingScheduler:
     """The job table on an APScheduler scheduler (``BlockingScheduler`` unless given another)."""
 
@@ -585,7 +589,12 @@ class TradingScheduler:
             timezone=EASTERN, executors={"default": ThreadPoolExecutor(MAX_WORKERS)},
             job_defaults={"coalesce": True, "max_instances": 1})
         self.scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_ERROR)
-        self._stop_requested = False
+        self.scheduler.add_listener(self._count_running, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        self.scheduler.add_listener(self._on_started, EVENT_SCHEDULER_STARTED)
+        self._stop_requested: str | None = None
+        self._stop_event = threading.Event()
+        self._running_jobs = 0
+        self._jobs_done = threading.Condition()
 
     def add_jobs(self, now: dt.datetime | None = None) -> None:
         """Put every job of the table on the scheduler; a run missed within its grace runs at once."""
@@ -620,28 +629,57 @@ class TradingScheduler:
         else:
             logger.error("job %s raised %r (the job wrapper should have caught it)", event.job_id, event.exception)
 
+    def _count_running(self, event: SchedulerEvent) -> None:
+        """Jobs handed to the worker threads and not finished yet (what a stop waits for)."""
+        with self._jobs_done:
+            self._running_jobs += 1 if event.code == EVENT_JOB_SUBMITTED else -1
+            self._jobs_done.notify_all()
+
+    def _on_started(self, _event: SchedulerEvent) -> None:
+        # A signal that came before the scheduler ran (while the jobs were added) found nothing to stop.
+        if self._stop_requested:
+            self.scheduler.shutdown(wait=False)
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Ask for a stop, and nothing more: the handler runs wherever the main thread is. It used
+        to raise, and inside APScheduler (submitting a job to a worker) the exception was caught
+        and logged as a failed submission: the stop was lost and the service ran on until killed.
+        Shutting the scheduler down from here would deadlock on the lock that submission holds,
+        so the stopper thread does it (``_stopper``)."""
         name = signal.Signals(signum).name
         if self._stop_requested:
             logger.warning("second %s: exiting now without waiting for running jobs (their advisory locks go with "
                            "their connections; the next run repairs anything half done)", name)
             logging.shutdown()
             os._exit(1)
-        self._stop_requested = True
-        raise StopRequested(name)
+        self._stop_requested = name
+        self._stop_event.set()
+
+    def _stopper(self) -> None:
+        """Ends the scheduler's loop once a stop is asked for (jobs already running go on)."""
+        self._stop_event.wait()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
 
     def run_forever(self) -> int:
         """Start the scheduler and block until SIGINT/SIGTERM; a running job finishes first. Returns 0."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stopper = threading.Thread(target=self._stopper, name="scheduler-stopper", daemon=True)
+        stopper.start()
         try:
             self.add_jobs()
             self.log_jobs()
             logger.info("scheduler started (pid %s, timezone America/New_York); stop with SIGINT or SIGTERM",
                         os.getpid())
-            self.scheduler.start()
-        except StopRequested as stop:
-            logger.info("%s received: no new job starts; waiting for any running job to finish", stop)
+            if not self._stop_requested:
+                self.scheduler.start()  # returns once a signal shut it down
+            logger.info("%s received: no new job starts; waiting for any running job to finish",
+                        self._stop_requested or "stop")
+            with self._jobs_done:
+                self._jobs_done.wait_for(lambda: self._running_jobs <= 0)
         finally:
+            self._stop_event.set()  # (the stopper ends too when run_forever leaves for another reason)
+            stopper.join(timeout=5)
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=True)
             for sig, handler in previous.items():

@@ -502,7 +502,12 @@ def test_the_scheduler_command_starts_lists_its_jobs_and_stops_cleanly_on_sigter
                 break
         assert any("scheduler started" in line for line in lines), "".join(lines)
         process.send_signal(signal.SIGTERM)
-        _, rest = process.communicate(timeout=30)
+        try:
+            _, rest = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, rest = process.communicate(timeout=10)
+            raise AssertionError("the scheduler did not stop within 30 s of SIGTERM:\n" + "".join(lines) + rest)
     finally:
         if process.poll() is None:
             process.kill()
