@@ -148,6 +148,7 @@ SAMPLE_PLANS: tuple[tuple[str, str, str, str, str | None, int, str], ...] = (
     ("AMZN", "DAYTRADE", "1.01", "0.008", None, 30, "day trade: tight stop"),
     ("JPM", "SWING", "0.97", "0.02", "0.05", 20, "rests below the market; CANCEL at 11:00"),
     ("GOOGL", "SWING", "0.97", "0.02", "0.05", 30, "rests below the market; AMEND at 11:00"),
+    ("COST", "SWING", "1.01", "0.06", "0.10", 5, "bracket with wide exits: held overnight, protected"),
 )
 
 

@@ -507,7 +507,8 @@ def test_the_scheduler_command_starts_lists_its_jobs_and_stops_cleanly_on_sigter
         except subprocess.TimeoutExpired:
             process.kill()
             _, rest = process.communicate(timeout=10)
-            raise AssertionError("the scheduler did not stop within 30 s of SIGTERM:\n" + "".join(lines) + rest)
+            output = "".join(lines) + rest
+            raise AssertionError(f"the scheduler did not stop within 30 s of SIGTERM:\n{output}") from None
     finally:
         if process.poll() is None:
             process.kill()

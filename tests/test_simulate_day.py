@@ -34,7 +34,7 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     result, output = short_day
     assert "2026-11-27: 09:30-13:00 ET (early close)" in output
     assert "Day-trade exit at 12:50 ET" in output
-    assert re.search(r"^09:45 ET  order_executor +success  decisions=10, placed=9, refused=1$", output, re.M)
+    assert re.search(r"^09:45 ET  order_executor +success  decisions=11, placed=10, refused=1$", output, re.M)
     assert re.search(r"^12:50 ET  daytrade_exit ", output, re.M)
     assert re.search(r"^12:00 ET  order_executor \(demo extra\) +success  amended=1, cancelled=1, closing=1, "
                      r"decisions=3$",
@@ -65,7 +65,7 @@ def test_a_short_simulated_day_runs_the_schedule_end_to_end(short_day, pg_config
     assert sum(fills.values()) == result.fills_recorded and fills.get("trade_stream", 0) > 0
     # The summary and the health check close the day; the database stays for SQL.
     assert "Decisions by outcome: amended (new trade placed) 1, cancelled 1, closing (exit placed) 1, " \
-           "ignored (not approved) 1, placed 9, refused (INVALID_DECISION) 1" in output
+           "ignored (not approved) 1, placed 10, refused (INVALID_DECISION) 1" in output
     assert re.search(r"DAY_END_EXIT +1 ", output)
     assert "Realized P&L" in output and "Unrealized P&L" in output
     assert f"psql -h {pg_config.host} -p {pg_config.port} -U {pg_config.user} {pg_config.dbname}" in output
@@ -177,7 +177,7 @@ def test_a_loss_day_flattens_the_account_by_itself_and_the_report_and_notificati
     out = io.StringIO()
     run_day(EARLY_CLOSE, seed=42, postgres=pg_config, schedule=SHORT, out=out, loss_day=True)
     output = out.getvalue()
-    assert re.search(r"^12:30 ET  crash: 9 symbols fall 1.5 % at once$", output, re.M)
+    assert re.search(r"^12:30 ET  crash: 10 symbols fall 1.5 % at once$", output, re.M)
     with TradingDB(config=pg_config) as db:
         assert db.query("trade_journal", {"status": "POSITION"}) == []
         flattened = db.query("trade_journal", {"exit_reason": "FLATTENED"})
