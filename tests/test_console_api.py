@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from config import PostgresConfig, Secret
-from console.app import create_app
 from console.settings import ConsoleSettings
 from db_layer import TradingDB
+from tests.console_support import console_clients
 from tests.factories import make_settings, seed_console_book
 
 TOKEN = "console-test-token-0123456789"
@@ -32,20 +32,7 @@ def console_settings(pg_config: PostgresConfig) -> ConsoleSettings:
 @pytest.fixture
 def make_client(console_settings: ConsoleSettings, pg_config: PostgresConfig) -> Iterator[Callable[..., TestClient]]:
     """A test client of a console built with ``create_app`` (options: ``broker``, settings fields)."""
-    opened: list[TestClient] = []
-
-    def factory(broker: Any = None, **changes: Any) -> TestClient:
-        settings = dataclasses.replace(console_settings, **changes)
-        app = create_app(settings, broker=broker,
-                         make_db=lambda: TradingDB(test_mode=True, config=pg_config, application_name="console"))
-        client = TestClient(app, raise_server_exceptions=False)
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield factory
-    for client in opened:
-        client.__exit__(None, None, None)
+    yield from console_clients(console_settings, pg_config)
 
 
 @pytest.fixture

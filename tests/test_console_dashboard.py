@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from config import PostgresConfig, Secret
-from console.app import BrokerSource, create_app
+from console.app import BrokerSource
 from console.dashboard import STATIC_DIR, is_public, market, regular_session_open
 from console.settings import ConsoleSettings
-from db_layer import TradingDB
+from tests.console_support import console_clients
 from tests.factories import make_settings
 
 TOKEN = "dashboard-test-token-0123456789"
@@ -25,21 +25,8 @@ TOKEN = "dashboard-test-token-0123456789"
 
 @pytest.fixture
 def make_client(pg_config: PostgresConfig) -> Iterator[Callable[..., TestClient]]:
-    opened: list[TestClient] = []
-
-    def factory(broker: Any = None, **changes: Any) -> TestClient:
-        settings = ConsoleSettings(trading=dataclasses.replace(make_settings(), postgres=pg_config),
-                                   token=Secret(TOKEN), **changes)
-        app = create_app(settings, broker=broker,
-                         make_db=lambda: TradingDB(test_mode=True, config=pg_config, application_name="console"))
-        client = TestClient(app, raise_server_exceptions=False)
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield factory
-    for client in opened:
-        client.__exit__(None, None, None)
+    settings = ConsoleSettings(trading=dataclasses.replace(make_settings(), postgres=pg_config), token=Secret(TOKEN))
+    yield from console_clients(settings, pg_config)
 
 
 def test_the_page_is_served_at_the_root_with_its_script_styles_and_the_vendored_chart_library(
