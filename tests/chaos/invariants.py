@@ -307,8 +307,20 @@ class Checker:
 
     def _stops(self, truth: Truth, add: Callable[[str, str], None]) -> None:
         db_qty: dict[str, Decimal] = defaultdict(Decimal)
+        by_id = truth.by_id
+        # A person closing a position after the close queues a sell that holds every share until
+        # the open: the broker refuses any stop for them ("insufficient qty available"), and the
+        # shares are sold at the open. The system reports the position UNPROTECTED and cannot do
+        # more, so a symbol whose shares the person's own sells hold entirely is not checked here.
+        person_selling: dict[str, Decimal] = defaultdict(Decimal)
+        for group in truth.roots:
+            for order in _open_sells(group):
+                if not self.is_systems(truth, order, by_id):
+                    person_selling[group.symbol] += _remaining(order)
+        held_by_person = {symbol for symbol, qty in person_selling.items()
+                          if qty > ZERO and qty >= truth.positions.get(symbol, ZERO)}
         for trade in truth.trades:
-            if trade["status"] != "POSITION":
+            if trade["status"] != "POSITION" or trade["symbol"] in held_by_person:
                 continue
             positions = [p for p in truth.tracking if p["trade_journal_id"] == trade["id"]]
             if len(positions) != 1:
@@ -324,8 +336,7 @@ class Checker:
             elif positions[0]["stop_loss_order_id"] not in {r["alpaca_order_id"] for r in stops}:
                 add("stop_covers_position", f"trade {trade['id']}: its position points at stop "
                                             f"{positions[0]['stop_loss_order_id']}, not at a live one")
-        by_id = truth.by_id
-        for symbol in set(truth.positions) | set(db_qty):
+        for symbol in (set(truth.positions) | set(db_qty)) - held_by_person:
             held = truth.positions.get(symbol, ZERO)
             system = held - self._outside_shares(truth, symbol)
             stop_cover = sum((_remaining(o) for g in truth.roots if g.symbol == symbol for o in _open_sells(g)
