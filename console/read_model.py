@@ -170,6 +170,23 @@ class Page:
                 "next_offset": self.offset + self.limit if self.offset + self.limit < total else None}
 
 
+def where_clause(*filters: tuple[str, str, Any]) -> tuple[str, Row]:
+    """`` WHERE a AND b`` (or nothing) and its parameters, from ``(condition, name, value)``
+    filters; a filter applies when its value is given (not None, not an empty list or text).
+    Lists become arrays for ``= ANY(%(name)s)``."""
+    chosen = [(condition, name, list(value) if isinstance(value, tuple) else value)
+              for condition, name, value in filters
+              if value is not None and not (isinstance(value, (str, tuple, list)) and not value)]
+    clause = (" WHERE " + " AND ".join(condition for condition, _, _ in chosen)) if chosen else ""
+    return clause, {name: value for _, name, value in chosen}
+
+
+def page_of(db: Any, page: Page, source: str, clause: str, params: Row) -> Row:
+    """The page's description with the total number of rows of ``source`` under ``clause``."""
+    total = db.execute_one(f"SELECT count(*) AS n FROM {source}{clause}", params)
+    return page.describe(int(total["n"]) if total else 0)
+
+
 def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     """The UTC start and end of a US/Eastern calendar day."""
     from trading.market_time import EASTERN
@@ -304,28 +321,13 @@ class OrderFilter:
     end: dt.datetime | None = None
 
     def where(self) -> tuple[str, Row]:
-        conditions: list[str] = []
-        params: Row = {}
-        if self.statuses:
-            conditions.append("o.order_status = ANY(%(statuses)s)")
-            params["statuses"] = list(self.statuses)
-        if self.types:
-            conditions.append("o.order_type = ANY(%(types)s)")
-            params["types"] = list(self.types)
-        if self.symbol:
-            conditions.append("o.symbol = %(symbol)s")
-            params["symbol"] = self.symbol
-        if self.trade_id is not None:
-            conditions.append("o.trade_journal_id = %(trade_id)s")
-            params["trade_id"] = self.trade_id
         # The order's time: when it was sent (its intent's creation when never sent).
-        if self.start is not None:
-            conditions.append("coalesce(o.submitted_at, o.created_at) >= %(start)s")
-            params["start"] = self.start
-        if self.end is not None:
-            conditions.append("coalesce(o.submitted_at, o.created_at) < %(end)s")
-            params["end"] = self.end
-        return (" WHERE " + " AND ".join(conditions)) if conditions else "", params
+        return where_clause(("o.order_status = ANY(%(statuses)s)", "statuses", self.statuses),
+                            ("o.order_type = ANY(%(types)s)", "types", self.types),
+                            ("o.symbol = %(symbol)s", "symbol", self.symbol),
+                            ("o.trade_journal_id = %(trade_id)s", "trade_id", self.trade_id),
+                            ("coalesce(o.submitted_at, o.created_at) >= %(start)s", "start", self.start),
+                            ("coalesce(o.submitted_at, o.created_at) < %(end)s", "end", self.end))
 
 
 #: The listing's columns as JSON-ready values (money as exact text), for ``json_agg`` in SQL.
@@ -347,8 +349,7 @@ def orders_json(db: Any, where: OrderFilter, page: Page) -> str:
         f"FROM order_execution o LEFT JOIN trade_journal t ON t.id = o.trade_journal_id{clause} "
         "ORDER BY o.id DESC LIMIT %(limit)s OFFSET %(offset)s) x",
         {**params, "limit": page.limit, "offset": page.offset})
-    total = db.execute_one(f"SELECT count(*) AS n FROM order_execution o{clause}", params)
-    described = page.describe(int(total["n"]) if total else 0)
+    described = page_of(db, page, "order_execution o", clause, params)
     assert row is not None
     return f'{{"orders":{row["orders"]},"page":{json.dumps(described)}}}'
 
@@ -391,20 +392,12 @@ def _with_pnl(row: Row) -> Row:
 
 def trades(db: Any, statuses: tuple[str, ...], symbol: str | None, page: Page) -> Row:
     """One page of trades, newest first, each with its P&L."""
-    conditions: list[str] = []
-    params: Row = {"limit": page.limit, "offset": page.offset}
-    if statuses:
-        conditions.append("t.status = ANY(%(statuses)s)")
-        params["statuses"] = list(statuses)
-    if symbol:
-        conditions.append("t.symbol = %(symbol)s")
-        params["symbol"] = symbol
-    clause = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    clause, params = where_clause(("t.status = ANY(%(statuses)s)", "statuses", statuses),
+                                  ("t.symbol = %(symbol)s", "symbol", symbol))
     rows = db.execute_query(f"SELECT {TRADE_COLUMNS} FROM trade_journal t LEFT JOIN position_tracking p "
                             f"ON p.trade_journal_id = t.id{clause} ORDER BY t.id DESC "
-                            "LIMIT %(limit)s OFFSET %(offset)s", params)
-    total = db.execute_one(f"SELECT count(*) AS n FROM trade_journal t{clause}", params)
-    return {"trades": [_with_pnl(row) for row in rows], "page": page.describe(int(total["n"]) if total else 0)}
+                            "LIMIT %(limit)s OFFSET %(offset)s", {**params, "limit": page.limit, "offset": page.offset})
+    return {"trades": [_with_pnl(row) for row in rows], "page": page_of(db, page, "trade_journal t", clause, params)}
 
 
 DECISION_COLUMNS = "id, created_at, ticker, primary_action, approved, executed, execution_time, trade_journal_id " \
@@ -446,22 +439,12 @@ def trade(db: Any, trade_id: int) -> Row | None:
 
 def decisions(db: Any, outcomes: tuple[str, ...], actions: tuple[str, ...], ticker: str | None, page: Page) -> Row:
     """One page of decisions, newest first, with their outcome and, for refusals, the reason and code."""
-    conditions: list[str] = []
-    params: Row = {"limit": page.limit, "offset": page.offset}
-    if outcomes:
-        conditions.append("outcome = ANY(%(outcomes)s)")
-        params["outcomes"] = list(outcomes)
-    if actions:
-        conditions.append("upper(primary_action) = ANY(%(actions)s)")
-        params["actions"] = list(actions)
-    if ticker:
-        conditions.append("upper(ticker) = %(ticker)s")
-        params["ticker"] = ticker
-    clause = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    clause, params = where_clause(("outcome = ANY(%(outcomes)s)", "outcomes", outcomes),
+                                  ("upper(primary_action) = ANY(%(actions)s)", "actions", actions),
+                                  ("upper(ticker) = %(ticker)s", "ticker", ticker))
     rows = db.execute_query(f"SELECT {DECISION_COLUMNS} FROM decision_outcome{clause} ORDER BY id DESC "
-                            "LIMIT %(limit)s OFFSET %(offset)s", params)
-    total = db.execute_one(f"SELECT count(*) AS n FROM decision_outcome{clause}", params)
-    return {"decisions": rows, "page": page.describe(int(total["n"]) if total else 0)}
+                            "LIMIT %(limit)s OFFSET %(offset)s", {**params, "limit": page.limit, "offset": page.offset})
+    return {"decisions": rows, "page": page_of(db, page, "decision_outcome", clause, params)}
 
 
 # --------------------------------------------------------------------------- triggers

@@ -216,7 +216,7 @@ def check_protection(db: TradingDB) -> Check:
         view = ProtectionView(trade, positions.get(trade["id"]), orders[trade["id"]])
         # A trade being closed has its stop canceled for exactly the exit's shares (Alpaca refuses a
         # second sell of the same shares): the working exit sell covers them (trading/exits.py).
-        exiting = sum((Decimal(r["qty"] or 0) - Decimal(r["filled_qty"] or 0) for r in view.exits_open), Decimal(0))
+        exiting = view.exit_qty
         if view.position is None:
             unprotected.append(f"trade {trade['id']} {trade['symbol']} has no position_tracking row")
         elif exiting and view.stop_qty + exiting >= view.position_qty:

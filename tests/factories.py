@@ -261,3 +261,18 @@ def seed_console_book(db: TradingDB) -> dict[str, int]:
     add_snapshot(db, "2026-11-20T20:00:00Z", "100123.45", "96580.45", positions_value=Decimal("3543.00"),
                  unrealized_pnl=Decimal("43.00"), realized_pnl_today=Decimal("25.00"), open_positions=2)
     return {"AAPL": aapl, "MSFT": msft, "NVDA": nvda, "TSLA": tsla, "refused_decision": refused}
+
+
+def deployment_files(unit_name: str, plist_name: str) -> tuple[Any, dict[str, Any]]:
+    """A program's service definitions in deployment/: the systemd unit's ``[Service]`` section
+    and the launchd job (a dict)."""
+    import configparser
+    import plistlib
+    from pathlib import Path
+
+    deployment = Path(__file__).resolve().parent.parent / "deployment"
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(deployment / unit_name)
+    with open(deployment / plist_name, "rb") as handle:
+        job = plistlib.load(handle)
+    return unit["Service"], job

@@ -549,19 +549,12 @@ def test_live_trading_is_never_enabled_from_the_console(db: TradingDB, client: T
 
 
 def test_the_console_service_files_run_it_unprivileged_on_the_configured_database_and_restart_it():
-    import configparser
-    import plistlib
-    from pathlib import Path
+    from tests.factories import deployment_files
 
-    deployment = Path(__file__).resolve().parent.parent / "deployment"
-    unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.read(deployment / "trading-monitor-console.service")
-    service = unit["Service"]
+    service, job = deployment_files("trading-monitor-console.service", "com.trading.monitor.console.plist")
     assert service["User"] not in ("", "root") and service["EnvironmentFile"] == "/etc/trading-monitor/env"
     assert service["Restart"] == "on-failure"
     assert service["ExecStart"].endswith(".venv/bin/python -m console --database main")
-    with open(deployment / "com.trading.monitor.console.plist", "rb") as handle:
-        job = plistlib.load(handle)
     assert job["Label"] == "com.trading.monitor.console" and job["UserName"] not in ("", "root")
     assert job["ProgramArguments"][1:] == ["-m", "console", "--database", "main"]
     assert job["KeepAlive"] == {"SuccessfulExit": False}

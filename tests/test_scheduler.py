@@ -522,18 +522,13 @@ def test_the_scheduler_command_starts_lists_its_jobs_and_stops_cleanly_on_sigter
 
 
 def test_the_service_files_run_the_scheduler_as_an_unprivileged_user_and_restart_it_on_failure():
-    import configparser
-    import plistlib
+    from tests.factories import deployment_files
 
-    unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.read(ROOT / "deployment" / "trading-monitor.service")
-    service = unit["Service"]
+    service, job = deployment_files("trading-monitor.service", "com.trading.monitor.plist")
     assert service["User"] not in ("", "root") and service["EnvironmentFile"] == "/etc/trading-monitor/env"
     assert service["Restart"] == "on-failure" and service["KillSignal"] == "SIGTERM"
     assert int(service["TimeoutStopSec"]) >= 60
     assert service["ExecStart"].endswith(".venv/bin/python /opt/trading-monitor/scheduler.py")
-    with open(ROOT / "deployment" / "com.trading.monitor.plist", "rb") as handle:
-        job = plistlib.load(handle)
     assert job["Label"] == "com.trading.monitor" and job["UserName"] not in ("", "root")
     assert job["ProgramArguments"][-1].endswith("/scheduler.py")
     assert job["KeepAlive"] == {"SuccessfulExit": False} and job["ExitTimeOut"] >= 60

@@ -261,19 +261,12 @@ def _record_counts(db: Any) -> dict[str, int]:
 
 
 def test_the_listener_service_files_run_trade_stream_unprivileged_and_restart_it_on_failure():
-    import configparser
-    import plistlib
-    from pathlib import Path
+    from tests.factories import deployment_files
 
-    deployment = Path(__file__).resolve().parent.parent / "deployment"
-    unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.read(deployment / "trading-monitor-stream.service")
-    service = unit["Service"]
+    service, job = deployment_files("trading-monitor-stream.service", "com.trading.monitor.stream.plist")
     assert service["User"] not in ("", "root") and service["EnvironmentFile"] == "/etc/trading-monitor/env"
     assert service["Restart"] == "on-failure" and service["KillSignal"] == "SIGTERM"
     assert service["ExecStart"].endswith(".venv/bin/python /opt/trading-monitor/trade_stream.py")
-    with open(deployment / "com.trading.monitor.stream.plist", "rb") as handle:
-        job = plistlib.load(handle)
     assert job["Label"] == "com.trading.monitor.stream" and job["UserName"] not in ("", "root")
     assert job["ProgramArguments"][-1].endswith("/trade_stream.py")
     assert job["KeepAlive"] == {"SuccessfulExit": False}

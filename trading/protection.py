@@ -128,6 +128,12 @@ class ProtectionView:
         return self._open(OrderType.STOP_LOSS.value, OrderType.TAKE_PROFIT.value)
 
     @property
+    def exit_qty(self) -> Decimal:
+        """Shares the working exit sells still have to sell (a trade being closed: its stop was
+        canceled for exactly these shares)."""
+        return sum((Decimal(r["qty"] or 0) - Decimal(r["filled_qty"] or 0) for r in self.exits_open), ZERO)
+
+    @property
     def exits_open(self) -> list[Row]:
         return [r for r in self.orders if r["order_type"] == OrderType.EXIT.value
                 and (r["order_status"] in lifecycle.OPEN_ORDER_STATUSES or r["order_status"] == lifecycle.PENDING)]
