@@ -65,6 +65,13 @@ class OrderBook:
         self._stamps: list[datetime] = []
         self._by_client_id: dict[str, str] = {}
         self._open_by_symbol: dict[str, dict[str, Order]] = {}
+        # Buying power held by open orders, by order id (paper_exchange/account.py): a hold
+        # priced by the order itself (its limit or stop) is priced again only when the order
+        # changes; one priced by the quote at every count.
+        self._fixed_holds: dict[str, Decimal] = {}
+        self._fixed_holds_total: Decimal = ZERO
+        self._quoted_holds: dict[str, Order] = {}
+        self._stale_holds: dict[str, Order] = {}
         self._positions: dict[str, Position] = {}
         self.configurations = AccountConfigurations()
         self.cash: Decimal = self.starting_cash
@@ -108,7 +115,16 @@ class OrderBook:
         self._order_list.append(order)
         self._stamps.append(order.submitted_at)
         self._by_client_id[order.client_order_id] = order.id
+        self._open(order)
+
+    def _open(self, order: Order) -> None:
+        """Put an order into the working book; its holds are counted again from now on."""
         self._open_by_symbol.setdefault(order.symbol, {})[order.id] = order
+        order.watch(self._hold_changed)
+        self._hold_changed(order)
+
+    def _hold_changed(self, order: Order) -> None:
+        self._stale_holds[order.id] = order
 
     def _finish(self, order: Order, status: str, moment: datetime) -> None:
         """Move an order to a final status and drop it from the working book."""
@@ -128,6 +144,8 @@ class OrderBook:
         book = self._open_by_symbol.get(order.symbol)
         if book is not None:
             book.pop(order.id, None)
+        order.watch(None)
+        self._hold_changed(order)
 
     def _drop_replacement(self, old: Order, moment: datetime) -> None:
         """``old`` ended (filled by a sibling's rule, expired) while its replace was pending:

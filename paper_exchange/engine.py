@@ -315,7 +315,7 @@ class PaperExchange(
                 self._stamps.append(order.submitted_at)
                 self._by_client_id[order.client_order_id] = order.id
                 if not order.is_final:
-                    self._open_by_symbol.setdefault(order.symbol, {})[order.id] = order
+                    self._open(order)
                 if order.status in (PENDING_CANCEL, PENDING_REPLACE) or (
                     order.status == PENDING_NEW and order.becomes is None
                 ):

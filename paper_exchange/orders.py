@@ -9,7 +9,7 @@ price) live in the engine.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
@@ -55,6 +55,13 @@ MIN_NOTIONAL = Decimal(1)
 # Buy stops become stop-limits with a limit this far above the stop (Alpaca's protection).
 BUY_STOP_LIMIT_MARKUP_UNDER_50 = Decimal("0.04")
 BUY_STOP_LIMIT_MARKUP_FROM_50 = Decimal("0.025")
+
+
+#: The fields an open order's hold on buying power depends on (with its symbol's quote):
+#: setting one tells the order's watcher, so the account prices that order's hold again
+#: instead of walking the whole book for every new order (:meth:`Order.watch`).
+HOLD_FIELDS = frozenset({"status", "prior_status", "becomes", "qty", "filled_qty", "limit_price", "stop_price",
+                         "type", "side", "position_intent", "notional"})
 
 
 @dataclass
@@ -111,6 +118,18 @@ class Order:
     replacement_id: str | None = None
     # buy_to_open | buy_to_close | sell_to_open (a short sale) | sell_to_close; "" = legacy.
     position_intent: str = ""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in HOLD_FIELDS:
+            watcher = self.__dict__.get("_watcher")
+            if watcher is not None:
+                watcher(self)
+
+    def watch(self, watcher: Callable[[Order], None] | None) -> None:
+        """Call ``watcher(order)`` after every change of a field in :data:`HOLD_FIELDS`
+        (None: stop). Not a dataclass field, so it is neither compared nor saved."""
+        self.__dict__["_watcher"] = watcher
 
     @property
     def live_status(self) -> str:
