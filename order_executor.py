@@ -65,6 +65,7 @@ from trading import audit, lifecycle
 from trading.accounts import account_identity, what_to_do
 from trading.audit import Auditor
 from trading.batch import TradeBatch
+from trading.breakers import LossAtStake
 from trading.broker import Asset, Broker, BrokerOrder, OrderRequest, Quote
 from trading.errors import (
     BrokerRejectedError,
@@ -159,7 +160,7 @@ class OrderExecutor:
 
     name = PROGRAM
     #: The loss breaker is checked at the start when approved decisions wait (trading/breakers.py).
-    loss_breaker_at_start = "decisions"
+    loss_breaker_at_start = LossAtStake.DECISIONS
 
     def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
                  clock: Callable[[], MarketTime] | None = None, *, dry_run: bool = False,

@@ -64,6 +64,7 @@ from trading import audit, lifecycle
 from trading.accounts import AccountGuard
 from trading.audit import Auditor
 from trading.batch import TradeBatch
+from trading.breakers import LossAtStake
 from trading.broker import Broker, BrokerOrder
 from trading.errors import NotFoundError, UnknownStatusError
 from trading.exits import Escalator
@@ -96,8 +97,8 @@ class OrderMonitor:
     """Syncs orders, applies fills, flattens day trades and guards protection."""
 
     name = PROGRAM
-    #: The loss breaker is checked at the start when trades are open (something to flatten).
-    loss_breaker_at_start = "open_trades"
+    #: The loss breaker is checked at the start when trades hold shares (something to flatten).
+    loss_breaker_at_start = LossAtStake.SHARES_HELD
 
     def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
                  clock: Callable[[], MarketTime] | None = None, *, sleep: Callable[[float], None] = time.sleep) -> None:

@@ -60,7 +60,7 @@ from typing import Any
 from config import Settings, load_settings
 from trading import audit
 from trading.accounts import AccountGuard
-from trading.breakers import Breakers
+from trading.breakers import Breakers, LossAtStake
 from trading.broker import Broker, BrokerPosition, Quote
 from trading.errors import TransientError
 from trading.lifecycle import TradeStatus
@@ -94,7 +94,7 @@ class PositionMonitor:
 
     name = PROGRAM
     #: The loss breaker is checked after the valuation, with the account this run reads anyway.
-    loss_breaker_at_start = "never"
+    loss_breaker_at_start = LossAtStake.NEVER
 
     def __init__(self, db: Any, broker: Broker, settings: Settings | None = None,
                  clock: Callable[[], MarketTime] | None = None, *,

@@ -17,7 +17,7 @@ import order_monitor
 import position_monitor
 from alpaca_client import AlpacaBroker
 from tests.factories import add_decision, make_settings
-from tests.monitor_support import check_invariants, open_groups, open_position
+from tests.monitor_support import check_invariants, open_groups, open_position, place_entry
 from trading import audit
 from trading.audit import Auditor
 from trading.breakers import BREAKER_CLEARED, BREAKER_TRIPPED, Breakers
@@ -118,6 +118,31 @@ def test_an_idle_executor_run_reads_no_account_for_the_loss_breaker(db, exchange
     broker.calls.reset()
     order_executor.run_once(db, broker, settings=LIMITED)
     assert "get_account" not in broker.calls.counts and mode(db) is TradingMode.ACTIVE
+
+
+def test_the_order_monitor_reads_the_account_for_the_loss_only_while_trades_hold_shares(db, exchange, broker):
+    # Resting entries cannot lose money: the monitor's run costs no account read, and a loss
+    # made outside the system is the position monitor's to catch after its valuation.
+    resting = place_entry(db, broker, "AAPL", LIMITED)
+    exchange.quotes(AAPL=("155.00", "155.10"))  # above the 150 limit: the entry rests
+    lose(exchange, broker, "2500.00")
+    broker.calls.reset()
+    order_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
+    assert "get_account" not in broker.calls.counts and mode(db) is TradingMode.ACTIVE
+    assert db.get_by_id("trade_journal", resting["id"])["status"] == "ORDERED"
+    position_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
+    assert mode(db) is TradingMode.FLATTEN and len(trips(db, "daily_loss")) == 1
+
+
+def test_the_order_monitor_trips_the_loss_at_its_start_when_trades_hold_shares(db, exchange, broker):
+    trade = open_position(db, exchange, broker, settings=LIMITED)
+    lose(exchange, broker, "2500.00")
+    broker.calls.reset()
+    order_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
+    assert broker.calls.counts["get_account"] == 1
+    assert len(trips(db, "daily_loss")) == 1
+    # the trip applies to this very run: everything is flattened
+    assert exchange.positions() == {} and db.get_by_id("trade_journal", trade["id"])["exit_reason"] == "FLATTENED"
 
 
 # --------------------------------------------------------------------------- broker errors

@@ -99,6 +99,19 @@ ERRORS_SQL = """
 """
 
 
+class LossAtStake(StrEnum):
+    """When a program reads the broker's account at its start for the daily-loss breaker."""
+
+    #: The order monitor: trades hold shares (something to flatten). Resting entries alone
+    #: cannot lose money, and a loss made outside (a person's own positions) is caught by the
+    #: position monitor's check after its valuation, so a run of resting entries costs no call.
+    SHARES_HELD = "shares_held"
+    #: The executor: approved decisions wait (new entries the loss should stop).
+    DECISIONS = "decisions"
+    #: The position monitor: it checks the loss after its valuation instead.
+    NEVER = "never"
+
+
 class Breakers:
     """The breakers of one program run (``auditor`` names the program and the run)."""
 
@@ -115,11 +128,10 @@ class Breakers:
     # ------------------------------------------------------------------ the checks
 
     def check_at_start(self, broker: Any, market: MarketTime, now: dt.datetime, *,
-                       loss_when: str = "open_trades") -> list[Trip]:
+                       loss_when: LossAtStake = LossAtStake.SHARES_HELD) -> list[Trip]:
         """Every breaker, as a run starts. The loss needs the broker's account, read only when the
-        program has something the loss should stop (``loss_when``): ``open_trades`` (the order
-        monitor: something to flatten), ``decisions`` (the executor: approved decisions waiting)
-        or ``never`` (position_monitor checks it after its valuation). An idle run costs no call."""
+        program has something the loss should stop (``loss_when``, :class:`LossAtStake`). A run
+        with nothing at stake costs no call."""
         trips = [self.check_database_errors(now), self.check_broker_errors(now), self.check_reconciliation()]
         if self.config.daily_loss and self._at_stake(loss_when):
             self.account = broker.get_account()
@@ -213,11 +225,11 @@ class Breakers:
 
     # ------------------------------------------------------------------ helpers
 
-    def _at_stake(self, loss_when: str) -> bool:
+    def _at_stake(self, loss_when: LossAtStake) -> bool:
         queries = {
-            "open_trades": "SELECT EXISTS (SELECT 1 FROM trade_journal WHERE status IN ('ORDERED', 'POSITION')) AS x",
-            "decisions": 'SELECT EXISTS (SELECT 1 FROM analysis_decision WHERE executed = false AND "Approve" = true) '
-                         "AS x",
+            LossAtStake.SHARES_HELD: "SELECT EXISTS (SELECT 1 FROM trade_journal WHERE status = 'POSITION') AS x",
+            LossAtStake.DECISIONS: 'SELECT EXISTS (SELECT 1 FROM analysis_decision WHERE executed = false '
+                                   'AND "Approve" = true) AS x',
         }
         if loss_when not in queries:
             return False

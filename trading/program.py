@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from config import Settings, load_settings, notify_url_secrets, raw_secrets
 from trading import audit
 from trading.audit import Auditor
-from trading.breakers import Breakers
+from trading.breakers import Breakers, LossAtStake
 from trading.broker import Account, Broker
 from trading.errors import ConfigurationError, TradingError, TransientError
 from trading.logs import FORMATS as LOG_FORMATS
@@ -256,7 +256,7 @@ class ProgramRunner:
                 # The breakers first: a trip applies to this very run.
                 breakers = Breakers(self.db, self.settings, auditor, warn=summary.warn)
                 breakers.check_at_start(self.broker, market, wall_clock(),
-                                        loss_when=getattr(self.body, "loss_breaker_at_start", "open_trades"))
+                                        loss_when=getattr(self.body, "loss_breaker_at_start", LossAtStake.SHARES_HELD))
                 account = breakers.account
             state = read_trading_state(self.db)
             if state.restricted_scopes():
