@@ -71,9 +71,9 @@ def test_working_entry_is_listed_once_and_nothing_changes(db, exchange, broker):
     summary = run_monitor(db, broker, check=False)
 
     assert summary.outcome == "success"
-    # the account: the daily-loss breaker, checked at the start of every run with open trades; the
-    # calendar: read by the date's first run and kept in market_calendar
-    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/account": 1, "GET /v2/orders": 1}
+    # no account: the daily-loss breaker reads it only while trades hold shares (a resting entry
+    # cannot lose money); no calendar: read by the date's first run and kept in market_calendar
+    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/orders": 1}
     check_invariants(db, broker)
     assert snapshot(db) == before
     assert db.get_by_id("trade_journal", trade["id"])["status"] == "ORDERED"
@@ -93,9 +93,9 @@ def test_many_open_orders_are_synced_with_one_listing_and_no_per_order_calls(db,
 
     summary = run_monitor(db, broker, check=False)
 
-    # the account: the daily-loss breaker, checked at the start of every run with open trades; the
+    # no account: at the run's start no trade held shares (this run records the fills); no
     # calendar: read by the date's first run and kept in market_calendar
-    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/account": 1, "GET /v2/orders": 1}
+    assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/orders": 1}
     check_invariants(db, broker)
     assert summary.counts["positions_opened"] == len(symbols)
     assert summary.counts["protection_protected"] == len(symbols)
@@ -400,7 +400,7 @@ def test_order_unknown_to_the_broker_is_looked_up_directly_and_marked_not_found_
         summary = run_monitor(db, broker, settings, check=False)
         # one listing for everything; direct look-ups (by id, then client order id) only for the missing one
         # (no calendar: the date's first run read it, market_calendar keeps it)
-        assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/account": 1, "GET /v2/orders": 1,
+        assert calls(exchange) == {"GET /v2/clock": 1, "GET /v2/orders": 1,
                                    "GET /v2/orders/{order_id}": 1, "GET /v2/orders:by_client_order_id": 1}
         check_invariants(db, broker)
         row = db.get_by_id("order_execution", row_id)
