@@ -283,7 +283,8 @@ def flatness(results: list[Result]) -> None:
         drop = 1 - rates[-1] / rates[0]
         print(f"\nscaling, {label}: "
               f"{', '.join(f'{r.n:,}: {rate:,.0f}/s' for r, rate in zip(results, rates, strict=True))}; "
-              f"{results[-1].n:,} is {drop:+.0%} slower per decision than {results[0].n:,} "
+              f"{results[-1].n:,} is {abs(drop):.0%} {'slower' if drop > 0 else 'faster'} per decision than "
+              f"{results[0].n:,} "
               f"(goal: flat, within {GOAL_FLATNESS:.0%}: {verdict(drop <= GOAL_FLATNESS)})")
 
 
