@@ -77,6 +77,8 @@ class OrderBook:
         self.cash: Decimal = self.starting_cash
         self.equity_history = EquityHistory(self._now, self.cash)
         self.last_equity: Decimal = self.starting_cash
+        # The last close's equity, until the next session's open makes it ``last_equity``.
+        self._closing_equity: Decimal | None = None
         self._seq = 0
         self._last_stamp: datetime | None = None
         self._fill_rng = seeded_rng(f"{self.seed}:fills")

@@ -142,6 +142,11 @@ class SessionClock(OrderLife):
             minute += timedelta(minutes=1)
 
     def _on_open(self, moment: datetime) -> None:
+        # The previous close's equity becomes ``last_equity`` only now, as at Alpaca, where it
+        # still shows the close before that for hours after a close (alpaca-py issue #341): so
+        # after the close, equity against last_equity is still the day's change.
+        if self._closing_equity is not None:
+            self.last_equity, self._closing_equity = self._closing_equity, None
         if self.always_open:
             return
         for order in self._open_orders():
@@ -152,7 +157,8 @@ class SessionClock(OrderLife):
 
     def _on_close(self, moment: datetime) -> None:
         """Session close: day orders end (``expired``), GTC orders past 90 days are
-        canceled, and today's prices and equity become ``lastday_price``/``last_equity``."""
+        canceled, and today's prices become ``lastday_price``; today's equity becomes
+        ``last_equity`` at the next session's open (:meth:`_on_open`)."""
         if not self.always_open:
             closing_day = self.calendar.current_or_next_session(moment - ONE_MICROSECOND).day
             for order in self._open_orders():
@@ -174,7 +180,7 @@ class SessionClock(OrderLife):
         self.equity_history.record_close(
             self.calendar.current_or_next_session(moment - ONE_MICROSECOND).day, self._equity())
         self.market.mark_close()
-        self.last_equity = self._equity()
+        self._closing_equity = self._equity()
         self.last_maintenance_margin = self._maintenance_margin()
 
     def _clock_json(self) -> dict[str, Any]:

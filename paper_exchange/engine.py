@@ -271,6 +271,7 @@ class PaperExchange(
                 "starting_cash": str(self.starting_cash),
                 "cash": str(self.cash),
                 "last_equity": str(self.last_equity),
+                "closing_equity": None if self._closing_equity is None else str(self._closing_equity),
                 "last_maintenance_margin": str(self.last_maintenance_margin),
                 "account_id": self.account_id,
                 "account_number": self.account_number,
@@ -296,6 +297,8 @@ class PaperExchange(
             self._init_book()
             self.cash = Decimal(data["cash"])
             self.last_equity = Decimal(data["last_equity"])
+            closing = data.get("closing_equity")
+            self._closing_equity = None if closing is None else Decimal(closing)
             self.last_maintenance_margin = Decimal(data.get("last_maintenance_margin", "0"))
             self.account_created_at = parse_timestamp(data["account_created_at"])
             self.account_id = str(data.get("account_id", self.account_id))

@@ -148,3 +148,26 @@ def test_a_market_buy_queued_for_the_open_holds_the_ask_as_it_moves() -> None:
     assert exchange._reserved_cash() == Decimal("400")
     exchange.set_quote("MSFT", "204.00", "205.00")
     assert exchange._reserved_cash() == Decimal("410") == walked_holds(exchange)
+
+
+def test_last_equity_keeps_the_previous_close_after_the_close_and_rolls_at_the_next_open() -> None:
+    # Friday 15:50 ET: 10 shares bought at 100.01, then the price moves up 5 before the close.
+    exchange = PaperExchange(seed=9, simulated_clock=True, start_time="2026-11-20T20:50:00Z", always_open=False,
+                             price_simulation=False, starting_cash=Decimal("100000"))
+    exchange.set_quote("MSFT", "100.00", "100.01")
+    exchange.submit_order({"symbol": "MSFT", "qty": "10", "side": "buy", "type": "market", "time_in_force": "day"})
+    exchange.advance(1)
+    exchange.set_quote("MSFT", "105.00", "105.01")
+    exchange.advance(40 * 60)  # Friday 16:30 ET, after the close
+    account = exchange.get_account()
+    friday_close = Decimal(account["equity"])
+    assert friday_close == Decimal(account["cash"]) + Decimal(account["long_market_value"]) > Decimal("100040")
+    # the day's change is still equity against last_equity, as at Alpaca after a close
+    assert Decimal(account["last_equity"]) == Decimal("100000")
+
+    restored = PaperExchange(seed=9, simulated_clock=True, start_time="2026-11-20T20:50:00Z", always_open=False,
+                             price_simulation=False)
+    restored.load_state(exchange.to_state())
+    for book in (exchange, restored):
+        book.set_time("2026-11-23T14:31:00Z")  # Monday 09:31 ET
+        assert Decimal(book.get_account()["last_equity"]) == friday_close
