@@ -99,6 +99,30 @@ def test_daily_loss_at_the_limit_flattens_the_account_and_not_a_cent_below(db, e
     assert mode(db) is TradingMode.ACTIVE and len(trips(db, "daily_loss")) == 1
 
 
+def test_a_loss_reset_by_hand_does_not_trip_again_before_the_next_open_and_the_open_starts_afresh(
+        db, exchange, broker):
+    lose(exchange, broker, "2500.00")
+    position_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
+    assert mode(db) is TradingMode.FLATTEN and len(trips(db, "daily_loss")) == 1
+    record_trading_state(db, TradingMode.ACTIVE, reason="checked, trading on", changed_by="alice", confirm_reset=True)
+
+    # Saturday and Monday before the open: last_equity is still Thursday's close at the broker,
+    # so Friday's loss must not count again for a new date.
+    for moment in ("2026-11-21T15:00:00Z", "2026-11-23T12:00:00Z"):
+        exchange.clock(moment)
+        assert broker.get_account().last_equity - broker.get_account().equity == D("2500.00")
+        position_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
+        assert mode(db) is TradingMode.ACTIVE and len(trips(db, "daily_loss")) == 1, moment
+
+    # Monday's open: Friday's close is the previous close, and Monday has lost nothing yet.
+    exchange.clock("2026-11-23T14:35:00Z")
+    position_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
+    assert mode(db) is TradingMode.ACTIVE and len(trips(db, "daily_loss")) == 1
+    lose(exchange, broker, "2000.00")
+    position_monitor.run_once(db, broker, settings=LIMITED, sleep=exchange.sleeper())
+    assert mode(db) is TradingMode.FLATTEN and trips(db, "daily_loss")[-1]["details"]["trading_date"] == "2026-11-23"
+
+
 def test_daily_loss_is_checked_at_the_start_of_the_executor_and_its_decisions_are_held(db, exchange, broker):
     lose(exchange, broker, "2500.00")
     decision_id = add_decision(db, "AAPL")

@@ -139,8 +139,15 @@ class Breakers:
         return [trip for trip in trips if trip is not None]
 
     def check_daily_loss(self, account: Account, market: MarketTime) -> Trip | None:
-        """Equity against the previous close's; at ``DAILY_LOSS_LIMIT`` of loss, FLATTEN (once a day)."""
+        """Equity against the previous close's; at ``DAILY_LOSS_LIMIT`` of loss, FLATTEN (once a day).
+
+        Judged from the trading day's open: before it (a run by hand early in the morning, or on a
+        day without a session) the broker's ``last_equity`` may still be the close before the
+        previous one (Alpaca rolls it some hours after a close, at a time it does not document), so
+        yesterday's loss would count again for today. Nothing trades before the open anyway."""
         if not self.config.daily_loss or account.last_equity is None:
+            return None
+        if market.session is None or market.now < market.session.open:
             return None
         limit = self.settings.risk.daily_loss_limit
         loss = money(Decimal(account.last_equity) - Decimal(account.equity))
