@@ -362,13 +362,25 @@ class OrderExecutor:
         except RejectedError as exc:
             outcomes[row["id"]] = self._refuse(ctx, row, exc)
             return None
+        trade, request, intent_id = self._write_intent(ctx, reconciler, row, plan, sizing, notional, coid,
+                                                       (quote_checked, quote_check), replaces=None)
+        return row, {**trade, "intent_id": intent_id}, request, state.accept(plan.symbol, notional)
+
+    def _write_intent(self, ctx: RunContext, reconciler: Reconciler, row: Row, plan: TradePlan, sizing: Sizing,
+                      notional: Decimal, coid: str, quote: tuple[bool, str], *,
+                      replaces: Row | None) -> tuple[Row, OrderRequest, int]:
+        """Record a gated decision's trade and entry intent (with its audit row) before anything is
+        sent, saying so when the market check could not be made: the trade, the request, the
+        intent's id. Shared by the batch and by one decision at a time."""
+        quote_checked, quote_check = quote
         if not quote_checked:
             logger.warning("%s: decision %s: %s", PROGRAM, row["id"], quote_check)
             if self._quote_problem:  # a broker error degraded the check: the run says so
                 ctx.summary.warn(f"decision {row['id']}: {quote_check}")
         trade = reconciler.trades.create({
             **plan.as_values(), "initial_analysis_id": row["id"], "planned_qty": sizing.qty,
-            "broker_account": account_identity(self.broker), "replaces_trade_journal_id": None})
+            "broker_account": account_identity(self.broker),
+            "replaces_trade_journal_id": replaces["id"] if replaces else None})
         request = entry_request(plan, sizing.qty, coid)
         intent_id = reconciler.orders.insert_intent(trade, OrderType.ENTRY.value, request)
         ctx.audit.record("decision", row["id"], audit.ORDER_INTENT, symbol=plan.symbol,
@@ -376,7 +388,7 @@ class OrderExecutor:
                                 + (f"; {sizing.note}" if sizing.note else ""),
                          details={"trade_journal_id": trade["id"], "client_order_id": coid,
                                   "notional": notional, "quote_checked": quote_checked, "quote_check": quote_check})
-        return row, {**trade, "intent_id": intent_id}, request, state.accept(plan.symbol, notional)
+        return trade, request, intent_id
 
     def _record_answers(self, ctx: RunContext,
                         answers: list[tuple[Row, Row, OrderRequest, Reservation | None,
@@ -737,22 +749,8 @@ class OrderExecutor:
                     quote_checked, quote_check = self._check_market(plan)
                 except RejectedError as exc:
                     return self._refuse(ctx, row, exc)
-                if not quote_checked:
-                    logger.warning("%s: decision %s: %s", PROGRAM, row["id"], quote_check)
-                    if self._quote_problem:  # a broker error degraded the check: the run says so
-                        ctx.summary.warn(f"decision {row['id']}: {quote_check}")
-                trade = reconciler.trades.create({
-                    **plan.as_values(), "initial_analysis_id": row["id"], "planned_qty": sizing.qty,
-                    "broker_account": account_identity(self.broker),
-                    "replaces_trade_journal_id": replaces["id"] if replaces else None})
-                request = entry_request(plan, sizing.qty, coid)
-                row_id = reconciler.orders.insert_intent(trade, OrderType.ENTRY.value, request)
-                ctx.audit.record("decision", row["id"], audit.ORDER_INTENT, symbol=plan.symbol,
-                                 reason=f"sized {sizing.qty} shares by {sizing.method}"
-                                        + (f"; {sizing.note}" if sizing.note else ""),
-                                 details={"trade_journal_id": trade["id"], "client_order_id": coid,
-                                          "notional": notional, "quote_checked": quote_checked,
-                                          "quote_check": quote_check})
+                trade, request, row_id = self._write_intent(ctx, reconciler, row, plan, sizing, notional, coid,
+                                                            (quote_checked, quote_check), replaces=replaces)
                 reservation: Reservation | None = state.accept(plan.symbol, notional)
                 intent_row: Row | None = None
             else:
